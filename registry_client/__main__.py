@@ -1,0 +1,8 @@
+"""`python -m registry_client` runs the same CLI as the console script."""
+
+import sys
+
+from registry_client.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

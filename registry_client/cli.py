@@ -1,0 +1,361 @@
+"""The command line (typer): global options in a callback, sub-apps per command group.
+
+Exit codes and error lines follow the contract: `error: ...` (+ `hint: ...`) on stderr,
+a traceback only with -v. Heavy modules (boto3, swiftclient) are imported by the
+backends, only when a command needs the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+
+from registry_client import __version__
+from registry_client.console import ConsoleReporter, print_error
+from registry_client.errors import Interrupted, RegistryClientError, UsageError
+
+app = typer.Typer(
+    name="registry-client",
+    help="Push SIF images to S3/Swift buckets and pull them into a verified node cache.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+cache_app = typer.Typer(help="Manage the node cache.", no_args_is_help=True)
+remote_app = typer.Typer(help="Manage named remotes in the config file.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+app.add_typer(remote_app, name="remote")
+
+JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+
+
+@dataclass
+class Globals:
+    config_path: str | None = None
+    cache_dir: str | None = None
+    quiet: bool = False
+    verbose: bool = False
+    json: bool = False
+    progress: bool | None = None
+
+    def reporter(self) -> ConsoleReporter:
+        return ConsoleReporter(quiet=self.quiet, verbose=self.verbose, progress=self.progress)
+
+    def config(self) -> Any:
+        from registry_client.config import load_config
+
+        return load_config(self.config_path)
+
+    def context(self) -> Any:
+        from registry_client.cache import Cache
+        from registry_client.config import ENV_CACHE, default_cache_dir
+        from registry_client.service import Context
+
+        config = self.config()
+        root = self.cache_dir or os.environ.get(ENV_CACHE) or config.settings.get("cache_dir")
+        cache_opts = config.settings.get("cache", {}) if isinstance(config.settings.get("cache"),
+                                                                   dict) else {}
+        cache = Cache(Path(root).expanduser() if root else default_cache_dir(),
+                      shared=bool(cache_opts.get("shared", False)),
+                      locking=_locking_enabled(cache_opts))
+        return Context(config=config, cache=cache, reporter=self.reporter())
+
+
+def _locking_enabled(cache_opts: dict[str, Any]) -> bool:
+    env = os.environ.get("REGISTRY_CLIENT_CACHE_LOCKING")
+    if env is not None:
+        return env.lower() not in ("0", "false", "no", "off")
+    return bool(cache_opts.get("locking", True))
+
+
+def _g(ctx: typer.Context) -> Globals:
+    return ctx.ensure_object(Globals)
+
+
+def _emit(ctx: typer.Context, as_json: bool, data: Any, text: str | None) -> None:
+    if as_json or _g(ctx).json:
+        sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
+    elif text is not None:
+        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"registry-client {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config: str | None = typer.Option(None, "--config", envvar="REGISTRY_CLIENT_CONFIG",
+                                      help="Config file (TOML)."),
+    cache_dir: str | None = typer.Option(
+        None, "--cache-dir", help="Node cache root [env REGISTRY_CLIENT_CACHE_DIR]."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors on stderr."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Logs and tracebacks."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout for every command."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bars on stderr (default: if a TTY)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """Push SIF images to S3/Swift buckets and pull them into a verified node cache."""
+    ctx.obj = Globals(config, cache_dir, quiet, verbose, as_json, progress)
+    if verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
+        for noisy in ("botocore", "urllib3", "boto3", "s3transfer", "swiftclient"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# -- image commands ------------------------------------------------------------------
+
+
+@app.command()
+def pull(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., help="[REMOTE:]COLLECTION/NAME[:TAG][@sha256:HEX] or URL"),
+    output: str | None = typer.Option(None, "-o", "--output", help="Also place it here."),
+    force: bool = typer.Option(False, "--force", help="Download again even if cached."),
+    offline: bool = typer.Option(False, "--offline", help="Use the cache only; no network."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Download once, verify, publish atomically; print the image's path."""
+    from registry_client.names import FetcherRef, parse_reference
+    from registry_client.service import pull as do_pull
+
+    parsed = parse_reference(ref)
+    context = _g(ctx).context()
+    if isinstance(parsed, FetcherRef):
+        from registry_client.fetch import pull_fetcher
+
+        result = pull_fetcher(context, parsed, output=output, force=force, offline=offline)
+    else:
+        result = do_pull(context, parsed, output=output, force=force, offline=offline)
+    _emit(ctx, as_json, result.to_dict(), result.path)
+
+
+@app.command()
+def push(
+    ctx: typer.Context,
+    file: str = typer.Argument(..., help="A SIF image file."),
+    ref: str = typer.Argument(..., help="[REMOTE:]COLLECTION/NAME[:TAG] or URL"),
+    label: list[str] = typer.Option([], "--label", help="K=V label stored with the image."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse files that are not SIF."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Verify FILE, upload it (multipart/SLO, parallel), write metadata; print its digest."""
+    from registry_client.names import parse_image_ref
+    from registry_client.service import push as do_push
+
+    parsed = parse_image_ref(ref)
+    labels = _parse_labels(label)
+    result = do_push(_g(ctx).context(), file, parsed, labels=labels, strict=strict)
+    _emit(ctx, as_json, result.to_dict(), f"sha256:{result.sha256}")
+
+
+def _parse_labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+@app.command("ls")
+def list_cmd(
+    ctx: typer.Context,
+    target: str | None = typer.Argument(None, help="REMOTE[:COLLECTION] or bucket URL"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List images: ref, size, digest, pushed."""
+    from registry_client.remotes import open_remote, parse_remote_target
+    from registry_client.service import list_images
+
+    config = _g(ctx).config()
+    remote, prefix = parse_remote_target(config, target)
+    backend = open_remote(remote)
+    try:
+        name = None if remote.name == config.default_remote and not target else remote.name
+        records = list_images(backend, prefix, name if ":" not in remote.name else None)
+    finally:
+        backend.close()
+    _emit(ctx, as_json, records, _table(records, ("ref", "size", "digest", "pushed")))
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    if not rows:
+        return ""
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    header = (c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    lines = ["  ".join(header).rstrip()]
+    for row in cells:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str) and value.startswith("sha256:"):
+        return value[:19]
+    return str(value)
+
+
+@app.command()
+def rm(ctx: typer.Context, ref: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+    """Delete an image (and its segments)."""
+    from registry_client.names import parse_image_ref
+    from registry_client.service import remove
+
+    key = remove(_g(ctx).context(), parse_image_ref(ref))
+    _emit(ctx, as_json, {"deleted": ref, "key": key}, None)
+
+
+@app.command()
+def tag(ctx: typer.Context, src: str = typer.Argument(...), dst: str = typer.Argument(...),
+        as_json: bool = JsonOpt) -> None:
+    """New tag for the same content (server-side copy)."""
+    from registry_client.names import parse_image_ref
+    from registry_client.service import tag as do_tag
+
+    record = do_tag(_g(ctx).context(), parse_image_ref(src), parse_image_ref(dst))
+    _emit(ctx, as_json, record, None)
+
+
+@app.command()
+def inspect(ctx: typer.Context, target: str = typer.Argument(..., help="REF or FILE"),
+            as_json: bool = JsonOpt) -> None:
+    """SIF global header, descriptors, labels, digest."""
+    from registry_client.describe import describe, format_description
+
+    data = describe(_g(ctx).context(), target)
+    _emit(ctx, as_json, data, format_description(data))
+
+
+# -- cache ---------------------------------------------------------------------------
+
+
+@cache_app.command("dir")
+def cache_dir_cmd(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """Print the cache root."""
+    cache = _g(ctx.parent or ctx).context().cache  # type: ignore[arg-type]
+    _emit(ctx, as_json, {"path": str(cache.root)}, str(cache.root))
+
+
+@cache_app.command("ls")
+def cache_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """List cached images."""
+    cache = _g(ctx).context().cache
+    refs: dict[str, list[str]] = {}
+    for rec in cache.refs():
+        refs.setdefault(str(rec.get("sha256")), []).append(str(rec.get("ref")))
+    rows = [{"digest": f"sha256:{e.sha256}", "size": e.size, "path": str(e.path),
+             "refs": sorted(refs.get(e.sha256, []))} for e in cache.entries()]
+    text_rows = [{**r, "refs": ",".join(r["refs"]) or "-"} for r in rows]
+    _emit(ctx, as_json, rows, _table(text_rows, ("digest", "size", "refs", "path")))
+
+
+@cache_app.command("clean")
+def cache_clean(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """Remove everything from the cache."""
+    cache = _g(ctx).context().cache
+    freed = cache.clean()
+    _emit(ctx, as_json, {"freed": freed}, None)
+
+
+# -- remotes ---------------------------------------------------------------------------
+
+
+@remote_app.command("add")
+def remote_add(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Remote name."),
+    url: str = typer.Argument(..., help="s3://BUCKET[/PREFIX], swift://CONTAINER[/PREFIX] "
+                                        "or file:///DIR"),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url"),
+    region: str | None = typer.Option(None, "--region"),
+    profile: str | None = typer.Option(None, "--profile"),
+    auth_url: str | None = typer.Option(None, "--auth-url", help="Swift auth URL."),
+    option: list[str] = typer.Option([], "--option", help="K=V extra remote option."),
+    default: bool = typer.Option(False, "--default", help="Make it the default remote."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Add (or replace) a named remote. Secrets belong in env vars or a 0600 file."""
+    from registry_client.remote_admin import add_remote
+
+    extra = _parse_labels(option)
+    remote = add_remote(_g(ctx).config(), name, url, default=default, options={
+        "endpoint_url": endpoint_url, "region": region, "profile": profile,
+        "auth_url": auth_url, **extra})
+    _emit(ctx, as_json, remote.public(), None)
+
+
+@remote_app.command("ls")
+def remote_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """List configured remotes (secrets hidden)."""
+    from registry_client.remote_admin import list_remotes
+
+    rows = list_remotes(_g(ctx).config())
+    text_rows = [{**r, "location": r.get("bucket") or r.get("path") or r.get("container")}
+                 for r in rows]
+    _emit(ctx, as_json, rows, _table(text_rows, ("name", "type", "location", "default")))
+
+
+@remote_app.command("rm")
+def remote_rm(ctx: typer.Context, name: str = typer.Argument(...),
+              as_json: bool = JsonOpt) -> None:
+    """Remove a named remote."""
+    from registry_client.remote_admin import remove_remote
+
+    remove_remote(_g(ctx).config(), name)
+    _emit(ctx, as_json, {"removed": name}, None)
+
+
+# -- entry point ---------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    try:
+        app(args=argv, prog_name="registry-client", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2 if exc.exit_code == 2 else exc.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print_error(Interrupted("interrupted"))
+        return 130
+    except RegistryClientError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print_error(exc)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print_error(RegistryClientError(f"unexpected {type(exc).__name__}: {exc}",
+                                        hint="run with -v for a traceback"))
+        return 1
+    return 0

@@ -1,0 +1,174 @@
+"""Hashing in one pass: sha256 of the whole object plus md5s of candidate segmentations.
+
+An S3 ETag is the md5 of a single-part object, or md5(concat(part md5s)) + "-N" for a
+multipart one; a Swift SLO ETag is md5(concat(hex segment etags)). Both are checked from
+the md5 of each segment, so the downloader asks a backend for an EtagPlan (candidate
+segmentations plus a check) and feeds every byte once through a Digester.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from registry_client.backends.base import EtagPlan, ObjectInfo
+
+MiB = 1024 * 1024
+# Part sizes other tools pick, tried first when an object's multipart layout is unknown:
+# boto3/awscli 8 MiB, s3cmd 15 MiB, rclone/mc 5 and 16 MiB, s5cmd 50 MiB, 64/100/128 MiB.
+COMMON_PART_SIZES_MIB = (8, 5, 16, 15, 50, 64, 10, 32, 100, 128, 25, 20, 256, 512)
+MAX_CANDIDATES = 24
+
+
+def segments(size: int, part_size: int) -> list[int]:
+    """Lengths of the parts of a `size`-byte object cut every `part_size` bytes."""
+    if size == 0:
+        return [0]
+    full, rest = divmod(size, part_size)
+    return [part_size] * full + ([rest] if rest else [])
+
+
+class _Segmenter:
+    """md5 of each segment of one segmentation, fed sequential bytes."""
+
+    __slots__ = ("lengths", "index", "left", "current", "digests")
+
+    def __init__(self, lengths: Sequence[int]) -> None:
+        self.lengths = list(lengths)
+        self.index = 0
+        self.left = self.lengths[0] if self.lengths else 0
+        self.current = hashlib.md5(usedforsecurity=False)
+        self.digests: list[bytes] = []
+
+    def update(self, data: memoryview) -> None:
+        while data:
+            if self.left == 0:
+                self._next()
+            take = min(self.left, len(data))
+            self.current.update(data[:take])
+            self.left -= take
+            data = data[take:]
+
+    def _next(self) -> None:
+        self.digests.append(self.current.digest())
+        self.index += 1
+        if self.index >= len(self.lengths):
+            raise ValueError("more bytes than the segmentation covers")
+        self.left = self.lengths[self.index]
+        self.current = hashlib.md5(usedforsecurity=False)
+
+    def finish(self) -> list[bytes]:
+        # Zero-length trailing segments still get a digest of their (empty) bytes.
+        while self.index < len(self.lengths):
+            self.digests.append(self.current.digest())
+            self.index += 1
+            self.current = hashlib.md5(usedforsecurity=False)
+        return self.digests
+
+
+@dataclass(frozen=True)
+class DigestResult:
+    size: int
+    sha256: str
+    segment_md5s: list[list[bytes]]
+
+
+class Digester:
+    """Feed bytes in order; get sha256 and the md5 of every segment of every scheme."""
+
+    def __init__(self, schemes: Sequence[Sequence[int]] = ()) -> None:
+        self._sha = hashlib.sha256()
+        self._segmenters = [_Segmenter(s) for s in schemes]
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        self._sha.update(view)
+        for seg in self._segmenters:
+            seg.update(view)
+        self.size += len(view)
+
+    def result(self) -> DigestResult:
+        md5s = [s.finish() for s in self._segmenters]
+        return DigestResult(self.size, self._sha.hexdigest(), md5s)
+
+
+def s3_multipart_etag(part_md5s: Sequence[bytes]) -> str:
+    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
+
+
+def candidate_part_sizes(size: int, parts: int, known: int | None = None) -> list[int]:
+    """Part sizes (whole MiB, plus `known`) that cut `size` bytes into exactly `parts` parts."""
+    found: list[int] = []
+    if known:
+        found.append(known)
+
+    def fits(p: int) -> bool:
+        return p > 0 and -(-size // p) == parts
+
+    for mib in COMMON_PART_SIZES_MIB:
+        if fits(mib * MiB) and mib * MiB not in found:
+            found.append(mib * MiB)
+    lo = max(1, -(-size // (parts * MiB)))  # smallest whole MiB that gives <= parts parts
+    for mib in range(lo, lo + 4096):
+        if len(found) >= MAX_CANDIDATES:
+            break
+        p = mib * MiB
+        if -(-size // p) < parts:
+            break
+        if fits(p) and p not in found:
+            found.append(p)
+    return found
+
+
+def plain_md5_plan(info: ObjectInfo) -> EtagPlan:
+    """The ETag of a single-part S3 object / plain Swift object: md5 of the bytes."""
+    from registry_client.backends.base import EtagPlan
+
+    etag = (info.etag or "").lower()
+    if not _is_md5_hex(etag):
+        return EtagPlan([], lambda _: False, verifiable=False, description=f"etag {etag!r}")
+    return EtagPlan(
+        [[info.size]], lambda md5s: md5s[0][0].hex() == etag, description="md5 of the object"
+    )
+
+
+def s3_etag_plan(info: ObjectInfo) -> EtagPlan:
+    """Single-part md5 or `md5-of-part-md5s-N`, trying candidate part sizes in one pass."""
+    from registry_client.backends.base import EtagPlan
+
+    etag = (info.etag or "").lower()
+    base, dash, count = etag.partition("-")
+    if not dash:
+        return plain_md5_plan(info)
+    if not (_is_md5_hex(base) and count.isdigit() and int(count) > 0):
+        return EtagPlan([], lambda _: False, verifiable=False, description=f"etag {etag!r}")
+    parts = int(count)
+    sizes = candidate_part_sizes(info.size, parts, info.part_size)
+    schemes = [segments(info.size, p) for p in sizes]
+
+    def check(md5s: list[list[bytes]]) -> bool:
+        return any(s3_multipart_etag(m) == etag for m in md5s)
+
+    if not schemes:
+        return EtagPlan([], lambda _: False, verifiable=False, description="no part size fits")
+    return EtagPlan(schemes, check, description=f"multipart etag over {parts} parts")
+
+
+def _is_md5_hex(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def hash_file(path: str, schemes: Sequence[Sequence[int]] = (),
+              block: int = 4 * MiB) -> DigestResult:
+    """One sequential pass over a local file."""
+    digester = Digester(schemes)
+    buf = bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digester.update(view[:n])
+    return digester.result()

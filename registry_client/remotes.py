@@ -1,0 +1,63 @@
+"""From a reference to the remote it names: a configured remote or a direct URL."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from registry_client.cache import short_id
+from registry_client.config import Config, RemoteConfig
+from registry_client.errors import UsageError
+from registry_client.names import ImageRef, check_segment, parse_image_ref
+
+if TYPE_CHECKING:
+    from registry_client.backends.base import Backend
+    from registry_client.retry import RetryPolicy
+
+
+def remote_for(config: Config, ref: ImageRef) -> RemoteConfig:
+    """The remote a reference lives in. Direct URLs take no config at all."""
+    if not ref.is_direct:
+        return config.remote(ref.remote)
+    if ref.scheme == "file":
+        return RemoteConfig(f"file:{ref.location}", "file", {"path": ref.location})
+    # Endpoints and credentials of direct URLs come from the ecosystem's own
+    # conventions (AWS_* / OS_* / ST_* variables), read by the backend itself.
+    return RemoteConfig(f"{ref.scheme}:{ref.location}", ref.scheme or "", {"bucket": ref.location})
+
+
+def remote_id(remote: RemoteConfig) -> str:
+    """A stable id of where a remote's objects live (not its name, which can change)."""
+    endpoint = str(remote.options.get("endpoint_url") or remote.options.get("auth_url") or "")
+    if not endpoint and remote.type == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
+    location = remote.location
+    if remote.type == "file":
+        location = os.path.abspath(os.path.expanduser(location))
+    return short_id(remote.type, endpoint, location, remote.prefix)
+
+
+def open_remote(remote: RemoteConfig, policy: RetryPolicy | None = None) -> Backend:
+    """The backend of a remote, wrapped with the retry policy."""
+    from registry_client.backends import open_backend
+    from registry_client.retry import RetryingBackend
+
+    return RetryingBackend(open_backend(remote), policy)
+
+
+def parse_remote_target(config: Config, target: str | None) -> tuple[RemoteConfig, str]:
+    """`ls` targets: nothing, REMOTE, REMOTE:COLLECTION, or a direct bucket URL."""
+    if not target:
+        return config.remote(None), ""
+    if "://" in target:
+        scheme, _, rest = target.partition("://")
+        probe = parse_image_ref(f"{scheme}://{rest.rstrip('/')}/x/x") if rest else None
+        if probe is None:
+            raise UsageError(f"invalid remote URL {target!r}")
+        remote = remote_for(config, probe)
+        options = {**remote.options, "prefix": probe.prefix}
+        return RemoteConfig(remote.name, remote.type, options), ""
+    name, _, collection = target.partition(":")
+    if collection:
+        check_segment(collection, "collection")
+    return config.remote(name), f"{collection}/" if collection else ""

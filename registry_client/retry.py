@@ -1,0 +1,115 @@
+"""Retry policy, in one place, as a wrapper around any backend.
+
+Transient failures (RemoteUnavailable: connection errors, timeouts, 5xx, 429) are retried
+with exponential backoff and full jitter, honouring Retry-After, up to a bounded number
+of attempts; then the last error surfaces (exit 6). A read that breaks mid-body resumes
+from the byte it reached, pinned to the same ETag. ObjectChanged is not retried here:
+the caller starts the pull again from a fresh stat.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
+from registry_client.errors import RemoteUnavailable
+
+log = logging.getLogger("registry_client.retry")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    max_retry_after: float = 30.0
+
+    def delay(self, attempt: int, error: RemoteUnavailable) -> float:
+        if error.retry_after is not None:
+            return min(error.retry_after, self.max_retry_after)
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+class RetryingBackend(Backend):
+    """Adds retries to every verb of an inner backend."""
+
+    def __init__(self, inner: Backend, policy: RetryPolicy | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.inner = inner
+        self.policy = policy or RetryPolicy()
+        self.kind = inner.kind
+        self.location = inner.location
+        self._sleep = sleep
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except RemoteUnavailable as exc:
+                attempt = self._backoff(what, attempt, exc)
+
+    def _backoff(self, what: str, attempt: int, exc: RemoteUnavailable) -> int:
+        if not exc.retryable or attempt + 1 >= self.policy.attempts:
+            if exc.retryable:
+                exc.message = f"{exc.message} (gave up after {attempt + 1} attempts)"
+            raise exc
+        delay = self.policy.delay(attempt, exc)
+        log.info("%s failed (%s); retry %d in %.2fs", what, exc.message, attempt + 1, delay)
+        self._sleep(delay)
+        return attempt + 1
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self._call(f"stat {key}", lambda: self.inner.stat(key))
+
+    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+        attempt = 0
+        pos = start
+        while pos < end:
+            try:
+                for chunk in self.inner.read_range(key, pos, end, etag):
+                    pos += len(chunk)
+                    yield chunk
+                    attempt = 0  # progress resets the budget: only stalls count
+                if pos < end:
+                    raise RemoteUnavailable(f"read {key}: body ended at {pos} of {end}")
+            except RemoteUnavailable as exc:
+                attempt = self._backoff(f"read {key} @{pos}", attempt, exc)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Listings restart from scratch on failure; keys already yielded are skipped.
+        seen: set[str] = set()
+        attempt = 0
+        while True:
+            try:
+                for info in self.inner.list(prefix):
+                    if info.key not in seen:
+                        seen.add(info.key)
+                        yield info
+                return
+            except RemoteUnavailable as exc:
+                attempt = self._backoff(f"list {prefix}", attempt, exc)
+
+    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
+        return self._call(f"upload {key}", lambda: self.inner.put(
+            key, path, metadata, part_size=part_size, concurrency=concurrency,
+            progress=progress))
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete {key}", lambda: self.inner.delete(key))
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        return self._call(f"copy {src_key}", lambda: self.inner.copy(src_key, dst_key))
+
+    def etag_plan(self, info: ObjectInfo) -> EtagPlan:
+        return self._call(f"layout of {info.key}", lambda: self.inner.etag_plan(info))
+
+    def close(self) -> None:
+        self.inner.close()

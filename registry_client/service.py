@@ -1,0 +1,363 @@
+"""What the commands do: resolve → (cache hit | lock → download → verify → publish).
+
+The data path reads top-down: CLI → this module → backend (behind the retry wrapper) →
+transfer → cache. Nothing here prints; a Reporter carries progress and warnings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry_client import __version__
+from registry_client.backends.base import Backend, ObjectInfo
+from registry_client.cache import Cache, raise_for_os_error, short_id
+from registry_client.config import Config
+from registry_client.digests import DigestResult, hash_file
+from registry_client.errors import (
+    IntegrityError,
+    NotFound,
+    ObjectChanged,
+    RegistryClientError,
+    UsageError,
+)
+from registry_client.names import IMAGE_SUFFIXES, ImageRef
+from registry_client.remotes import open_remote, remote_for, remote_id
+from registry_client.reporting import Reporter
+from registry_client.transfer import TransferSettings, download
+
+LAYOUT_VERSION = "1"
+MiB = 1024 * 1024
+PULL_RESTARTS = 3  # fresh stat + download when the object changes under us
+
+
+@dataclass
+class Context:
+    config: Config
+    cache: Cache
+    reporter: Reporter = field(default_factory=Reporter)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    part_size: int = 64 * MiB
+    push_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class PullResult:
+    ref: str
+    path: str
+    sha256: str
+    size: int
+    cached: bool
+    verified: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, "path": self.path, "sha256": self.sha256, "size": self.size,
+                "cached": self.cached, "verified": list(self.verified)}
+
+
+# -- pull ---------------------------------------------------------------------------
+
+
+def pull(ctx: Context, ref: ImageRef, *, output: str | None = None, force: bool = False,
+         offline: bool = False) -> PullResult:
+    remote = remote_for(ctx.config, ref)
+    rid = remote_id(remote)
+    result = None if force else _pull_from_cache(ctx, ref, rid, offline)
+    if result is None:
+        if offline:
+            raise NotFound(f"{ref} is not in the cache", hint="pull it once without --offline")
+        backend = open_remote(remote)
+        try:
+            result = _pull_remote(ctx, backend, ref, rid, force)
+        finally:
+            backend.close()
+    if output:
+        result = _place(result, output)
+    return result
+
+
+def _pull_from_cache(ctx: Context, ref: ImageRef, rid: str, offline: bool) -> PullResult | None:
+    """Digest-pinned and offline pulls answered without any network (or boto3 import)."""
+    sha = ref.digest
+    if sha is None and offline:
+        record = ctx.cache.resolve_ref(rid, ref.collection, ref.name, ref.tag)
+        sha = record.get("sha256") if record else None
+    path = ctx.cache.lookup(sha)
+    if path is None or sha is None:
+        return None
+    return PullResult(str(ref), str(path), sha, path.stat().st_size, True, ("cache",))
+
+
+def _pull_remote(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
+                 force: bool) -> PullResult:
+    for attempt in range(PULL_RESTARTS):
+        try:
+            return _pull_once(ctx, backend, ref, rid, force)
+        except ObjectChanged:
+            if attempt + 1 == PULL_RESTARTS:
+                raise
+            ctx.reporter.warn(f"{ref} changed during the download; starting again")
+    raise AssertionError("unreachable")
+
+
+def stat_image(backend: Backend, ref: ImageRef) -> ObjectInfo:
+    """HEAD the image, under .sif or (buckets sregistry-cli filled) .simg."""
+    for suffix in IMAGE_SUFFIXES:
+        with contextlib.suppress(NotFound):
+            return backend.stat(ref.key(suffix))
+    raise NotFound(f"{ref} not found in {backend.location}")
+
+
+def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
+               force: bool) -> PullResult:
+    info = stat_image(backend, ref)
+    expected = _expected_sha(ref, info)
+    version = (rid, info.key, info.etag or "", str(info.size))
+    hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
+    if hit:
+        return hit
+    with ctx.cache.lock(short_id(*version),
+                        on_wait=lambda who: ctx.reporter.info(f"waiting for {who} to pull {ref}")):
+        hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
+        if hit:
+            return hit
+        path, checks = _download_verified(ctx, backend, info, expected, str(ref))
+    sha = path.stem
+    ctx.cache.record_etag(sha, *version)
+    _record_ref(ctx, ref, rid, info, sha)
+    return PullResult(str(ref), str(path), sha, info.size, False, checks)
+
+
+def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
+    if ref.digest and info.sha256 and ref.digest != info.sha256:
+        raise IntegrityError(f"{ref.short} now holds sha256:{info.sha256}, not the pinned digest",
+                             hint="pull the tag without @sha256 to get the current image")
+    return info.sha256 or ref.digest
+
+
+def _cached_version(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo,
+                    expected: str | None, version: tuple[str, ...]) -> PullResult | None:
+    sha = expected or ctx.cache.resolve_etag(*version)
+    path = ctx.cache.lookup(sha)
+    if path is None or sha is None:
+        return None
+    _record_ref(ctx, ref, rid, info, sha)
+    return PullResult(str(ref), str(path), sha, info.size, True, ("cache",))
+
+
+def _record_ref(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo, sha: str) -> None:
+    ctx.cache.record_ref(rid, ref.collection, ref.name, ref.tag, {
+        "ref": str(ref), "sha256": sha, "etag": info.etag, "size": info.size, "key": info.key,
+        "pulled": time.time()})
+
+
+def _download_verified(ctx: Context, backend: Backend, info: ObjectInfo,
+                       expected: str | None, label: str) -> tuple[Path, tuple[str, ...]]:
+    plan = backend.etag_plan(info)
+    try:
+        with ctx.cache.temp_file() as tmp:
+            with ctx.reporter.progress(f"pull {label}", info.size) as advance:
+                result = download(backend, info, tmp, plan.schemes, settings=ctx.transfer,
+                                  progress=advance)
+            checks = verify(info, plan, result, expected, ctx.reporter)
+            return ctx.cache.publish(tmp, result.sha256), checks
+    except OSError as exc:
+        raise raise_for_os_error(exc, f"download of {info.key} into {ctx.cache.root}") from None
+
+
+def verify(info: ObjectInfo, plan: Any, result: DigestResult, expected: str | None,
+           reporter: Reporter) -> tuple[str, ...]:
+    """Size, ETag (or segment etags) and sha256; IntegrityError on any mismatch."""
+    if result.size != info.size:
+        raise IntegrityError(f"{info.key}: got {result.size} bytes, expected {info.size}")
+    checks = ["size"]
+    if plan.verifiable:
+        if not plan.check(result.segment_md5s):
+            raise IntegrityError(f"{info.key}: content does not match its ETag {info.etag} "
+                                 f"({plan.description}); nothing was published")
+        checks.append("etag")
+    else:
+        reporter.warn(f"{info.key}: ETag {info.etag!r} cannot be verified ({plan.description})")
+    if expected:
+        if result.sha256 != expected:
+            raise IntegrityError(f"{info.key}: sha256 {result.sha256} does not match the "
+                                 f"recorded {expected}; nothing was published")
+        checks.append("sha256")
+    elif not plan.verifiable:
+        reporter.warn(f"{info.key}: no checksum to verify against; only the size was checked")
+    return tuple(checks)
+
+
+def _place(result: PullResult, output: str) -> PullResult:
+    """Put the image at OUTPUT atomically: a hard link where possible, else a copy."""
+    dest = Path(output).absolute()
+    if dest.is_dir():
+        raise UsageError(f"-o {output}: is a directory", hint="give a file name")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    try:
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(result.path, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(result.path, tmp)
+            os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise raise_for_os_error(exc, f"writing {dest}") from None
+    return PullResult(result.ref, str(dest), result.sha256, result.size, result.cached,
+                      result.verified)
+
+
+# -- push ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PushResult:
+    ref: str
+    sha256: str
+    size: int
+    key: str
+    location: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, "sha256": self.sha256, "size": self.size, "key": self.key,
+                "remote": self.location}
+
+
+def push(ctx: Context, file: str, ref: ImageRef, *, labels: dict[str, str] | None = None,
+         strict: bool = False) -> PushResult:
+    size = _check_push_file(file)
+    arch = _sif_arch(file, strict, ctx.reporter)
+    with ctx.reporter.progress(f"hash {os.path.basename(file)}", size) as advance:
+        digest = _hash_with_progress(file, advance)
+    if ref.digest and ref.digest != digest.sha256:
+        raise IntegrityError(f"{file} has sha256:{digest.sha256}, not the digest in {ref}")
+    metadata = build_metadata(digest, ctx.part_size, arch, labels or {})
+    backend = open_remote(remote_for(ctx.config, ref))
+    try:
+        with ctx.reporter.progress(f"push {ref.short}", size) as advance:
+            info = backend.put(ref.key(), file, metadata, part_size=ctx.part_size,
+                               concurrency=ctx.push_concurrency, progress=advance)
+    finally:
+        backend.close()
+    return PushResult(str(ref), digest.sha256, size, info.key, backend.location)
+
+
+def _check_push_file(file: str) -> int:
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        raise NotFound(f"{file}: no such file") from None
+    except OSError as exc:
+        raise raise_for_os_error(exc, file) from None
+    if not os.path.isfile(file):
+        raise UsageError(f"{file}: not a regular file")
+    return st.st_size
+
+
+def _sif_arch(file: str, strict: bool, reporter: Reporter) -> str:
+    from registry_client import sif
+
+    try:
+        return sif.read_sif(file).primary_arch() or "unknown"
+    except (sif.SifError, OSError) as exc:
+        if strict:
+            raise UsageError(f"{file} is not a SIF image ({exc})",
+                             hint="drop --strict to push it anyway") from None
+        reporter.warn(f"{file} is not a SIF image ({exc}); pushing it anyway")
+        return "unknown"
+
+
+def _hash_with_progress(file: str, advance: Any) -> DigestResult:
+    try:
+        result = hash_file(file)
+    except OSError as exc:
+        raise raise_for_os_error(exc, f"reading {file}") from None
+    advance(result.size)
+    return result
+
+
+def build_metadata(digest: DigestResult, part_size: int, arch: str,
+                   labels: dict[str, str]) -> dict[str, str]:
+    """Object metadata (docs/bucket-layout.md); S3 and Swift cap its size, so stay small."""
+    meta = {
+        "sha256": digest.sha256,
+        "size": str(digest.size),
+        "part-size": str(part_size),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "arch": arch,
+        "layout": LAYOUT_VERSION,
+        "tool": f"registry-client/{__version__}",
+    }
+    if labels:
+        text = json.dumps(labels, sort_keys=True, separators=(",", ":"))
+        if len(text) > 256 or not text.isascii():
+            raise UsageError("labels too long or not ASCII (at most 256 bytes of JSON)")
+        meta["labels"] = text
+    return meta
+
+
+# -- list, rm, tag --------------------------------------------------------------------
+
+
+def image_record(info: ObjectInfo, ref: ImageRef) -> dict[str, Any]:
+    labels: Any = info.metadata.get("labels")
+    with contextlib.suppress(TypeError, ValueError):
+        labels = json.loads(labels) if labels else {}
+    pushed = info.metadata.get("created") or (info.modified.isoformat() if info.modified else None)
+    return {"ref": str(ref), "size": info.size,
+            "digest": f"sha256:{info.sha256}" if info.sha256 else None,
+            "pushed": pushed, "etag": info.etag, "arch": info.metadata.get("arch"),
+            "labels": labels or {}}
+
+
+def list_images(backend: Backend, prefix: str, remote_name: str | None) -> list[dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from registry_client.names import ref_from_key
+
+    found = [(info, ref) for info in backend.list(prefix)
+             if (ref := ref_from_key(info.key, remote=remote_name)) is not None]
+    with ThreadPoolExecutor(8) as pool:
+        infos = list(pool.map(lambda pair: _stat_or(backend, pair[0]), found))
+    return [image_record(info, ref) for info, (_, ref) in zip(infos, found, strict=True)]
+
+
+def _stat_or(backend: Backend, info: ObjectInfo) -> ObjectInfo:
+    try:
+        return backend.stat(info.key)
+    except RegistryClientError:
+        return info  # listed but gone, or unreadable metadata: show what the listing had
+
+
+def remove(ctx: Context, ref: ImageRef) -> str:
+    backend = open_remote(remote_for(ctx.config, ref))
+    try:
+        info = stat_image(backend, ref)
+        if ref.digest and info.sha256 and info.sha256 != ref.digest:
+            raise NotFound(f"{ref.short} does not hold sha256:{ref.digest}")
+        backend.delete(info.key)
+        return info.key
+    finally:
+        backend.close()
+
+
+def tag(ctx: Context, src: ImageRef, dst: ImageRef) -> dict[str, Any]:
+    remote = remote_for(ctx.config, src)
+    if remote_id(remote_for(ctx.config, dst)) != remote_id(remote):
+        raise UsageError("tag works within one remote", hint="use `registry-client copy`")
+    backend = open_remote(remote)
+    try:
+        info = stat_image(backend, src)
+        new = backend.copy(info.key, dst.key())
+        return image_record(new, dst)
+    finally:
+        backend.close()

@@ -1,0 +1,158 @@
+"""Moving bytes: parallel ranged reads into a preallocated temp file, hashed in order.
+
+Workers fetch ranges concurrently and write them with os.pwrite at their offsets; one
+hashing thread follows the contiguous prefix that is already on disk (reading it back
+from the page cache) and feeds a Digester, so hashing overlaps the download and memory
+stays flat: at most `concurrency` network buffers plus one hashing block.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from registry_client.backends.base import Backend, ObjectInfo, Progress
+from registry_client.digests import Digester, DigestResult
+from registry_client.errors import IntegrityError
+
+MiB = 1024 * 1024
+HASH_BLOCK = 4 * MiB
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    chunk_size: int = 16 * MiB
+    concurrency: int = 8
+
+
+class _Frontier:
+    """The length of the prefix [0, n) whose bytes are all written."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, int] = {}  # start -> end of finished ranges
+        self.end = 0
+        self.failed = False
+        self._cond = threading.Condition()
+
+    def finish(self, start: int, end: int) -> None:
+        with self._cond:
+            self._done[start] = end
+            while self.end in self._done:
+                self.end = self._done.pop(self.end)
+            self._cond.notify_all()
+
+    def fail(self) -> None:
+        with self._cond:
+            self.failed = True
+            self._cond.notify_all()
+
+    def wait_beyond(self, pos: int) -> int:
+        with self._cond:
+            while self.end <= pos and not self.failed:
+                self._cond.wait()
+            return self.end
+
+
+def _hash_follow(fd: int, size: int, frontier: _Frontier, digester: Digester) -> None:
+    pos = 0
+    while pos < size:
+        end = frontier.wait_beyond(pos)
+        if frontier.failed:
+            return
+        while pos < end:
+            data = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
+            if not data:
+                raise IntegrityError("temp file shorter than the bytes written to it")
+            digester.update(data)
+            pos += len(data)
+
+
+def _fetch_range(backend: Backend, info: ObjectInfo, fd: int, start: int, end: int,
+                 progress: Progress | None) -> None:
+    pos = start
+    for chunk in backend.read_range(info.key, start, end, info.etag):
+        if pos + len(chunk) > end:
+            raise IntegrityError(f"{info.key}: server sent more bytes than asked for")
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(fd, view, pos)
+            pos += written
+            view = view[written:]
+        if progress:
+            progress(len(chunk))
+    if pos != end:
+        raise IntegrityError(f"{info.key}: range {start}-{end} ended at {pos}")
+
+
+def ranges(size: int, chunk: int) -> list[tuple[int, int]]:
+    return [(s, min(s + chunk, size)) for s in range(0, size, chunk)]
+
+
+def download(
+    backend: Backend,
+    info: ObjectInfo,
+    dest: os.PathLike[str] | str,
+    schemes: Sequence[Sequence[int]],
+    *,
+    settings: TransferSettings = TransferSettings(),
+    progress: Progress | None = None,
+) -> DigestResult:
+    """Fetch the whole object into dest (created, preallocated) and hash it in order."""
+    digester = Digester(schemes)
+    frontier = _Frontier()
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _preallocate(fd, info.size)
+        jobs = ranges(info.size, settings.chunk_size)
+        workers = max(1, min(settings.concurrency, len(jobs)))
+        with ThreadPoolExecutor(workers + 1, thread_name_prefix="rc-get") as pool:
+            hasher = pool.submit(_hash_follow, fd, info.size, frontier, digester)
+            futures = [pool.submit(_run_range, backend, info, fd, r, frontier, progress)
+                       for r in jobs]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            _raise_first(futures, frontier, pool)
+            hasher.result()
+    finally:
+        os.close(fd)
+    return digester.result()
+
+
+def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int],
+               frontier: _Frontier, progress: Progress | None) -> None:
+    if frontier.failed:
+        return
+    try:
+        _fetch_range(backend, info, fd, rng[0], rng[1], progress)
+    except BaseException:
+        frontier.fail()
+        raise
+    frontier.finish(*rng)
+
+
+def _raise_first(futures: list, frontier: _Frontier, pool: ThreadPoolExecutor) -> None:
+    for fut in futures:
+        if fut.done() and fut.exception() is not None:
+            frontier.fail()
+            for other in futures:
+                other.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise fut.exception()  # type: ignore[misc]
+    for fut in futures:
+        fut.result()
+
+
+def _preallocate(fd: int, size: int) -> None:
+    if size <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        os.ftruncate(fd, size)  # filesystems without fallocate (some NFS): sparse is fine
+
