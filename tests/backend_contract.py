@@ -1,0 +1,121 @@
+"""The conformance suite every backend passes, against a real server.
+
+A test module subclasses BackendContract and provides a `backend` fixture (an empty
+bucket / container / directory) and, optionally, `multipart_part_size`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from registry_client.backends.base import Backend
+from registry_client.digests import hash_file
+from registry_client.errors import NotFound, ObjectChanged
+
+MiB = 1024 * 1024
+
+
+def write_random(path: Path, size: int, seed: int = 0) -> bytes:
+    import random
+
+    data = random.Random(seed).randbytes(size)
+    path.write_bytes(data)
+    return data
+
+
+def read_all(backend: Backend, key: str, etag: str | None = None) -> bytes:
+    info = backend.stat(key)
+    return b"".join(backend.read_range(key, 0, info.size, etag))
+
+
+def plan_verifies(backend: Backend, key: str, path: Path) -> bool:
+    info = backend.stat(key)
+    plan = backend.etag_plan(info)
+    return plan.verifiable and plan.check(hash_file(str(path), plan.schemes).segment_md5s)
+
+
+class BackendContract:
+    part_size = 5 * MiB
+
+    def put(self, backend: Backend, key: str, path: Path, meta: dict[str, str] | None = None):
+        return backend.put(key, str(path), meta or {"sha256": "ab" * 32},
+                           part_size=self.part_size, concurrency=3)
+
+    def test_stat_missing_is_not_found(self, backend: Backend) -> None:
+        with pytest.raises(NotFound):
+            backend.stat("c/n:missing.sif")
+
+    def test_put_stat_read_small(self, backend: Backend, tmp_path: Path) -> None:
+        data = write_random(tmp_path / "f", 1000)
+        info = self.put(backend, "c/n:1.sif", tmp_path / "f", {"sha256": "cd" * 32, "arch": "x"})
+        assert info.size == 1000
+        stat = backend.stat("c/n:1.sif")
+        assert stat.sha256 == "cd" * 32 and stat.metadata["arch"] == "x"
+        assert read_all(backend, "c/n:1.sif", stat.etag) == data
+        assert plan_verifies(backend, "c/n:1.sif", tmp_path / "f")
+
+    def test_read_range_middle(self, backend: Backend, tmp_path: Path) -> None:
+        data = write_random(tmp_path / "f", 70_000, seed=3)
+        info = self.put(backend, "c/n:r.sif", tmp_path / "f")
+        got = b"".join(backend.read_range("c/n:r.sif", 1234, 50_000, info.etag))
+        assert got == data[1234:50_000]
+
+    def test_large_object_multipart_verified(self, backend: Backend, tmp_path: Path) -> None:
+        size = 2 * self.part_size + 12345
+        data = write_random(tmp_path / "big", size, seed=5)
+        info = self.put(backend, "c/big:1.sif", tmp_path / "big")
+        assert info.size == size
+        assert hashlib.sha256(read_all(backend, "c/big:1.sif", info.etag)).digest() == \
+            hashlib.sha256(data).digest()
+        assert plan_verifies(backend, "c/big:1.sif", tmp_path / "big")
+
+    def test_plan_rejects_other_bytes(self, backend: Backend, tmp_path: Path) -> None:
+        size = self.part_size + 99
+        write_random(tmp_path / "a", size, seed=7)
+        self.put(backend, "c/x:1.sif", tmp_path / "a")
+        write_random(tmp_path / "b", size, seed=8)
+        assert not plan_verifies(backend, "c/x:1.sif", tmp_path / "b")
+
+    def test_read_pinned_to_old_etag_fails(self, backend: Backend, tmp_path: Path) -> None:
+        write_random(tmp_path / "a", 5000, seed=1)
+        old = self.put(backend, "c/p:1.sif", tmp_path / "a")
+        write_random(tmp_path / "b", 5000, seed=2)
+        self.put(backend, "c/p:1.sif", tmp_path / "b")
+        with pytest.raises(ObjectChanged):
+            b"".join(backend.read_range("c/p:1.sif", 0, 5000, old.etag))
+
+    def test_list_with_prefix(self, backend: Backend, tmp_path: Path) -> None:
+        write_random(tmp_path / "f", 10)
+        for key in ("a/x:1.sif", "a/y:1.sif", "b/z:2.sif"):
+            self.put(backend, key, tmp_path / "f")
+        assert sorted(i.key for i in backend.list("a/")) == ["a/x:1.sif", "a/y:1.sif"]
+        assert {i.key for i in backend.list()} >= {"a/x:1.sif", "a/y:1.sif", "b/z:2.sif"}
+        assert all(i.size == 10 for i in backend.list())
+
+    def test_delete(self, backend: Backend, tmp_path: Path) -> None:
+        write_random(tmp_path / "f", 10)
+        self.put(backend, "c/d:1.sif", tmp_path / "f")
+        backend.delete("c/d:1.sif")
+        with pytest.raises(NotFound):
+            backend.stat("c/d:1.sif")
+        with pytest.raises(NotFound):
+            backend.delete("c/d:1.sif")
+
+    def test_copy_keeps_metadata(self, backend: Backend, tmp_path: Path) -> None:
+        data = write_random(tmp_path / "f", 2 * self.part_size + 1, seed=11)
+        self.put(backend, "c/s:1.sif", tmp_path / "f", {"sha256": "ef" * 32})
+        info = backend.copy("c/s:1.sif", "c/s:2.sif")
+        assert info.sha256 == "ef" * 32
+        assert read_all(backend, "c/s:2.sif", info.etag) == data
+        assert plan_verifies(backend, "c/s:2.sif", tmp_path / "f")
+
+    def test_empty_object(self, backend: Backend, tmp_path: Path) -> None:
+        (tmp_path / "e").write_bytes(b"")
+        info = self.put(backend, "c/e:1.sif", tmp_path / "e")
+        assert info.size == 0
+        assert plan_verifies(backend, "c/e:1.sif", tmp_path / "e")
+        assert os.path.getsize(tmp_path / "e") == 0

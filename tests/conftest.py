@@ -1,0 +1,84 @@
+"""Fixtures: isolated user dirs, and the real loopback servers the tests start."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry_client.config import RemoteConfig
+from tests.helpers import s3_client, s3_options
+
+# Never let boto3 look for instance credentials off this machine (169.254.169.254).
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+for _var in [v for v in os.environ if v.startswith(("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_"))]:
+    if _var != "AWS_EC2_METADATA_DISABLED":
+        del os.environ[_var]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var, sub in (("XDG_CONFIG_HOME", "cfg"), ("XDG_CACHE_HOME", "cache"),
+                     ("XDG_DATA_HOME", "data")):
+        monkeypatch.setenv(var, str(tmp_path / "home" / sub))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "home" / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "home" / "aws-creds"))
+
+
+@pytest.fixture(scope="session")
+def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.servers.swift_aio import start_swift
+
+    server = start_swift(tmp_path_factory.mktemp("swift"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[Any]:
+    from tests.servers.moto_server import start_moto
+
+    server = start_moto()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+S3_SERVERS = {"swift-s3api": "swift_server", "moto": "moto_server"}
+
+
+@pytest.fixture(params=list(S3_SERVERS))
+def s3_server(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(S3_SERVERS[request.param])
+
+
+def new_bucket(server: Any) -> str:
+    name = f"rc-{uuid.uuid4().hex[:12]}"
+    s3_client(server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any) -> str:
+    return new_bucket(s3_server)
+
+
+@pytest.fixture
+def s3_remote(s3_server: Any, s3_bucket: str) -> RemoteConfig:
+    return RemoteConfig("lab", "s3", s3_options(s3_server, s3_bucket))
+
+
+@pytest.fixture
+def sample_sif(tmp_path: Path) -> Path:
+    from registry_client import sif
+
+    path = tmp_path / "app.sif"
+    sif.make_test_sif(path, 3 * 1024 * 1024, seed=1)
+    return path

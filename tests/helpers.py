@@ -1,0 +1,52 @@
+"""Shared test helpers: run the installed CLI, build contexts, make sample images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from registry_client.cache import Cache
+from registry_client.config import Config, RemoteConfig
+from registry_client.service import Context
+
+CLI = [sys.executable, "-m", "registry_client"]
+
+
+def console_script() -> list[str]:
+    """The installed console script, next to the running interpreter."""
+    path = Path(sys.executable).with_name("registry-client")
+    return [str(path)] if path.exists() else CLI
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*console_script(), *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def make_context(tmp: Path, remotes: dict[str, RemoteConfig] | None = None,
+                 default: str = "local", **kwargs: Any) -> Context:
+    config = Config(tmp / "config.toml", dict(remotes or {}), default)
+    return Context(config=config, cache=Cache(tmp / "cache"), **kwargs)
+
+
+def write_config(path: Path, remotes: dict[str, RemoteConfig], default: str) -> Path:
+    from registry_client.config import save_config
+
+    save_config(Config(path, remotes, default))
+    return path
+
+
+def s3_options(server: Any, bucket: str) -> dict[str, Any]:
+    return {"bucket": bucket, "endpoint_url": server.s3_endpoint, "region": "us-east-1",
+            "access_key_id": server.access_key, "secret_access_key": server.secret_key}
+
+
+def s3_client(server: Any) -> Any:
+    from registry_client.backends.s3 import make_client
+
+    return make_client(s3_options(server, "unused"))
