@@ -14,8 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
+
+try:  # typer >= 0.2x vendors its own click; older releases use click itself
+    from typer._click import exceptions as click_exc  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the typer release
+    from click import exceptions as click_exc
 
 from registry_client import __version__
 from registry_client.console import ConsoleReporter, print_error
@@ -332,13 +336,14 @@ def remote_rm(ctx: typer.Context, name: str = typer.Argument(...),
 def main(argv: list[str] | None = None) -> int:
     verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
     try:
-        app(args=argv, prog_name="registry-client", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        # Not standalone: typer then returns Exit codes (130 for Ctrl-C) instead of exiting.
+        code = app(args=argv, prog_name="registry-client", standalone_mode=False)
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except click_exc.ClickException as exc:
         exc.show()
-        return 2 if exc.exit_code == 2 else exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         print_error(Interrupted("interrupted"))
         return 130
     except RegistryClientError as exc:
@@ -358,4 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         print_error(RegistryClientError(f"unexpected {type(exc).__name__}: {exc}",
                                         hint="run with -v for a traceback"))
         return 1
-    return 0
+    if code == 130:
+        print_error(Interrupted("interrupted"))
+    return code if isinstance(code, int) else 0

@@ -119,10 +119,8 @@ def local_remote() -> RemoteConfig:
     return RemoteConfig(LOCAL_REMOTE, "file", {"path": str(default_local_dir())})
 
 
-def _check_mode(path: Path, data: dict[str, Any]) -> None:
-    has_secret = any(
-        isinstance(v, dict) and SECRET_KEYS & v.keys() for v in data.get("remotes", {}).values()
-    )
+def _check_mode(path: Path, remotes: dict[str, Any]) -> None:
+    has_secret = any(isinstance(v, dict) and SECRET_KEYS & v.keys() for v in remotes.values())
     if has_secret and stat.S_IMODE(path.stat().st_mode) & 0o077:
         raise ConfigError(
             f"{path} holds a secret but is readable by others",
@@ -158,12 +156,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {cfg_path}: {exc}") from None
-        _check_mode(cfg_path, data)
     elif explicit:
         raise ConfigError(f"config file {cfg_path} does not exist")
     remotes_table = data.get("remotes", {})
     if not isinstance(remotes_table, dict):
         raise ConfigError(f"{cfg_path}: [remotes] must be a table")
+    if remotes_table:
+        _check_mode(cfg_path, remotes_table)
     remotes = {n: remote_from_table(n, t, cfg_path) for n, t in remotes_table.items()}
     default = os.environ.get(ENV_DEFAULT_REMOTE) or data.get("default_remote") or LOCAL_REMOTE
     if not isinstance(default, str):

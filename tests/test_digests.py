@@ -1,0 +1,73 @@
+"""ETag arithmetic: single-part md5, multipart md5-of-md5s, candidate part sizes."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from registry_client.backends.base import ObjectInfo
+
+from registry_client.digests import (
+    Digester,
+    candidate_part_sizes,
+    s3_etag_plan,
+    s3_multipart_etag,
+    segments,
+)
+
+MiB = 1024 * 1024
+
+
+def multipart_etag(data: bytes, part: int) -> str:
+    md5s = [hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part)]
+    return s3_multipart_etag(md5s)
+
+
+def run_plan(info: ObjectInfo, data: bytes, feed: int = 777_777) -> bool:
+    plan = s3_etag_plan(info)
+    digester = Digester(plan.schemes)
+    for i in range(0, len(data), feed):
+        digester.update(data[i:i + feed])
+    result = digester.result()
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    return plan.verifiable and plan.check(result.segment_md5s)
+
+
+def test_segments() -> None:
+    assert segments(10, 4) == [4, 4, 2]
+    assert segments(8, 4) == [4, 4]
+    assert segments(0, 4) == [0]
+
+
+def test_single_part_etag() -> None:
+    data = random.Random(1).randbytes(12345)
+    info = ObjectInfo("k", len(data), hashlib.md5(data).hexdigest())
+    assert run_plan(info, data)
+    assert not run_plan(info, data[:-1] + b"x")
+
+
+def test_multipart_with_unknown_part_size_is_found() -> None:
+    data = random.Random(2).randbytes(23 * MiB + 5)
+    for part in (5 * MiB, 6 * MiB, 8 * MiB, 7 * MiB):
+        info = ObjectInfo("k", len(data), multipart_etag(data, part))
+        assert run_plan(info, data), part
+
+
+def test_multipart_known_part_size_from_metadata_not_aligned_to_mib() -> None:
+    data = random.Random(3).randbytes(3 * MiB + 10)
+    part = MiB + 12345
+    info = ObjectInfo("k", len(data), multipart_etag(data, part), {"part-size": str(part)})
+    assert run_plan(info, data)
+
+
+def test_candidates_cover_common_sizes_and_are_bounded() -> None:
+    size = 10 * 1024 * MiB
+    found = candidate_part_sizes(size, 1280)
+    assert 8 * MiB in found and len(found) <= 24
+    assert all(-(-size // p) == 1280 for p in found)
+
+
+def test_unverifiable_etags_say_so() -> None:
+    info = ObjectInfo("k", 10, "not-an-md5-etag")
+    assert not s3_etag_plan(info).verifiable
+    assert not s3_etag_plan(ObjectInfo("k", 10, None)).verifiable
