@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-from registry_client.backends.base import Backend
 
+from registry_client.backends.base import Backend
 from registry_client.digests import hash_file
 from registry_client.errors import NotFound, ObjectChanged
 

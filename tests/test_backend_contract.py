@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from registry_client.backends.base import Backend
 from registry_client.backends.file import FileBackend
 from registry_client.backends.s3 import S3Backend
-
 from tests.backend_contract import BackendContract
 from tests.helpers import s3_options
 

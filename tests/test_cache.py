@@ -8,10 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from registry_client.backends.base import ObjectInfo
-from registry_client.backends.file import FileBackend
 
 from registry_client import service
+from registry_client.backends.base import ObjectInfo
+from registry_client.backends.file import FileBackend
 from registry_client.cache import Cache
 from registry_client.config import RemoteConfig
 from registry_client.errors import IntegrityError, NotFound

@@ -6,7 +6,6 @@ import hashlib
 import random
 
 from registry_client.backends.base import ObjectInfo
-
 from registry_client.digests import (
     Digester,
     candidate_part_sizes,

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_client.backends.s3 import S3Backend
 
 from registry_client import service
+from registry_client.backends.s3 import S3Backend
 from registry_client.config import RemoteConfig
 from registry_client.errors import IntegrityError, ObjectChanged
 from registry_client.names import parse_image_ref
