@@ -6,8 +6,10 @@ Layout (docs/cache.md, version 1):
     ROOT/v1/sif/sha256/<hex>.sif         published images, whole and verified, mode 0444
     ROOT/v1/refs/<remote-id>/<collection>/<name>/<tag>.json   what a tag last resolved to
     ROOT/v1/etags/<id>                   sha256 of an object version (remote, key, etag)
-    ROOT/v1/tmp/<unique>.partial         downloads in progress (same filesystem as sif/)
-    ROOT/v1/locks/<id>.lock              per-image locks: they save work, never correctness
+    ROOT/v1/tmp/<name>.<pid>.<rand>.partial   downloads in progress (same filesystem as sif/)
+    ROOT/v1/tmp/<version>.resume|.state  a resumable download and the ranges it holds
+    ROOT/v1/locks/<id>.lock              work and use locks: they save work, never correctness
+    ROOT/v1/quarantine/                  entries `cache verify` found damaged
 
 Correctness never depends on a lock: a temp name is unique per process, a file is only
 renamed into sif/ after it was verified, and its name is its sha256, so two publishers of
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry_client import locks
 from registry_client.errors import RegistryClientError
 
 LAYOUT = "v1"
@@ -61,6 +63,7 @@ class Cache:
         self.shared = shared
         self.locking = locking
         self._dir_mode = 0o2775 if shared else 0o700
+        self._file_mode = 0o664 if shared else 0o600
         self._ready = False
 
     # -- setup ----------------------------------------------------------------
@@ -93,18 +96,45 @@ class Cache:
         path = self.image_path(sha256)
         return path if path.is_file() else None
 
-    def publish(self, tmp: Path, sha256: str) -> Path:
-        """Make a verified temp file visible under its content address, atomically."""
-        final = self.image_path(sha256)
+    def publish(self, tmp: Path, sha256: str, final: Path | None = None) -> Path:
+        """Make a verified temp file visible under its content address, atomically.
+
+        A hard link never replaces: if another process (no working locks on a shared
+        filesystem) published the same address first, its file stays and ours goes.
+        Filesystems without hard links get a rename, which is atomic too.
+        """
+        final = final or self.image_path(sha256)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         os.chmod(tmp, 0o444)
-        os.replace(tmp, final)  # same bytes if someone beat us: replacing is harmless
+        try:
+            os.link(tmp, final)
+            os.unlink(tmp)
+        except FileExistsError:
+            os.unlink(tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            os.replace(tmp, final)
         fsync_dir(final.parent)
         return final
+
+    # -- layer blobs of docker:// images (content-addressed like images) -----------
+    def blob_path(self, sha256: str) -> Path:
+        return self.base / "blobs" / "sha256" / sha256
+
+    def lookup_blob(self, sha256: str) -> Path | None:
+        path = self.blob_path(sha256)
+        return path if path.is_file() else None
+
+    def publish_blob(self, tmp: Path, sha256: str) -> Path:
+        """A verified blob, published like an image: same checks, same atomic rename."""
+        final = self.blob_path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True, mode=self._dir_mode)
+        return self.publish(tmp, sha256, final)
 
     # -- temp files -----------------------------------------------------------
     @contextlib.contextmanager
@@ -156,25 +186,63 @@ class Cache:
         os.replace(tmp, path)
 
     # -- locks ------------------------------------------------------------------
+    def _lock_path(self, name: str) -> Path:
+        return self.base / "locks" / f"{name}.lock"
+
     @contextlib.contextmanager
     def lock(self, lock_id: str,
-             on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-        """Hold the per-image lock; if another process holds it, tell on_wait and block."""
+             on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+        """Hold the work lock of one object version; yield whether locking is on."""
         if not self.locking:
+            yield False
+            return
+        self.ensure()
+        with locks.exclusive(self._lock_path(lock_id), self._file_mode, on_wait):
+            yield True
+
+    @contextlib.contextmanager
+    def using(self, sha256: str | None) -> Iterator[None]:
+        """Keep `cache prune` away from an image while a pull looks it up and returns it."""
+        if not (self.locking and sha256):
             yield
             return
         self.ensure()
-        path = self.base / "locks" / f"{lock_id}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o664 if self.shared else 0o600)
-        except OSError:
-            yield  # cannot lock here (read-only or odd FS): correctness does not need it
-            return
-        try:
-            _acquire(fd, on_wait)
+        with locks.shared(self._lock_path(f"use-{sha256}"), self._file_mode):
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
+
+    def touch(self, path: Path) -> None:
+        """Record a use for least-recently-used pruning (atime, even on noatime mounts)."""
+        with contextlib.suppress(OSError):
+            os.utime(path, (time.time(), path.stat().st_mtime))
+
+    # -- resumable downloads ------------------------------------------------------
+    def resume_paths(self, version_id: str) -> tuple[Path, Path]:
+        """The partial file and its state, reused by the next holder of the version's lock."""
+        self.ensure()
+        tmp = self.base / "tmp"
+        return tmp / f"{version_id}.resume", tmp / f"{version_id}.state"
+
+    def read_state(self, path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_state(self, path: Path, state: dict[str, Any]) -> None:
+        self._write_atomic(path, json.dumps(state).encode())
+
+    def clean_dead_temps(self) -> int:
+        """Remove unique temp files whose writer died (the pid is in the name)."""
+        removed = 0
+        folder = self.base / "tmp"
+        for path in folder.glob("*.partial") if folder.is_dir() else []:
+            parts = path.name.split(".")
+            if len(parts) >= 4 and parts[-3].isdigit() and not locks.pid_alive(int(parts[-3])):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
 
     # -- listing and maintenance ------------------------------------------------------
     def entries(self) -> list[CacheEntry]:
@@ -207,29 +275,6 @@ class Cache:
             shutil.rmtree(self.base, ignore_errors=True)
         self._ready = False
         return freed
-
-
-def _acquire(fd: int, on_wait: Callable[[str], None] | None) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno == errno.ENOLCK:
-            return  # no lock support (some NFS mounts): go on unlocked
-        if exc.errno not in (errno.EAGAIN, errno.EACCES):
-            raise
-        if on_wait:
-            on_wait(_holder(fd))
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel frees it if the holder dies
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {time.time():.0f}\n".encode(), 0)
-
-
-def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 64, 0).decode(errors="replace").split()
-        return f"pid {text[0]}" if text else "another process"
-    except OSError:
-        return "another process"
 
 
 def fsync_dir(path: Path) -> None:

@@ -282,6 +282,42 @@ def cache_clean(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     _emit(ctx, as_json, {"freed": freed}, None)
 
 
+@cache_app.command("verify")
+def cache_verify(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """Re-hash every cached image; quarantine damaged ones (exit 4 if any)."""
+    from registry_client.errors import IntegrityError
+    from registry_client.maintenance import verify_cache
+
+    report = verify_cache(_g(ctx).context().cache)
+    lines = [f"{b['digest']}: damaged, moved to {b['moved_to']}" for b in report.bad]
+    _emit(ctx, as_json, report.to_dict(), "\n".join(lines) or None)
+    if report.bad:
+        raise IntegrityError(f"{len(report.bad)} of {report.checked} cached images were "
+                             "damaged and quarantined")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    ctx: typer.Context,
+    max_age: str | None = typer.Option(None, "--max-age",
+                                       help="Remove images unused for this long (30d, 12h)."),
+    max_size: str | None = typer.Option(None, "--max-size",
+                                        help="Then remove least-recently used down to this "
+                                             "total (20G, 500M)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove old or excess images (never one a running pull holds) and stale temp files."""
+    from registry_client.maintenance import parse_age, parse_size, prune_cache
+
+    try:
+        age = parse_age(max_age) if max_age else None
+        size = parse_size(max_size) if max_size else None
+    except (ValueError, KeyError):
+        raise UsageError("--max-age takes e.g. 30d, 12h; --max-size e.g. 20G, 500M") from None
+    report = prune_cache(_g(ctx).context().cache, max_age=age, max_size=size)
+    _emit(ctx, as_json, report.to_dict(), None)
+
+
 # -- remotes ---------------------------------------------------------------------------
 
 

@@ -56,14 +56,7 @@ class RetryingBackend(Backend):
                 attempt = self._backoff(what, attempt, exc)
 
     def _backoff(self, what: str, attempt: int, exc: RemoteUnavailable) -> int:
-        if not exc.retryable or attempt + 1 >= self.policy.attempts:
-            if exc.retryable:
-                exc.message = f"{exc.message} (gave up after {attempt + 1} attempts)"
-            raise exc
-        delay = self.policy.delay(attempt, exc)
-        log.info("%s failed (%s); retry %d in %.2fs", what, exc.message, attempt + 1, delay)
-        self._sleep(delay)
-        return attempt + 1
+        return backoff(self.policy, self._sleep, what, attempt, exc)
 
     def stat(self, key: str) -> ObjectInfo:
         return self._call(f"stat {key}", lambda: self.inner.stat(key))
@@ -113,3 +106,31 @@ class RetryingBackend(Backend):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def backoff(policy: RetryPolicy, sleep: Callable[[float], None], what: str, attempt: int,
+            exc: RemoteUnavailable) -> int:
+    """Sleep before the next attempt and return its number, or re-raise when out of budget."""
+    if not exc.retryable or attempt + 1 >= policy.attempts:
+        if exc.retryable:
+            exc.message = f"{exc.message} (gave up after {attempt + 1} attempts)"
+        raise exc
+    delay = policy.delay(attempt, exc)
+    log.info("%s failed (%s); retry %d in %.2fs", what, exc.message, attempt + 1, delay)
+    sleep(delay)
+    return attempt + 1
+
+
+def retry_call(what: str, fn: Callable[[], T], policy: RetryPolicy | None = None,
+               sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run one call that is not a backend verb (a registry API request) under the policy.
+
+    Same budget and backoff as RetryingBackend, so fetchers never grow retry loops of their own.
+    """
+    policy = policy or RetryPolicy()
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except RemoteUnavailable as exc:
+            attempt = backoff(policy, sleep, what, attempt, exc)

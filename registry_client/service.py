@@ -24,6 +24,7 @@ from registry_client.errors import (
     NotFound,
     ObjectChanged,
     RegistryClientError,
+    RemoteUnavailable,
     UsageError,
 )
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
@@ -54,10 +55,12 @@ class PullResult:
     size: int
     cached: bool
     verified: tuple[str, ...] = ()
+    resumed_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "path": self.path, "sha256": self.sha256, "size": self.size,
-                "cached": self.cached, "verified": list(self.verified)}
+                "cached": self.cached, "verified": list(self.verified),
+                "resumed_bytes": self.resumed_bytes}
 
 
 # -- pull ---------------------------------------------------------------------------
@@ -87,10 +90,12 @@ def _pull_from_cache(ctx: Context, ref: ImageRef, rid: str, offline: bool) -> Pu
     if sha is None and offline:
         record = ctx.cache.resolve_ref(rid, ref.collection, ref.name, ref.tag)
         sha = record.get("sha256") if record else None
-    path = ctx.cache.lookup(sha)
-    if path is None or sha is None:
-        return None
-    return PullResult(str(ref), str(path), sha, path.stat().st_size, True, ("cache",))
+    with ctx.cache.using(sha):
+        path = ctx.cache.lookup(sha)
+        if path is None or sha is None:
+            return None
+        ctx.cache.touch(path)
+        return PullResult(str(ref), str(path), sha, path.stat().st_size, True, ("cache",))
 
 
 def _pull_remote(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
@@ -121,16 +126,20 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
     hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
     if hit:
         return hit
-    with ctx.cache.lock(short_id(*version),
-                        on_wait=lambda who: ctx.reporter.info(f"waiting for {who} to pull {ref}")):
+    version_id = short_id(*version)
+    waiting = lambda who: ctx.reporter.info(f"waiting for {who} to pull {ref}")  # noqa: E731
+    with ctx.cache.lock(version_id, on_wait=waiting) as locked:
         hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
         if hit:
             return hit
-        path, checks = _download_verified(ctx, backend, info, expected, str(ref))
-    sha = path.stem
+        ctx.cache.clean_dead_temps()
+        download = _download_verified(ctx, backend, info, expected, str(ref),
+                                      version_id if locked else None)
+    sha = download.path.stem
     ctx.cache.record_etag(sha, *version)
     _record_ref(ctx, ref, rid, info, sha)
-    return PullResult(str(ref), str(path), sha, info.size, False, checks)
+    return PullResult(str(ref), str(download.path), sha, info.size, False, download.checks,
+                      download.resumed)
 
 
 def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
@@ -143,9 +152,11 @@ def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
 def _cached_version(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo,
                     expected: str | None, version: tuple[str, ...]) -> PullResult | None:
     sha = expected or ctx.cache.resolve_etag(*version)
-    path = ctx.cache.lookup(sha)
-    if path is None or sha is None:
-        return None
+    with ctx.cache.using(sha):
+        path = ctx.cache.lookup(sha)
+        if path is None or sha is None:
+            return None
+        ctx.cache.touch(path)
     _record_ref(ctx, ref, rid, info, sha)
     return PullResult(str(ref), str(path), sha, info.size, True, ("cache",))
 
@@ -156,18 +167,64 @@ def _record_ref(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo, sha: st
         "pulled": time.time()})
 
 
-def _download_verified(ctx: Context, backend: Backend, info: ObjectInfo,
-                       expected: str | None, label: str) -> tuple[Path, tuple[str, ...]]:
+@dataclass(frozen=True)
+class _Downloaded:
+    path: Path
+    checks: tuple[str, ...]
+    resumed: int  # bytes a previous, interrupted download had already fetched
+
+
+def _download_verified(ctx: Context, backend: Backend, info: ObjectInfo, expected: str | None,
+                       label: str, version_id: str | None) -> _Downloaded:
+    """Download to a temp file, verify, publish. With the version's lock held, the temp
+    file is resumable: a later pull of the same object version continues it."""
     plan = backend.etag_plan(info)
     try:
-        with ctx.cache.temp_file() as tmp:
-            with ctx.reporter.progress(f"pull {label}", info.size) as advance:
+        with _temp_for(ctx, version_id) as (tmp, have, on_range):
+            resumed = sum(end - start for start, end in have)
+            with ctx.reporter.progress(f"pull {label}", info.size - resumed) as advance:
                 result = download(backend, info, tmp, plan.schemes, settings=ctx.transfer,
-                                  progress=advance)
+                                  progress=advance, have=have, on_range=on_range)
             checks = verify(info, plan, result, expected, ctx.reporter)
-            return ctx.cache.publish(tmp, result.sha256), checks
+            return _Downloaded(ctx.cache.publish(tmp, result.sha256), checks, resumed)
     except OSError as exc:
         raise raise_for_os_error(exc, f"download of {info.key} into {ctx.cache.root}") from None
+
+
+@contextlib.contextmanager
+def _temp_for(ctx: Context, version_id: str | None) -> Any:
+    """(temp path, ranges it already holds, callback to record a finished range)."""
+    if version_id is None:  # no lock, no resume: a unique temp file
+        with ctx.cache.temp_file() as tmp:
+            yield tmp, [], None
+        return
+    tmp, state_path = ctx.cache.resume_paths(version_id)
+    state = ctx.cache.read_state(state_path)
+    chunk = ctx.transfer.chunk_size
+    have: list[tuple[int, int]] = []
+    if state.get("chunk") == chunk and tmp.exists():
+        have = [(int(a), int(b)) for a, b in state.get("done", [])]
+    else:
+        tmp.unlink(missing_ok=True)
+    done = list(have)
+
+    def on_range(start: int, end: int) -> None:
+        done.append((start, end))
+        ctx.cache.write_state(state_path, {"chunk": chunk, "done": done})
+
+    try:
+        yield tmp, have, on_range
+    except BaseException as exc:
+        # Keep the bytes only for a retry of the same version: after a network failure
+        # or an interrupt. Not after a changed object, a failed check or a full disk.
+        resumable = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, RemoteUnavailable) and exc.retryable)
+        if not resumable:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if not tmp.exists():
+            state_path.unlink(missing_ok=True)
 
 
 def verify(info: ObjectInfo, plan: Any, result: DigestResult, expected: str | None,
@@ -213,7 +270,7 @@ def _place(result: PullResult, output: str) -> PullResult:
         tmp.unlink(missing_ok=True)
         raise raise_for_os_error(exc, f"writing {dest}") from None
     return PullResult(result.ref, str(dest), result.sha256, result.size, result.cached,
-                      result.verified)
+                      result.verified, result.resumed_bytes)
 
 
 # -- push ---------------------------------------------------------------------------

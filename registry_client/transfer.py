@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -99,19 +99,31 @@ def download(
     *,
     settings: TransferSettings = TransferSettings(),
     progress: Progress | None = None,
+    have: Iterable[tuple[int, int]] = (),
+    on_range: Callable[[int, int], None] | None = None,
 ) -> DigestResult:
-    """Fetch the whole object into dest (created, preallocated) and hash it in order."""
+    """Fetch the object into dest (preallocated) and hash it in order.
+
+    `have` lists ranges dest already holds (a resumed download): they are not fetched
+    again, only re-read for hashing, so the whole file is still verified. `on_range` is
+    told of each range once it is written (to persist resume state).
+    """
     digester = Digester(schemes)
     frontier = _Frontier()
-    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    have = [tuple(r) for r in have]
+    flags = os.O_RDWR | os.O_CREAT | (0 if have else os.O_EXCL)
+    fd = os.open(dest, flags, 0o600)
     try:
         _preallocate(fd, info.size)
-        jobs = ranges(info.size, settings.chunk_size)
+        for start, end in have:
+            frontier.finish(start, end)
+        held = set(have)
+        jobs = [r for r in ranges(info.size, settings.chunk_size) if r not in held]
         workers = max(1, min(settings.concurrency, len(jobs)))
         with ThreadPoolExecutor(workers + 1, thread_name_prefix="rc-get") as pool:
             hasher = pool.submit(_hash_follow, fd, info.size, frontier, digester)
-            futures = [pool.submit(_run_range, backend, info, fd, r, frontier, progress)
-                       for r in jobs]
+            futures = [pool.submit(_run_range, backend, info, fd, r, frontier, progress,
+                                   on_range) for r in jobs]
             wait(futures, return_when=FIRST_EXCEPTION)
             _raise_first(futures, frontier, pool)
             hasher.result()
@@ -121,7 +133,8 @@ def download(
 
 
 def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int],
-               frontier: _Frontier, progress: Progress | None) -> None:
+               frontier: _Frontier, progress: Progress | None,
+               on_range: Callable[[int, int], None] | None) -> None:
     if frontier.failed:
         return
     try:
@@ -130,6 +143,8 @@ def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int]
         frontier.fail()
         raise
     frontier.finish(*rng)
+    if on_range:
+        on_range(*rng)
 
 
 def _raise_first(futures: list, frontier: _Frontier, pool: ThreadPoolExecutor) -> None:

@@ -1,0 +1,123 @@
+"""`cache verify` and `cache prune`: keep a long-lived node cache whole and bounded."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry_client import locks
+from registry_client.cache import Cache, CacheEntry
+from registry_client.digests import hash_file
+
+STALE_RESUME_SECONDS = 24 * 3600
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    bad: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "bad": self.bad}
+
+
+def verify_cache(cache: Cache) -> VerifyReport:
+    """Re-hash every published image; move damaged ones to quarantine/."""
+    report = VerifyReport()
+    for entry in cache.entries():
+        report.checked += 1
+        try:
+            actual = hash_file(str(entry.path)).sha256
+        except OSError as exc:
+            actual = f"unreadable: {exc.strerror}"
+        if actual != entry.sha256:
+            moved = _quarantine(cache, entry)
+            report.bad.append({"digest": f"sha256:{entry.sha256}", "actual": actual,
+                               "moved_to": str(moved)})
+    return report
+
+
+def _quarantine(cache: Cache, entry: CacheEntry) -> Path:
+    folder = cache.base / "quarantine"
+    folder.mkdir(exist_ok=True, mode=0o700)
+    dest = folder / f"{entry.sha256}.{int(time.time())}.sif"
+    os.replace(entry.path, dest)
+    return dest
+
+
+@dataclass
+class PruneReport:
+    removed: list[str] = field(default_factory=list)
+    freed: int = 0
+    kept_in_use: list[str] = field(default_factory=list)
+    temps_removed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"removed": self.removed, "freed": self.freed, "in_use": self.kept_in_use,
+                "temps_removed": self.temps_removed}
+
+
+def prune_cache(cache: Cache, *, max_age: float | None = None,
+                max_size: int | None = None, now: float | None = None) -> PruneReport:
+    """Remove images unused for max_age seconds, then least-recently-used ones until the
+    total is at most max_size bytes. An image a running pull holds is never removed."""
+    now = time.time() if now is None else now
+    report = PruneReport(temps_removed=_clean_temps(cache, now))
+    entries = sorted(cache.entries(), key=lambda e: max(e.atime, e.mtime))
+    total = sum(e.size for e in entries)
+    for entry in entries:
+        too_old = max_age is not None and now - max(entry.atime, entry.mtime) > max_age
+        too_big = max_size is not None and total > max_size
+        if not (too_old or too_big):
+            continue
+        if _remove_unless_used(cache, entry):
+            report.removed.append(f"sha256:{entry.sha256}")
+            report.freed += entry.size
+            total -= entry.size
+        else:
+            report.kept_in_use.append(f"sha256:{entry.sha256}")
+    return report
+
+
+def _remove_unless_used(cache: Cache, entry: CacheEntry) -> bool:
+    with locks.try_exclusive(cache.base / "locks" / f"use-{entry.sha256}.lock") as free:
+        if not free:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            entry.path.unlink()
+        return True
+
+
+def _clean_temps(cache: Cache, now: float) -> int:
+    """Dead writers' temp files, and resumable downloads nobody resumed for a day."""
+    removed = cache.clean_dead_temps()
+    folder = cache.base / "tmp"
+    for path in folder.glob("*.resume") if folder.is_dir() else []:
+        lock = cache.base / "locks" / f"{path.name.removesuffix('.resume')}.lock"
+        with locks.try_exclusive(lock) as free, contextlib.suppress(FileNotFoundError):
+            if free and now - path.stat().st_mtime > STALE_RESUME_SECONDS:
+                path.unlink()
+                path.with_suffix(".state").unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def parse_size(text: str) -> int:
+    """'500M', '20G', '1.5T', '1048576' → bytes (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
+    return int(float(number) * units[unit])
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '45m', '90s' or plain seconds → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
