@@ -70,7 +70,30 @@ class Globals:
         cache = Cache(Path(root).expanduser() if root else default_cache_dir(),
                       shared=bool(cache_opts.get("shared", False)),
                       locking=_locking_enabled(cache_opts))
-        return Context(config=config, cache=cache, reporter=self.reporter())
+        return Context(config=config, cache=cache, reporter=self.reporter(),
+                       **transfer_settings(config.settings.get("transfer")))
+
+
+def transfer_settings(table: Any) -> dict[str, Any]:
+    """[transfer] chunk_size, concurrency, part_size, push_concurrency from the config."""
+    from registry_client.transfer import TransferSettings
+
+    if table is None:
+        return {}
+    if not isinstance(table, dict) or not all(
+            isinstance(table.get(k, 1), int) and table.get(k, 1) > 0
+            for k in ("chunk_size", "concurrency", "part_size", "push_concurrency")):
+        from registry_client.errors import ConfigError
+
+        raise ConfigError("[transfer] values must be positive integers (bytes or counts)")
+    default = TransferSettings()
+    settings: dict[str, Any] = {"transfer": TransferSettings(
+        chunk_size=table.get("chunk_size", default.chunk_size),
+        concurrency=table.get("concurrency", default.concurrency))}
+    for key in ("part_size", "push_concurrency"):
+        if key in table:
+            settings[key] = table[key]
+    return settings
 
 
 def _locking_enabled(cache_opts: dict[str, Any]) -> bool:
