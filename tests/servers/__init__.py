@@ -1,0 +1,1 @@
+"""Real loopback servers (OpenStack Swift all-in-one, moto S3, Docker registry) for tests."""
