@@ -46,12 +46,16 @@ class EtagPlan:
     pass. `check` gets, per scheme, the list of segment md5 digests and answers
     True (verified), False (mismatch) — it never raises.
     `verifiable` is False when the ETag is known not to be an md5 (e.g. SSE-KMS).
+    `more_schemes` keeps the common case to one or two md5 passes: they are hashed in a
+    second pass over the downloaded file, only when no scheme of the first pass matched.
     """
 
     schemes: list[list[int]]
     check: Callable[[list[list[bytes]]], bool]
     verifiable: bool = True
     description: str = ""
+    #: less likely segmentations, hashed from the local copy only if `schemes` fail
+    more_schemes: list[list[int]] = field(default_factory=list)
 
 
 class Backend(abc.ABC):

@@ -149,6 +149,15 @@ def main_callback(
 # -- image commands ------------------------------------------------------------------
 
 
+# docker://, library:// and shub:// (registry_client.fetch); env and config fill the gaps.
+ArchOpt = typer.Option(None, "--arch", help="Architecture for docker:// and library:// "
+                       "(amd64, arm64, arm/v7; default: this node's).")
+LibraryUrlOpt = typer.Option(None, "--library-url", help="Library API for library:// "
+                             "[env REGISTRY_CLIENT_LIBRARY_URL].")
+ShubUrlOpt = typer.Option(None, "--shub-url", help="Singularity Hub API for shub:// "
+                          "[env REGISTRY_CLIENT_SHUB_URL].")
+
+
 @app.command()
 def pull(
     ctx: typer.Context,
@@ -156,6 +165,9 @@ def pull(
     output: str | None = typer.Option(None, "-o", "--output", help="Also place it here."),
     force: bool = typer.Option(False, "--force", help="Download again even if cached."),
     offline: bool = typer.Option(False, "--offline", help="Use the cache only; no network."),
+    arch: str | None = ArchOpt,
+    library_url: str | None = LibraryUrlOpt,
+    shub_url: str | None = ShubUrlOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Download once, verify, publish atomically; print the image's path."""
@@ -165,9 +177,10 @@ def pull(
     parsed = parse_reference(ref)
     context = _g(ctx).context()
     if isinstance(parsed, FetcherRef):
-        from registry_client.fetch import pull_fetcher
+        from registry_client.fetch import FetchOptions, pull_fetcher
 
-        result = pull_fetcher(context, parsed, output=output, force=force, offline=offline)
+        result = pull_fetcher(context, parsed, output=output, force=force, offline=offline,
+                              options=FetchOptions(arch, library_url, shub_url))
     else:
         result = do_pull(context, parsed, output=output, force=force, offline=offline)
     _emit(ctx, as_json, result.to_dict(), result.path)
@@ -272,6 +285,40 @@ def inspect(ctx: typer.Context, target: str = typer.Argument(..., help="REF or F
 
     data = describe(_g(ctx).context(), target)
     _emit(ctx, as_json, data, format_description(data))
+
+
+@app.command()
+def search(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="At least 3 characters."),
+    arch: str | None = ArchOpt,
+    library_url: str | None = LibraryUrlOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Find images in the Library (library:// references)."""
+    from registry_client.fetch import FetchOptions
+    from registry_client.fetch import search as do_search
+
+    rows = do_search(_g(ctx).context(), query, FetchOptions(arch, library_url))
+    _emit(ctx, as_json, rows, _table(rows, ("ref", "size", "arch", "description")))
+
+
+@app.command()
+def copy(
+    ctx: typer.Context,
+    src: str = typer.Argument(..., help="Any reference: bucket, docker://, library://, shub://"),
+    dst: str = typer.Argument(..., help="[REMOTE:]COLLECTION/NAME[:TAG] or bucket URL"),
+    arch: str | None = ArchOpt,
+    library_url: str | None = LibraryUrlOpt,
+    shub_url: str | None = ShubUrlOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Pull SRC (verified) and push it to DST, unless DST already has the same sha256."""
+    from registry_client.fetch import FetchOptions
+    from registry_client.fetch import copy as do_copy
+
+    record = do_copy(_g(ctx).context(), src, dst, FetchOptions(arch, library_url, shub_url))
+    _emit(ctx, as_json, record, None)
 
 
 # -- cache ---------------------------------------------------------------------------

@@ -101,23 +101,20 @@ def s3_multipart_etag(part_md5s: Sequence[bytes]) -> str:
 
 
 def candidate_part_sizes(size: int, parts: int, known: int | None = None) -> list[int]:
-    """Part sizes (whole MiB, plus `known`) that cut `size` bytes into exactly `parts` parts."""
-    found: list[int] = []
+    """Part sizes that cut `size` bytes into exactly `parts` parts, most likely first:
+    the known one (our metadata, or a PartNumber HEAD), then sizes other tools use, then
+    the whole-MiB sizes in between (bounded)."""
     if known:
-        found.append(known)
+        return [known]
 
     def fits(p: int) -> bool:
         return p > 0 and -(-size // p) == parts
 
-    for mib in COMMON_PART_SIZES_MIB:
-        if fits(mib * MiB) and mib * MiB not in found:
-            found.append(mib * MiB)
+    found = [mib * MiB for mib in COMMON_PART_SIZES_MIB if fits(mib * MiB)]
     lo = max(1, -(-size // (parts * MiB)))  # smallest whole MiB that gives <= parts parts
     for mib in range(lo, lo + 4096):
-        if len(found) >= MAX_CANDIDATES:
-            break
         p = mib * MiB
-        if -(-size // p) < parts:
+        if len(found) >= MAX_CANDIDATES or -(-size // p) < parts:
             break
         if fits(p) and p not in found:
             found.append(p)
@@ -148,14 +145,20 @@ def s3_etag_plan(info: ObjectInfo) -> EtagPlan:
         return EtagPlan([], lambda _: False, verifiable=False, description=f"etag {etag!r}")
     parts = int(count)
     sizes = candidate_part_sizes(info.size, parts, info.part_size)
-    schemes = [segments(info.size, p) for p in sizes]
+    if not sizes:
+        return EtagPlan([], lambda _: False, verifiable=False, description="no part size fits")
+    # Sizes other tools use are hashed while downloading; the long tail of other
+    # candidates only if none of those match, in a second pass over the local file.
+    common = {m * MiB for m in COMMON_PART_SIZES_MIB}
+    first = [p for p in sizes if p in common or p == info.part_size] or sizes[:1]
+    rest = [p for p in sizes if p not in first]
 
     def check(md5s: list[list[bytes]]) -> bool:
         return any(s3_multipart_etag(m) == etag for m in md5s)
 
-    if not schemes:
-        return EtagPlan([], lambda _: False, verifiable=False, description="no part size fits")
-    return EtagPlan(schemes, check, description=f"multipart etag over {parts} parts")
+    return EtagPlan([segments(info.size, p) for p in first], check,
+                    description=f"multipart etag over {parts} parts",
+                    more_schemes=[segments(info.size, p) for p in rest])
 
 
 def _is_md5_hex(text: str) -> bool:

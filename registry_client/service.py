@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from registry_client import __version__
-from registry_client.backends.base import Backend, ObjectInfo
+from registry_client.backends.base import Backend, EtagPlan, ObjectInfo
 from registry_client.cache import Cache, raise_for_os_error, short_id
 from registry_client.config import Config
 from registry_client.digests import DigestResult, hash_file
@@ -185,7 +185,7 @@ def _download_verified(ctx: Context, backend: Backend, info: ObjectInfo, expecte
             with ctx.reporter.progress(f"pull {label}", info.size - resumed) as advance:
                 result = download(backend, info, tmp, plan.schemes, settings=ctx.transfer,
                                   progress=advance, have=have, on_range=on_range)
-            checks = verify(info, plan, result, expected, ctx.reporter)
+            checks = verify(info, plan, result, expected, ctx.reporter, tmp)
             return _Downloaded(ctx.cache.publish(tmp, result.sha256), checks, resumed)
     except OSError as exc:
         raise raise_for_os_error(exc, f"download of {info.key} into {ctx.cache.root}") from None
@@ -227,14 +227,14 @@ def _temp_for(ctx: Context, version_id: str | None) -> Any:
             state_path.unlink(missing_ok=True)
 
 
-def verify(info: ObjectInfo, plan: Any, result: DigestResult, expected: str | None,
-           reporter: Reporter) -> tuple[str, ...]:
+def verify(info: ObjectInfo, plan: EtagPlan, result: DigestResult, expected: str | None,
+           reporter: Reporter, local: Path | None = None) -> tuple[str, ...]:
     """Size, ETag (or segment etags) and sha256; IntegrityError on any mismatch."""
     if result.size != info.size:
         raise IntegrityError(f"{info.key}: got {result.size} bytes, expected {info.size}")
     checks = ["size"]
     if plan.verifiable:
-        if not plan.check(result.segment_md5s):
+        if not _etag_matches(plan, result, local):
             raise IntegrityError(f"{info.key}: content does not match its ETag {info.etag} "
                                  f"({plan.description}); nothing was published")
         checks.append("etag")
@@ -248,6 +248,14 @@ def verify(info: ObjectInfo, plan: Any, result: DigestResult, expected: str | No
     elif not plan.verifiable:
         reporter.warn(f"{info.key}: no checksum to verify against; only the size was checked")
     return tuple(checks)
+
+
+def _etag_matches(plan: EtagPlan, result: DigestResult, local: Path | None) -> bool:
+    if plan.check(result.segment_md5s):
+        return True
+    if not (plan.more_schemes and local):
+        return False
+    return plan.check(hash_file(str(local), plan.more_schemes).segment_md5s)
 
 
 def _place(result: PullResult, output: str) -> PullResult:

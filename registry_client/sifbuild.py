@@ -32,6 +32,7 @@ import stat
 import subprocess
 import tarfile
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,13 +131,14 @@ def _zstd(path: Path) -> Iterator[BinaryIO]:
 # -- applying layers to a root ---------------------------------------------------------------
 
 
-def _parts(name: str) -> list[str]:
+def _parts(name: str, what: str | None = None) -> list[str]:
     """Path components of a member name; unsafe names raise UnsafeLayer."""
+    what = what or f"layer member {name[:200]!r}"
     if name.startswith("/"):
-        raise UnsafeLayer(f"layer member {name[:200]!r} has an absolute path")
+        raise UnsafeLayer(f"{what} has an absolute path")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise UnsafeLayer(f"layer member {name[:200]!r} climbs out with '..'")
+        raise UnsafeLayer(f"{what} climbs out with '..'")
     return parts
 
 
@@ -176,8 +178,7 @@ class RootfsWriter:
                 st = os.lstat(path)
             except FileNotFoundError:
                 if not create:
-                    raise UnsafeLayer(f"layer member {member[:200]!r}: {comp} does not "
-                                      "exist") from None
+                    raise
                 os.mkdir(path, 0o755)  # tar omits parents; lower layers may lack them
                 done.append(comp)
                 continue
@@ -223,7 +224,7 @@ class RootfsWriter:
                     for member in tar:
                         self._member(tar, member)
                 diff_id = reader.drain()
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise
             raise IntegrityError(f"layer {layer.digest[:19]} is not a valid tar archive "
@@ -258,7 +259,10 @@ class RootfsWriter:
 
     def _whiteout(self, name: str, base: str) -> None:
         parts = _parts(name)
-        folder = self.resolve_dir(parts[:-1], name)
+        try:
+            folder = self.resolve_dir(parts[:-1], name, create=False)
+        except FileNotFoundError:
+            return  # nothing below to hide
         if base == OPAQUE:
             self._hide_lower(folder)
         elif not base.startswith(AUFS_META):
@@ -295,17 +299,19 @@ class RootfsWriter:
             with os.fdopen(fd, "wb", closefd=False) as out:
                 if source is not None:
                     shutil.copyfileobj(source, out, BLOCK)
-            os.fchmod(fd, member.mode & 0o7777)
+            # Without root, mksquashfs must still read every file: add owner read.
+            os.fchmod(fd, member.mode & 0o7777 if self.is_root else member.mode & 0o7777 | 0o400)
         finally:
             os.close(fd)
         self._times(path, member.mtime)
 
     def _hardlink(self, path: Path, member: tarfile.TarInfo) -> None:
-        parts = _parts(member.linkname)
+        parts = _parts(member.linkname, f"hard link {member.name[:200]!r} -> "
+                                        f"{member.linkname[:200]!r}")
         if not parts:
             raise UnsafeLayer(f"hard link {member.name[:200]!r} to the root")
-        source = self.resolve_dir(parts[:-1], member.linkname, create=False) / parts[-1]
         try:
+            source = self.resolve_dir(parts[:-1], member.linkname, create=False) / parts[-1]
             st = os.lstat(source)
         except FileNotFoundError:
             raise UnsafeLayer(f"hard link {member.name[:200]!r} to a missing "
@@ -348,7 +354,8 @@ class RootfsWriter:
         for dirpath, _dirs, _files in sorted(os.walk(self.root), key=lambda w: -len(w[0])):
             path = Path(dirpath)
             mode, mtime = self.dir_meta.get(self._rel(path), (0o755, self.epoch))
-            os.chmod(path, (mode & 0o7777) | 0o700 if not self.is_root else mode & 0o7777)
+            # Without root, mksquashfs must still list and enter every directory.
+            os.chmod(path, mode & 0o7777 if self.is_root else mode & 0o7777 | 0o700)
             self._times(path, mtime)
 
     # -- files we add ---------------------------------------------------------------
@@ -547,15 +554,6 @@ def build_sif(spec: BuildSpec, work: Path, dest: Path, warn: Warn) -> sif.SifIma
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that also gets through directories the image made read-only."""
-    def onerror(_func: Any, failed: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed), 0o700)
-            if os.path.isdir(failed) and not os.path.islink(failed):
-                os.chmod(failed, 0o700)
-                shutil.rmtree(failed, ignore_errors=True)
-            else:
-                os.unlink(failed)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=onerror)
+    """Remove a build folder. Directories stay owner-writable until finish(), so plain
+    rmtree works, and it never follows the symlinks an image contains."""
+    shutil.rmtree(path, ignore_errors=True)

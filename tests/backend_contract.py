@@ -35,7 +35,8 @@ def read_all(backend: Backend, key: str, etag: str | None = None) -> bytes:
 def plan_verifies(backend: Backend, key: str, path: Path) -> bool:
     info = backend.stat(key)
     plan = backend.etag_plan(info)
-    return plan.verifiable and plan.check(hash_file(str(path), plan.schemes).segment_md5s)
+    schemes = plan.schemes + plan.more_schemes
+    return plan.verifiable and plan.check(hash_file(str(path), schemes).segment_md5s)
 
 
 class BackendContract:
