@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from registry_client.backends.base import Backend
-
     from registry_client.config import RemoteConfig
 
 _KINDS = {

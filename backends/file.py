@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry_client.backends.base import Backend, ObjectInfo, Progress
-
 from registry_client.errors import AuthError, NotFound, ObjectChanged, RegistryClientError
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import botocore.exceptions as bexc
 from botocore.config import Config as BotoConfig
-from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
 
+from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
 from registry_client.digests import s3_etag_plan, s3_multipart_etag, segments
 from registry_client.errors import (
     AuthError,

@@ -1,0 +1,1088 @@
+"""OpenStack Swift (and Ceph RGW's Swift API) through python-swiftclient.
+
+The user-facing story is in docs/backends.md; the decisions that shape this module:
+
+* Auth the way Swift users already configure it: tempauth / v1 (ST_AUTH, ST_USER, ST_KEY),
+  Keystone v3 (OS_* with a password or an application credential; spoken directly over
+  HTTP, so python-keystoneclient is not needed), or a pre-made OS_STORAGE_URL +
+  OS_AUTH_TOKEN. A remote's options use the same names in lower case and win, key by key.
+* swiftclient's Connection is not thread-safe: one per thread, all sharing one token
+  store. A 401 makes swiftclient ask for a token once more; the first thread to ask
+  re-authenticates, the others pick up its token. swiftclient's own retries are off: the
+  retry wrapper (registry_client.retry) owns that policy.
+* Large objects are Static Large Objects whose segments live in CONTAINER_segments (the
+  `swift` CLI's default) under `KEY/slo/<time>-<random>/<size>/<segment size>/<index>`:
+  every upload writes new segments, so a re-push never overwrites bytes that a reader of
+  the old version is still fetching. Old segments go only after the new manifest is in.
+* Reads are pinned with If-Match. For an SLO Swift compares it with the SLO ETag (the
+  proxy sends X-Backend-Etag-Is-At), and a `?multipart-manifest=get` is pinned to the
+  manifest's own md5 (X-Manifest-Etag from HEAD), so a manifest never mixes versions.
+* When Swift cuts an SLO read short (or answers 409) because a segment no longer matches
+  its manifest, the backend HEADs the segments of that range: a damaged segment is an
+  IntegrityError (exit 4), anything else stays a transient error for the retry wrapper.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote
+
+import requests
+import swiftclient.client as swift_client
+from swiftclient.client import Connection
+from swiftclient.exceptions import ClientException
+from swiftclient.utils import LengthWrapper
+
+from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
+from registry_client.digests import plain_md5_plan, segments
+from registry_client.errors import (
+    AuthError,
+    ConfigError,
+    IntegrityError,
+    NotFound,
+    ObjectChanged,
+    RegistryClientError,
+    RemoteUnavailable,
+    UsageError,
+)
+
+if TYPE_CHECKING:
+    from registry_client.config import RemoteConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+MiB = 1024 * 1024
+READ_BLOCK = MiB
+HASH_BLOCK = 4 * MiB
+OCTET = "application/octet-stream"
+SEGMENTS_SUFFIX = "_segments"
+# Swift's defaults, used when the cluster hides /info.
+DEFAULT_MAX_SEGMENTS = 1000
+DEFAULT_MAX_OBJECT = 5 * 1024**3 + 2
+DEFAULT_TIMEOUT = 60.0
+MAX_NESTING = 10  # Swift's own limit for SLOs inside SLOs
+MAX_MANIFEST_BYTES = 64 * MiB
+
+# swiftclient logs the first characters of tokens and keys at INFO; never show any.
+swift_client.logger_settings["reveal_sensitive_prefix"] = 0
+
+
+# -- errors -----------------------------------------------------------------------------
+
+
+def translate(exc: BaseException, what: str) -> RegistryClientError:
+    """swiftclient/requests errors → our tree; messages carry names, never credentials."""
+    if isinstance(exc, RegistryClientError):
+        return exc
+    if isinstance(exc, ClientException):
+        return _from_status(exc.http_status or 0, exc.http_reason or exc.msg, what,
+                            exc.http_response_headers or {})
+    if isinstance(exc, (requests.RequestException, OSError)) or _is_transport(exc):
+        return RemoteUnavailable(f"{what}: {type(exc).__name__}: {_short(exc)}")
+    return RegistryClientError(f"{what}: {type(exc).__name__}")
+
+
+def _from_status(status: int, reason: str, what: str,
+                 headers: Mapping[str, str]) -> RegistryClientError:
+    text = f"{what}: HTTP {status} {reason}".strip() if status else f"{what}: {reason}"
+    if status == 404:
+        return NotFound(text)
+    if status in (401, 403):
+        return AuthError(text, hint="check the Swift credentials (ST_* / OS_* or the remote)")
+    if status == 412:
+        return ObjectChanged(f"{what}: the object changed during the transfer")
+    if status == 422:
+        return IntegrityError(f"{what}: the server's checksum differs from the data sent")
+    # 409: an SLO whose segment no longer validates, or a PUT timestamp race; reads
+    # diagnose the first case, both may be gone on the next attempt.
+    if status >= 500 or status in (408, 409, 429, 498):
+        return RemoteUnavailable(text, retry_after=_retry_after(headers))
+    return RegistryClientError(text)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    try:
+        return float(lowered["retry-after"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _is_transport(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith(("urllib3", "http.client"))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:200]
+
+
+# -- auth -------------------------------------------------------------------------------
+
+V1_ENV = {"auth_url": ("ST_AUTH",), "user": ("ST_USER",), "key": ("ST_KEY",)}
+V3_ENV = {
+    "auth_url": ("OS_AUTH_URL",),
+    "username": ("OS_USERNAME",),
+    "user_id": ("OS_USER_ID",),
+    "password": ("OS_PASSWORD",),
+    "project_name": ("OS_PROJECT_NAME", "OS_TENANT_NAME"),
+    "project_id": ("OS_PROJECT_ID", "OS_TENANT_ID"),
+    "user_domain_name": ("OS_USER_DOMAIN_NAME",),
+    "user_domain_id": ("OS_USER_DOMAIN_ID",),
+    "project_domain_name": ("OS_PROJECT_DOMAIN_NAME",),
+    "project_domain_id": ("OS_PROJECT_DOMAIN_ID",),
+    "application_credential_id": ("OS_APPLICATION_CREDENTIAL_ID",),
+    "application_credential_secret": ("OS_APPLICATION_CREDENTIAL_SECRET",),
+    "interface": ("OS_INTERFACE", "OS_ENDPOINT_TYPE"),
+}
+COMMON_ENV = {
+    "storage_url": ("OS_STORAGE_URL",),
+    "auth_token": ("OS_AUTH_TOKEN",),
+    "region_name": ("OS_REGION_NAME",),
+    "cacert": ("OS_CACERT",),
+}
+V3_IDENTITY = ("username", "user_id", "password", "application_credential_id")
+
+
+@dataclass(frozen=True)
+class SwiftAuth:
+    """Where and how to authenticate. Secret fields are kept out of repr()."""
+
+    version: str | None  # "1" (tempauth), "3" (Keystone) or None (pre-made token only)
+    auth_url: str = ""
+    user: str = ""
+    key: str = field(default="", repr=False)
+    username: str = ""
+    user_id: str = ""
+    password: str = field(default="", repr=False)
+    project_name: str = ""
+    project_id: str = ""
+    user_domain_name: str = ""
+    user_domain_id: str = ""
+    project_domain_name: str = ""
+    project_domain_id: str = ""
+    application_credential_id: str = ""
+    application_credential_secret: str = field(default="", repr=False)
+    interface: str = "public"  # Keystone endpoint interface: public / internal / admin
+    region_name: str = ""
+    storage_url: str = ""
+    auth_token: str = field(default="", repr=False)
+    cacert: str = ""
+
+    @classmethod
+    def from_sources(cls, options: Mapping[str, Any], env: Mapping[str, str]) -> SwiftAuth:
+        version = _auth_version(options, env)
+        table = {**COMMON_ENV, **(V1_ENV if version == "1" else V3_ENV if version else {})}
+        values = {name: _setting(options, env, name, names) for name, names in table.items()}
+        values = {k: v for k, v in values.items() if v}
+        if "interface" in values:  # OS_ENDPOINT_TYPE says "publicURL", v2 style
+            values["interface"] = values["interface"].removesuffix("URL")
+        auth = cls(version, **values)
+        auth.check()
+        return auth
+
+    @property
+    def renewable(self) -> bool:
+        return self.version is not None
+
+    def check(self) -> None:
+        """Name what is missing (never a value) before any request is sent."""
+        if self.version == "1":
+            need = {"auth_url (ST_AUTH)": self.auth_url, "user (ST_USER)": self.user,
+                    "key (ST_KEY)": self.key}
+        elif self.version == "3":
+            need = {"auth_url (OS_AUTH_URL)": self.auth_url}
+            if not self.application_credential_id:
+                need["username or user_id (OS_USERNAME)"] = self.username or self.user_id
+                need["password (OS_PASSWORD)"] = self.password
+            else:
+                need["application_credential_secret"] = self.application_credential_secret
+        else:
+            need = {"storage_url (OS_STORAGE_URL)": self.storage_url,
+                    "auth_token (OS_AUTH_TOKEN)": self.auth_token}
+        missing = [name for name, value in need.items() if not value]
+        if missing:
+            raise AuthError(f"Swift credentials incomplete: missing {', '.join(missing)}",
+                            hint="set ST_AUTH/ST_USER/ST_KEY, the OS_* variables of an "
+                                 "openrc file, or the same keys in the remote's config")
+
+
+def _setting(options: Mapping[str, Any], env: Mapping[str, str], name: str,
+             env_names: Sequence[str]) -> str:
+    if options.get(name) not in (None, ""):
+        return str(options[name])
+    return next((env[n] for n in env_names if env.get(n)), "")
+
+
+def _auth_version(options: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
+    """Explicit auth_version, else what the given settings look like."""
+    explicit = str(options.get("auth_version") or "")
+    if explicit:
+        return _normalize_version(explicit)
+    if options.get("user") or options.get("key"):
+        return "1"
+    if any(options.get(k) for k in V3_IDENTITY):
+        return "3"
+    if options.get("auth_url"):
+        return "1" if "/auth/v1" in str(options["auth_url"]) else "3"
+    if env.get("ST_AUTH"):
+        return _normalize_version(env.get("ST_AUTH_VERSION") or "1")
+    if env.get("OS_AUTH_URL"):
+        return _normalize_version(env.get("OS_IDENTITY_API_VERSION") or "3")
+    return None
+
+
+def _normalize_version(text: str) -> str:
+    value = text.strip().lower().lstrip("v")
+    if value in ("1", "1.0"):
+        return "1"
+    if value in ("3", "3.0"):
+        return "3"
+    raise ConfigError(f"Swift auth_version {text!r} is not supported",
+                      hint="use 1 (tempauth/swauth) or 3 (Keystone v3)")
+
+
+def authenticate(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[str, str]:
+    """A fresh (storage URL, token)."""
+    if auth.version == "1":
+        try:
+            url, token = swift_client.get_auth_1_0(
+                auth.auth_url, auth.user, auth.key, timeout=timeout,
+                insecure=verify is False, cacert=verify if isinstance(verify, str) else None)
+        except Exception as exc:
+            raise translate(exc, f"Swift auth at {auth.auth_url}") from None
+    else:
+        url, token = keystone_v3(auth, timeout, verify)
+    return auth.storage_url or url, token
+
+
+def keystone_v3(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[str, str]:
+    """POST /v3/auth/tokens; the object-store endpoint comes from the service catalog."""
+    where = f"Keystone at {auth.auth_url}"
+    try:
+        resp = requests.post(_tokens_url(auth.auth_url), json=_v3_body(auth), timeout=timeout,
+                             verify=verify, headers={"Accept": "application/json"})
+    except requests.RequestException as exc:
+        raise RemoteUnavailable(f"{where}: {type(exc).__name__}") from None
+    if resp.status_code not in (200, 201):
+        raise _from_status(resp.status_code, resp.reason or "", where, resp.headers)
+    token = resp.headers.get("X-Subject-Token", "")
+    try:
+        catalog = resp.json()["token"].get("catalog") or []
+    except (ValueError, KeyError, TypeError, AttributeError):
+        catalog = []
+    url = auth.storage_url or _object_store_url(catalog, auth.region_name, auth.interface)
+    if not token or not url:
+        raise AuthError(f"{where} returned no token or no {auth.interface} object-store "
+                        f"endpoint{' in ' + auth.region_name if auth.region_name else ''}",
+                        hint="set region_name / OS_REGION_NAME, or storage_url")
+    return url, token
+
+
+def _tokens_url(auth_url: str) -> str:
+    base = auth_url.rstrip("/")
+    return f"{base if base.endswith('/v3') else base + '/v3'}/auth/tokens"
+
+
+def _v3_body(auth: SwiftAuth) -> dict[str, Any]:
+    if auth.application_credential_id:
+        credential = {"id": auth.application_credential_id,
+                      "secret": auth.application_credential_secret}
+        identity = {"methods": ["application_credential"], "application_credential": credential}
+        return {"auth": {"identity": identity}}  # an application credential is pre-scoped
+    user: dict[str, Any] = {"password": auth.password}
+    if auth.user_id:
+        user["id"] = auth.user_id
+    else:
+        user["name"] = auth.username
+        user["domain"] = _domain(auth.user_domain_id, auth.user_domain_name)
+    body: dict[str, Any] = {"identity": {"methods": ["password"], "password": {"user": user}}}
+    if auth.project_id:
+        body["scope"] = {"project": {"id": auth.project_id}}
+    elif auth.project_name:
+        body["scope"] = {"project": {"name": auth.project_name, "domain": _domain(
+            auth.project_domain_id, auth.project_domain_name)}}
+    return {"auth": body}
+
+
+def _domain(domain_id: str, name: str) -> dict[str, str]:
+    return {"id": domain_id} if domain_id else {"name": name or "Default"}
+
+
+def _object_store_url(catalog: Iterable[Any], region: str, interface: str) -> str:
+    for service in catalog:
+        if not isinstance(service, dict) or service.get("type") != "object-store":
+            continue
+        for ep in service.get("endpoints") or []:
+            in_region = not region or region in (ep.get("region_id"), ep.get("region"))
+            if ep.get("interface") == interface and in_region and ep.get("url"):
+                return str(ep["url"])
+    return ""
+
+
+class TokenStore:
+    """One token for all of a backend's connections, numbered by generation.
+
+    A connection starts every request with the newest token. When one is refused (401),
+    the store re-authenticates only if no newer token appeared since that request began,
+    so N threads hit by one revocation cause one re-authentication.
+    """
+
+    def __init__(self, auth: SwiftAuth, timeout: float, verify: bool | str) -> None:
+        self.auth = auth
+        self._timeout = timeout
+        self._verify = verify
+        self._lock = threading.Lock()
+        premade = bool(auth.storage_url and auth.auth_token)  # a token alone names no URL
+        self.url = auth.storage_url if premade else ""
+        self.token = auth.auth_token if premade else ""
+        self.generation = 0
+        self.renewals = 0
+
+    def current(self) -> tuple[str, str, int]:
+        with self._lock:
+            if not self.token:
+                self._authenticate()
+            return self.url, self.token, self.generation
+
+    def renew(self, refused: int) -> tuple[str, str, int]:
+        """A fresh token after the one of generation `refused` got a 401."""
+        with self._lock:
+            if not self.token or self.generation <= refused:
+                if not self.auth.renewable:
+                    raise AuthError("the Swift token was refused and no credentials are set "
+                                    "to get a new one", hint="refresh OS_AUTH_TOKEN")
+                self._authenticate()
+            return self.url, self.token, self.generation
+
+    def _authenticate(self) -> None:
+        self.url, self.token = authenticate(self.auth, self._timeout, self._verify)
+        self.generation += 1
+        self.renewals += 1
+
+
+class _Connection(Connection):
+    """A swiftclient Connection that takes its tokens from the shared store."""
+
+    def __init__(self, tokens: TokenStore, **kwargs: Any) -> None:
+        # swiftclient retries a 401 (once) only if it believes it holds credentials; the
+        # real ones stay in the store, these markers just say "renewable".
+        marker = "registry-client" if tokens.auth.renewable else None
+        super().__init__(authurl=marker, user=marker, key=marker, retries=0,
+                         starting_backoff=0, **kwargs)
+        self._tokens = tokens
+        self._generation: int | None = None  # of the token in self.token
+
+    def _retry(self, reset_func: Any, func: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.token and self._generation != self._tokens.generation:
+            self.url, self.token, self._generation = self._tokens.current()
+        return super()._retry(reset_func, func, *args, **kwargs)
+
+    def get_auth(self) -> tuple[str, str]:
+        # swiftclient calls this before the first request and after a 401.
+        if self._generation is None:
+            self.url, self.token, self._generation = self._tokens.current()
+        else:
+            self.url, self.token, self._generation = self._tokens.renew(self._generation)
+        return self.url, self.token
+
+    def put_object(self, container: str, obj: str, contents: Any,  # type: ignore[override]
+                   **kwargs: Any) -> str:
+        # swiftclient rewinds a file body only when retries > 0; ours is re-sent once,
+        # after a 401 and a new token.
+        reset = contents.reset if isinstance(contents, LengthWrapper) else None
+        return self._retry(reset, swift_client.put_object, container, obj, contents, **kwargs)
+
+
+# -- SLO manifests --------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """One entry of an SLO manifest as `?multipart-manifest=get` returns it."""
+
+    name: str | None  # "/container/object"; None for inline data
+    bytes: int  # size of that object (or of the inline data)
+    hash: str  # its ETag; for a nested SLO, that SLO's ETag
+    range: str | None = None  # "first-last" when only part of the object is used
+    data: bytes | None = None
+    nested: bool = False  # the manifest marks this segment as an SLO itself (sub_slo)
+    children: list[_Entry] | None = None  # entries of that nested SLO, once read
+
+    @property
+    def length(self) -> int:
+        if self.range:
+            first, _, last = self.range.partition("-")
+            return int(last) - int(first) + 1
+        return self.bytes
+
+    @property
+    def md5(self) -> str:
+        if self.data is not None:
+            return hashlib.md5(self.data, usedforsecurity=False).hexdigest()
+        return self.hash
+
+
+def _parse_entry(item: dict[str, Any]) -> _Entry:
+    if "data" in item:
+        data = base64.b64decode(item["data"])
+        return _Entry(None, len(data), "", data=data)
+    return _Entry(str(item["name"]), int(item["bytes"]), str(item["hash"]).strip('"'),
+                  item.get("range") or None, nested=bool(item.get("sub_slo")))
+
+
+def _leaves(entries: Sequence[_Entry]) -> list[_Entry]:
+    """The pieces of the object's bytes, in order (a nested SLO used whole is opened)."""
+    out: list[_Entry] = []
+    for entry in entries:
+        if entry.children is not None and not entry.range:
+            out.extend(_leaves(entry.children))
+        else:
+            out.append(entry)
+    return out
+
+
+def _names(entries: Sequence[_Entry]) -> set[str]:
+    """Every segment and nested manifest object the manifest references."""
+    found: set[str] = set()
+    for entry in entries:
+        if entry.name:
+            found.add(entry.name)
+        if entry.children:
+            found |= _names(entry.children)
+    return found
+
+
+def slo_etag(entries: Sequence[_Entry], leaf_md5: Callable[[_Entry], str]) -> str:
+    """Swift's SLO ETag rule (swift/common/middleware/slo.py), from leaf md5s.
+
+    md5 of the concatenated hex ETags of the entries; a ranged entry counts as
+    "<etag>:<first>-<last>;", inline data as the md5 of the data, a nested SLO as its
+    own SLO ETag (computed from its leaves, the way its manifest was checked at PUT).
+    Leaves are visited in the order of _leaves(), so leaf_md5 may consume a sequence.
+    """
+    total = hashlib.md5(usedforsecurity=False)
+    for entry in entries:
+        if entry.children is not None and not entry.range:
+            part = slo_etag(entry.children, leaf_md5)
+        else:
+            md5 = leaf_md5(entry)
+            part = f"{entry.hash}:{entry.range};" if entry.range else md5
+        total.update(part.encode("ascii"))
+    return total.hexdigest()
+
+
+def _segment_entry(name: str, etag: str, size: int, entry: _Entry | None = None) -> dict:
+    item: dict[str, Any] = {"path": name, "etag": etag, "size_bytes": size}
+    if entry is not None and entry.range:
+        item["range"] = entry.range
+    return item
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _unquote_etag(value: str | None) -> str | None:
+    return value.strip().strip('"') or None if value else None
+
+
+def _is_slo(head: Mapping[str, str]) -> bool:
+    return str(head.get("x-static-large-object", "")).lower() in ("true", "1", "yes")
+
+
+def _split(name: str) -> tuple[str, str]:
+    container, _, obj = name.lstrip("/").partition("/")
+    return container, obj
+
+
+def _parse_modified(head: Mapping[str, str]) -> datetime | None:
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        return parsedate_to_datetime(head["last-modified"])
+    return None
+
+
+def _parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    with contextlib.suppress(ValueError):
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+    return None
+
+
+def _md5_of(path: str, offset: int, length: int) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos, end = offset, offset + length
+        while pos < end:
+            data = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
+            if not data:
+                raise IntegrityError(f"{path} shrank while it was being uploaded")
+            digest.update(data)
+            pos += len(data)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def _meta_headers(metadata: Mapping[str, str]) -> dict[str, str]:
+    return {f"X-Object-Meta-{k}": str(v) for k, v in metadata.items()}
+
+
+def _copied_headers(head: Mapping[str, str]) -> dict[str, str]:
+    keep = {k: v for k, v in head.items() if k.lower().startswith("x-object-meta-")}
+    if head.get("content-type"):
+        keep["Content-Type"] = head["content-type"]
+    return keep
+
+
+def _stamp() -> str:
+    # The swift CLI uses the file's mtime; the random tail keeps concurrent pushes apart.
+    return f"{time.time():.6f}-{uuid.uuid4().hex[:8]}"
+
+
+def parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """fn over items on up to `workers` threads; the first failure cancels what is queued."""
+    if not items:
+        return []
+    workers = max(1, min(workers, len(items)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="rc-swift") as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise fut.exception()  # type: ignore[misc]
+        return [fut.result() for fut in futures]
+
+
+def fit_segment_size(size: int, wanted: int, max_segments: int, max_object: int) -> int:
+    """`wanted`, grown (in whole MiB) until the object fits in the manifest limit."""
+    segment = max(1, min(wanted, max_object))
+    if size > segment * max_segments:
+        segment = -(-size // max_segments)
+        segment = -(-segment // MiB) * MiB
+    if segment > max_object:
+        raise UsageError(f"{size} bytes do not fit in {max_segments} segments of at most "
+                         f"{max_object} bytes (this Swift cluster's limits)")
+    return segment
+
+
+# -- the backend ----------------------------------------------------------------------------
+
+
+class SwiftBackend(Backend):
+    kind = "swift"
+
+    def __init__(self, container: str, prefix: str = "", *,
+                 options: Mapping[str, Any] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        options = dict(options or {})
+        env = os.environ if env is None else env
+        if not container:
+            raise ConfigError("a Swift remote needs a container (bucket = ...)")
+        self.container = container
+        self.prefix = prefix
+        self.segment_container = str(options.get("segment_container")
+                                     or container + SEGMENTS_SUFFIX)
+        self.auth = SwiftAuth.from_sources(options, env)
+        self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
+        insecure = str(options.get("insecure", env.get("SWIFTCLIENT_INSECURE", ""))).lower()
+        self.verify: bool | str = False if insecure in ("1", "true", "yes") else (
+            self.auth.cacert or True)
+        self.tokens = TokenStore(self.auth, self.timeout, self.verify)
+        endpoint = self.auth.storage_url or self.auth.auth_url
+        self.location = f"swift://{container}/{prefix} ({endpoint})"
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._heads: dict[tuple[str, str], dict[str, str]] = {}
+        self._limits: tuple[int, int] | None = None
+        self._containers_ready = False
+
+    @classmethod
+    def from_remote(cls, remote: RemoteConfig) -> SwiftBackend:
+        return cls(remote.location, remote.prefix, options=dict(remote.options))
+
+    def __repr__(self) -> str:
+        return f"SwiftBackend({self.location!r})"
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _conn(self) -> _Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _Connection(self.tokens, timeout=self.timeout,
+                               insecure=self.verify is False,
+                               cacert=self.verify if isinstance(self.verify, str) else None)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.add(conn)
+        return conn
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    def _head(self, key: str) -> dict[str, str]:
+        try:
+            head = dict(self._conn().head_object(self.container, self._full(key)))
+        except Exception as exc:
+            raise translate(exc, f"stat {key}") from None
+        etag = _unquote_etag(head.get("etag"))
+        if etag:
+            with self._lock:
+                if len(self._heads) > 256:
+                    self._heads.clear()
+                self._heads[(key, etag)] = head
+        return head
+
+    def _head_for(self, info: ObjectInfo) -> dict[str, str]:
+        """The HEAD that produced `info` (remembered by stat), else a fresh one."""
+        with self._lock:
+            head = self._heads.get((info.key, info.etag or ""))
+        if head is None:
+            head = self._head(info.key)
+            if _unquote_etag(head.get("etag")) != info.etag:
+                raise ObjectChanged(f"{info.key} changed since it was looked up")
+        return head
+
+    @staticmethod
+    def _info(key: str, head: Mapping[str, str]) -> ObjectInfo:
+        prefix = "x-object-meta-"
+        meta = {k[len(prefix):].lower(): v for k, v in head.items() if k.lower().startswith(prefix)}
+        return ObjectInfo(key, int(head.get("content-length", 0)),
+                          _unquote_etag(head.get("etag")), meta, _parse_modified(head))
+
+    # -- verbs --------------------------------------------------------------------------
+    def stat(self, key: str) -> ObjectInfo:
+        return self._info(key, self._head(key))
+
+    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+        if end <= start:
+            return
+        pos = start
+        try:
+            headers = {"Range": f"bytes={start}-{end - 1}"}
+            if etag:
+                headers["If-Match"] = f'"{etag}"'
+            resp, body = self._conn().get_object(self.container, self._full(key),
+                                                 resp_chunk_size=READ_BLOCK, headers=headers)
+            _check_content_range(resp, start, end, key)
+            try:
+                for chunk in body:
+                    pos += len(chunk)
+                    yield chunk
+            finally:
+                body.close()
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            error = translate(exc, f"read {key}")
+            if isinstance(error, RemoteUnavailable) and not isinstance(error, ObjectChanged):
+                raise self._diagnose(key, etag, pos, end, error) from None
+            raise error from None
+        if pos < end:
+            short = RemoteUnavailable(f"read {key}: body ended at {pos} of {end}")
+            raise self._diagnose(key, etag, pos, end, short)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            for item in self._listing(self.container, self._full(prefix)):
+                etag = _unquote_etag(item.get("slo_etag") or str(item.get("hash", "")))
+                yield ObjectInfo(item["name"][len(self.prefix):], int(item.get("bytes", 0)),
+                                 etag, {}, _parse_iso(item.get("last_modified")))
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise translate(exc, f"list {self.container}/{self._full(prefix)}") from None
+
+    def _listing(self, container: str, prefix: str) -> Iterator[dict[str, Any]]:
+        """Every object under prefix, page by page (marker pagination)."""
+        marker = ""
+        while True:
+            _, page = self._conn().get_container(container, marker=marker,
+                                                 prefix=prefix or None)
+            items = [item for item in page if "name" in item]
+            if not items:
+                return
+            yield from items
+            marker = items[-1]["name"]
+
+    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
+        size = os.path.getsize(path)
+        try:
+            self._prepare_containers()
+            segment = fit_segment_size(size, part_size, *self._cluster_limits())
+            old = self._segments_of(key)
+            if size <= segment:
+                etag, new = self._put_whole(key, path, size, metadata, progress), set()
+            else:
+                meta = {**metadata, "part-size": str(segment)} if "part-size" in metadata \
+                    else metadata
+                etag, new = self._put_slo(key, path, size, segment, meta, concurrency,
+                                          progress)
+        except Exception as exc:
+            raise translate(exc, f"upload {key}") from None
+        info = self.stat(key)
+        if info.etag != etag:
+            raise IntegrityError(f"upload {key}: server ETag {info.etag} != expected {etag}")
+        self._remove_segments(old - new, concurrency)
+        return info
+
+    def _put_whole(self, key: str, path: str, size: int, metadata: dict[str, str],
+                   progress: Progress | None) -> str:
+        md5 = _md5_of(path, 0, size)
+        with open(path, "rb") as fh:
+            etag = self._conn().put_object(
+                self.container, self._full(key), LengthWrapper(fh, size), content_length=size,
+                etag=md5, content_type=OCTET, headers=_meta_headers(metadata))
+        if etag != md5:  # Swift checked our md5 (422 otherwise); this guards the proxy path
+            raise IntegrityError(f"upload {key}: server ETag {etag} != md5 {md5}")
+        if progress:
+            progress(size)
+        return md5
+
+    def _put_slo(self, key: str, path: str, size: int, segment: int, metadata: dict[str, str],
+                 concurrency: int, progress: Progress | None) -> tuple[str, set[str]]:
+        lengths = segments(size, segment)
+        base = f"{self._full(key)}/slo/{_stamp()}/{size}/{segment}/"
+        names = [f"/{self.segment_container}/{base}{i:08d}" for i in range(len(lengths))]
+        uploaded: list[str] = []
+        try:
+            etags = parallel(lambda i: self._put_segment(
+                path, names[i], i * segment, lengths[i], progress, uploaded),
+                range(len(lengths)), concurrency)
+            manifest = [_segment_entry(n, e, n_bytes)
+                        for n, e, n_bytes in zip(names, etags, lengths, strict=True)]
+            self._put_manifest(key, manifest, {**_meta_headers(metadata), "Content-Type": OCTET})
+        except Exception:
+            self._remove_segments(set(uploaded), concurrency)
+            raise
+        flat = [_Entry(n, b, e) for n, b, e in zip(names, lengths, etags, strict=True)]
+        return slo_etag(flat, lambda e: e.hash), set(names)
+
+    def _put_segment(self, path: str, name: str, offset: int, length: int,
+                     progress: Progress | None, uploaded: list[str]) -> str:
+        md5 = _md5_of(path, offset, length)
+        container, obj = _split(name)
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            etag = self._conn().put_object(container, obj, LengthWrapper(fh, length),
+                                           content_length=length, etag=md5, content_type=OCTET)
+        uploaded.append(name)
+        if etag != md5:
+            raise IntegrityError(f"segment {name}: server ETag {etag} != md5 {md5}")
+        if progress:
+            progress(length)
+        return md5
+
+    def _put_manifest(self, key: str, manifest: list[dict[str, Any]],
+                      headers: dict[str, str]) -> None:
+        # Swift HEADs every segment and refuses the manifest (400) if an etag or size
+        # differs, so a segment damaged between its PUT and here never goes live.
+        try:
+            self._conn().put_object(self.container, self._full(key), json.dumps(manifest),
+                                    query_string="multipart-manifest=put", headers=headers)
+        except ClientException as exc:
+            if exc.http_status != 400:
+                raise
+            body = exc.http_response_content
+            text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+            problems = "; ".join(line for line in text.splitlines()[1:4] if line)
+            raise IntegrityError(f"Swift refused the manifest of {key}: {problems or 'HTTP 400'}") \
+                from None
+
+    def _prepare_containers(self) -> None:
+        """The container must exist; its segments container is made on first use."""
+        if self._containers_ready:
+            return
+        conn = self._conn()
+        try:
+            head = conn.head_container(self.container)
+        except ClientException as exc:
+            if exc.http_status == 404:
+                raise NotFound(f"Swift container {self.container} does not exist",
+                               hint=f"create it first, e.g. `swift post {self.container}`") \
+                    from None
+            raise
+        try:
+            conn.head_container(self.segment_container)
+        except ClientException as exc:
+            if exc.http_status != 404:
+                raise
+            # Same storage policy as the images, as the swift CLI does.
+            policy = head.get("x-storage-policy")
+            conn.put_container(self.segment_container,
+                               headers={"X-Storage-Policy": policy} if policy else None)
+        self._containers_ready = True
+
+    def _cluster_limits(self) -> tuple[int, int]:
+        """(max segments per manifest, max object size) from /info, else Swift defaults."""
+        if self._limits is None:
+            try:
+                caps = self._conn().get_capabilities()
+            except Exception:  # noqa: BLE001 - /info may be disabled: assume the defaults
+                caps = {}
+            slo = caps.get("slo") or {}
+            self._limits = (int(slo.get("max_manifest_segments", DEFAULT_MAX_SEGMENTS)),
+                            int((caps.get("swift") or {}).get("max_file_size",
+                                                              DEFAULT_MAX_OBJECT)))
+        return self._limits
+
+    def delete(self, key: str) -> None:
+        head = self._head(key)  # NotFound if absent
+        try:
+            doomed = self._segments_of(key, head)
+            # The manifest goes first: a failure half-way leaves unreferenced segments,
+            # never a manifest pointing at missing ones.
+            self._conn().delete_object(self.container, self._full(key))
+        except Exception as exc:
+            raise translate(exc, f"delete {key}") from None
+        self._remove_segments(doomed, 8)
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        head = self._head(src_key)
+        if src_key == dst_key:
+            return self._info(dst_key, head)
+        try:
+            old = self._segments_of(dst_key)
+            if _is_slo(head):
+                keep = self._copy_slo(src_key, dst_key, head)
+            else:  # plain objects; a DLO's copy becomes a plain object of its content
+                self._conn().copy_object(self.container, self._full(src_key),
+                                         f"/{self.container}/{self._full(dst_key)}")
+                keep = set()
+        except Exception as exc:
+            raise translate(exc, f"copy {src_key} to {dst_key}") from None
+        info = self.stat(dst_key)
+        self._remove_segments(old - keep, 8)
+        return info
+
+    def _copy_slo(self, src_key: str, dst_key: str, head: Mapping[str, str]) -> set[str]:
+        """New segments (server-side copies) and a new manifest: nothing is shared, so
+        `rm` of either tag never breaks the other."""
+        leaves = _leaves(self._manifest_entries(src_key, head))
+        if any(leaf.nested for leaf in leaves):
+            raise RegistryClientError(f"copy {src_key}: a nested SLO used through a range "
+                                      "cannot be copied server-side")
+        self._prepare_containers()
+        base = f"{self._full(dst_key)}/slo/{_stamp()}/{head.get('content-length')}/copy/"
+        targets = [f"/{self.segment_container}/{base}{i:08d}" if leaf.name else None
+                   for i, leaf in enumerate(leaves)]
+        jobs = [(leaf, dst) for leaf, dst in zip(leaves, targets, strict=True) if dst]
+        copied: list[str] = []
+        try:
+            parallel(lambda job: self._copy_segment(job[0], job[1], copied), jobs, 8)
+            manifest = [_segment_entry(dst, leaf.hash, leaf.bytes, leaf) if dst else
+                        {"data": base64.b64encode(leaf.data or b"").decode()}
+                        for leaf, dst in zip(leaves, targets, strict=True)]
+            self._put_manifest(dst_key, manifest, _copied_headers(head))
+        except Exception:
+            self._remove_segments(set(copied), 8)
+            raise
+        return set(copied)
+
+    def _copy_segment(self, leaf: _Entry, target: str, copied: list[str]) -> None:
+        container, obj = _split(leaf.name or "")
+        self._conn().copy_object(container, obj, target, fresh_metadata=True)
+        copied.append(target)
+
+    # -- segments ---------------------------------------------------------------------
+    def _segments_of(self, key: str, head: Mapping[str, str] | None = None) -> set[str]:
+        """Objects that make up `key` besides its manifest (empty for plain objects).
+
+        Used before replacing or deleting `key`; a manifest that cannot be read must not
+        block that (it is how a damaged image gets fixed), so it only costs a leftover.
+        """
+        try:
+            return self._segment_names(key, head)
+        except NotFound:
+            return set()
+        except (ClientException, RegistryClientError) as exc:
+            if isinstance(exc, AuthError):
+                raise
+            log.warning("cannot list the segments of %s (%s); they stay in place", key, exc)
+            return set()
+
+    def _segment_names(self, key: str, head: Mapping[str, str] | None) -> set[str]:
+        head = self._head(key) if head is None else head
+        if _is_slo(head):
+            return _names(self._manifest_entries(key, head, strict=False))
+        manifest = head.get("x-object-manifest")
+        if manifest:  # a DLO: its segments are everything under its prefix, as for `swift`
+            container, _, prefix = unquote(manifest).partition("/")
+            if container == self.container or not prefix:
+                # Never sweep a prefix that may hold other images.
+                log.warning("leaving the segments of DLO %s (%s) in place", key, manifest)
+                return set()
+            return {f"/{container}/{i['name']}" for i in self._listing(container, prefix)}
+        return set()
+
+    def _remove_segments(self, names: set[str], concurrency: int) -> None:
+        """Best effort: the image itself is already replaced or gone; leftovers are logged."""
+        failed: list[str] = []
+
+        def remove(name: str) -> None:
+            container, obj = _split(name)
+            try:
+                self._conn().delete_object(container, obj)
+            except ClientException as exc:
+                if exc.http_status != 404:
+                    failed.append(name)
+            except Exception:  # noqa: BLE001 - counted and logged below
+                failed.append(name)
+
+        parallel(remove, sorted(names), max(1, concurrency))
+        if failed:
+            log.warning("could not remove %d old segment(s) of %s, e.g. %s",
+                        len(failed), self.container, failed[0])
+
+    # -- manifests and ETag plans -----------------------------------------------------------
+    def _manifest_entries(self, key: str, head: Mapping[str, str],
+                          strict: bool = True) -> list[_Entry]:
+        """The manifest of `key`, pinned to the one HEAD saw; nested SLOs opened."""
+        pin = head.get("x-manifest-etag")
+        items = self._manifest(self.container, self._full(key), pin)
+        return [self._open_nested(e, strict, 1) for e in map(_parse_entry, items)]
+
+    def _open_nested(self, entry: _Entry, strict: bool, depth: int) -> _Entry:
+        if not entry.nested or entry.name is None or depth > MAX_NESTING:
+            return entry
+        container, obj = _split(entry.name)
+        try:
+            items = self._manifest(container, obj, None)
+        except (ClientException, RegistryClientError):
+            if strict:
+                raise
+            return entry  # deleting: take what can be read
+        entry.children = [self._open_nested(e, strict, depth + 1) for e in map(_parse_entry, items)]
+        if strict and not entry.range and slo_etag(entry.children, lambda e: e.md5) != entry.hash:
+            raise IntegrityError(f"nested manifest {entry.name} changed since its parent "
+                                 "was written; the image is damaged")
+        return entry
+
+    def _manifest(self, container: str, obj: str, pin: str | None) -> list[dict[str, Any]]:
+        headers = {"If-Match": pin} if pin else {}
+        head, body = self._conn().get_object(container, obj, query_string="multipart-manifest=get",
+                                             headers=headers, resp_chunk_size=READ_BLOCK)
+        try:
+            if not _is_slo(head) or int(head.get("content-length", 0)) > MAX_MANIFEST_BYTES:
+                raise IntegrityError(f"/{container}/{obj} is not an SLO manifest any more")
+            return json.loads(b"".join(body))
+        finally:
+            body.close()
+
+    def etag_plan(self, info: ObjectInfo) -> EtagPlan:
+        try:
+            head = self._head_for(info)
+            if _is_slo(head):
+                return self._slo_plan(info, head)
+            if head.get("x-object-manifest"):
+                return self._dlo_plan(info, head)
+        except Exception as exc:
+            raise translate(exc, f"layout of {info.key}") from None
+        return plain_md5_plan(info)
+
+    def _slo_plan(self, info: ObjectInfo, head: Mapping[str, str]) -> EtagPlan:
+        entries = self._manifest_entries(info.key, head)
+        if slo_etag(entries, lambda e: e.md5) != info.etag:
+            raise IntegrityError(f"{info.key}: its SLO manifest does not add up to its ETag "
+                                 f"{info.etag}; the image is damaged")
+        leaves = _leaves(entries)
+        if any(leaf.range for leaf in leaves):
+            return EtagPlan([], lambda _: False, verifiable=False,
+                            description="SLO made of parts of segments: no md5 of them to check")
+        expected = [leaf.md5 for leaf in leaves]
+
+        def check(md5s: list[list[bytes]]) -> bool:
+            got = [d.hex() for d in md5s[0]]
+            if got != expected:
+                return False
+            downloaded = iter(got)
+            return slo_etag(entries, lambda _leaf: next(downloaded)) == info.etag
+
+        return EtagPlan([[leaf.length for leaf in leaves]], check,
+                        description=f"SLO ETag over {len(leaves)} segment md5s")
+
+    def _dlo_plan(self, info: ObjectInfo, head: Mapping[str, str]) -> EtagPlan:
+        """A DLO's ETag is the md5 of its segments' ETags in listing order (dlo.py)."""
+        container, _, prefix = unquote(head["x-object-manifest"]).partition("/")
+        items = list(self._listing(container, prefix))
+        hashes = [str(i["hash"]) for i in items]
+        lengths = [int(i["bytes"]) for i in items]
+        computed = hashlib.md5("".join(hashes).encode(), usedforsecurity=False).hexdigest()
+        if computed != info.etag or sum(lengths) != info.size:
+            return EtagPlan([], lambda _: False, verifiable=False,
+                            description="DLO whose segment listing does not reproduce its ETag")
+        return EtagPlan([lengths], lambda md5s: [d.hex() for d in md5s[0]] == hashes,
+                        description=f"DLO ETag over {len(items)} segment md5s")
+
+    # -- diagnosis ------------------------------------------------------------------------
+    def _diagnose(self, key: str, etag: str | None, start: int, end: int,
+                  error: RegistryClientError) -> RegistryClientError:
+        """Swift cut a read short: a damaged segment (exit 4), a new version, or a hiccup."""
+        try:
+            head = self._head(key)
+            if etag and _unquote_etag(head.get("etag")) != etag:
+                return ObjectChanged(f"read {key}: the object changed during the transfer")
+            if not _is_slo(head):
+                return error
+            damaged = self._damaged_segment(self._manifest_entries(key, head, strict=False),
+                                            start, end)
+        except Exception:  # noqa: BLE001 - the original error says more than this probe
+            return error
+        if damaged:
+            return IntegrityError(f"{key}: {damaged}; the image is damaged in the store",
+                                  hint="push the image again")
+        return error
+
+    def _damaged_segment(self, entries: list[_Entry], start: int, end: int) -> str | None:
+        offset = 0
+        for leaf in _leaves(entries):
+            first, offset = offset, offset + leaf.length
+            if offset <= start or first >= end or not leaf.name:
+                continue
+            container, obj = _split(leaf.name)
+            try:
+                seg = self._conn().head_object(container, obj)
+            except ClientException as exc:
+                if exc.http_status == 404:
+                    return f"segment {leaf.name} is missing"
+                raise
+            if (_unquote_etag(seg.get("etag")) != leaf.hash
+                    or int(seg.get("content-length", -1)) != leaf.bytes):
+                return f"segment {leaf.name} no longer matches its manifest"
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _check_content_range(head: Mapping[str, str], start: int, end: int, key: str) -> None:
+    header = head.get("content-range")
+    if header is None and start == 0 and head.get("content-length") == str(end):
+        return  # a 200 for a range that covers the whole object
+    if header is None or not header.startswith(f"bytes {start}-{end - 1}/"):
+        raise IntegrityError(f"read {key}: server answered range {header!r}, "
+                             f"asked for {start}-{end - 1}")
