@@ -80,7 +80,8 @@ class Cache:
         except PermissionError as exc:
             from registry_client.errors import AuthError
 
-            raise AuthError(f"cannot write the cache at {self.root}: {exc.strerror}",
+            raise AuthError(f"cannot write the cache at {self.root}: permission denied "
+                            f"({exc.strerror})",
                             hint="choose another with --cache-dir") from None
         finally:
             os.umask(old)

@@ -113,10 +113,12 @@ def _from_cache(ctx: Context, fetcher: Fetcher, offline: bool) -> PullResult | N
 def _hit(ctx: Context, fetcher: Fetcher, sha: str | None) -> PullResult | None:
     from registry_client.service import PullResult
 
-    path = ctx.cache.lookup(sha)
-    if path is None or sha is None:
-        return None
-    return PullResult(fetcher.text, str(path), sha, path.stat().st_size, True, ("cache",))
+    with ctx.cache.using(sha):  # `cache prune` leaves it alone while we hand it out
+        path = ctx.cache.lookup(sha)
+        if path is None or sha is None:
+            return None
+        ctx.cache.touch(path)
+        return PullResult(fetcher.text, str(path), sha, path.stat().st_size, True, ("cache",))
 
 
 def _pull(ctx: Context, fetcher: Fetcher, force: bool) -> PullResult:
@@ -136,14 +138,17 @@ def _pull(ctx: Context, fetcher: Fetcher, force: bool) -> PullResult:
             hit = cached()
             if hit is None:
                 path, sha, checks = _produce(ctx, fetcher, version)
-                hit = PullResult(fetcher.text, str(path), sha, path.stat().st_size, False,
-                                 checks)
+                # Recorded before the lock goes, so the pulls waiting for it find the image.
+                _remember(ctx, fetcher, version, sha)
+                return PullResult(fetcher.text, str(path), sha, path.stat().st_size, False,
+                                  checks)
     _remember(ctx, fetcher, version, hit.sha256)
     return hit
 
 
 def _produce(ctx: Context, fetcher: Fetcher,
              version: Version) -> tuple[Path, str, tuple[str, ...]]:
+    ctx.cache.clean_dead_temps()
     try:
         with ctx.cache.temp_file(fetcher.scheme) as tmp:
             sha, checks = fetcher.produce(ctx, version, tmp)
