@@ -135,8 +135,9 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
         ctx.cache.clean_dead_temps()
         download = _download_verified(ctx, backend, info, expected, str(ref),
                                       version_id if locked else None)
-    sha = download.path.stem
-    ctx.cache.record_etag(sha, *version)
+        sha = download.path.stem
+        # Before the lock goes: a waiter without a sha256 to look for finds it by ETag.
+        ctx.cache.record_etag(sha, *version)
     _record_ref(ctx, ref, rid, info, sha)
     return PullResult(str(ref), str(download.path), sha, info.size, False, download.checks,
                       download.resumed)

@@ -816,7 +816,10 @@ def _next_aligned(offset: int, alignment: int) -> int:
 
 
 def _fixed(text: str, size: int, what: str) -> bytes:
-    raw = text.encode("utf-8")
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: a bad argument, not a crash
+        raise ValueError(f"{what} is not valid Unicode text") from None
     if len(raw) > size:
         raise ValueError(f"{what} is longer than {size} bytes")
     return raw

@@ -1,0 +1,528 @@
+"""docker:// — images from registries that speak the OCI distribution API.
+
+    GET /v2/<repo>/manifests/<tag|digest>   (Accept: OCI index, Docker manifest list,
+                                             OCI manifest, Docker v2 manifest)
+    GET /v2/<repo>/blobs/<digest>           (config and layers; may redirect to a CDN)
+
+Auth: anonymous first; on 401 the WWW-Authenticate challenge says what to do: Bearer
+(token from the realm, with basic credentials if we have them) or Basic. Credentials
+come from REGISTRY_CLIENT_DOCKER_USERNAME/PASSWORD or the Docker config file
+(`auths[registry].auth`). Registries on loopback addresses are spoken to over plain HTTP,
+as Docker does; everything else over HTTPS.
+
+Every manifest is checked against the digest that names it (or that the registry
+reports), and every blob against its descriptor's digest and size before it enters the
+shared blob cache.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import platform as _platform
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import requests
+
+from registry_client.backends.http import (
+    Credentials,
+    Expected,
+    HttpSource,
+    fetch_verified,
+    get_following,
+    get_json,
+    is_loopback,
+    new_session,
+    raise_unless_ok,
+    read_limited,
+    safe_url,
+)
+from registry_client.errors import (
+    AuthError,
+    IntegrityError,
+    InvalidReference,
+    NotFound,
+    RegistryClientError,
+    UsageError,
+)
+
+HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
+HUB_API = "registry-1.docker.io"
+ENV_USER = "REGISTRY_CLIENT_DOCKER_USERNAME"
+ENV_PASSWORD = "REGISTRY_CLIENT_DOCKER_PASSWORD"
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+ACCEPT = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
+CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
+                "application/vnd.docker.container.image.v1+json")
+LAYER_TYPES = (
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+)
+MAX_MANIFEST = 4 * 1024 * 1024
+MAX_CONFIG = 8 * 1024 * 1024
+
+# Reference grammar of distribution/reference, restricted to what we need.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+REPO_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+DIGEST_RE = re.compile(r"sha256:([a-f0-9]{64})\Z")
+HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
+                     r"(?::[0-9]{1,5})?\Z")
+CHALLENGE_RE = re.compile(r'([A-Za-z_]+)\s*=\s*"([^"]*)"')
+# `uname -m` to OCI platform (architecture, variant)
+MACHINES = {"x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64", None),
+            "arm64": ("arm64", None), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
+            "i686": ("386", None), "i386": ("386", None), "ppc64le": ("ppc64le", None),
+            "s390x": ("s390x", None), "riscv64": ("riscv64", None)}
+
+
+# -- references --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DockerRef:
+    registry: str  # "docker.io" or HOST[:PORT]
+    repository: str
+    tag: str | None = "latest"
+    digest: str | None = None  # "sha256:<hex>"
+
+    @property
+    def is_hub(self) -> bool:
+        return self.registry == "docker.io"
+
+    @property
+    def api_base(self) -> str:
+        host = HUB_API if self.is_hub else self.registry
+        scheme = "http" if is_loopback(urlsplit(f"//{host}").hostname or "") else "https"
+        return f"{scheme}://{host}"
+
+    @property
+    def reference(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    def __str__(self) -> str:
+        text = f"docker://{self.name}"
+        if self.tag:
+            text += f":{self.tag}"
+        return f"{text}@{self.digest}" if self.digest else text
+
+
+def parse(body: str) -> DockerRef:
+    """`[REGISTRY/]REPO[:TAG][@sha256:HEX]` as Docker reads it; else InvalidReference."""
+    text = f"docker://{body}"
+    rest, at, digest = body.partition("@")
+    if at and not DIGEST_RE.match(digest):
+        raise _bad(text, "the digest must be sha256: and 64 lower-case hex digits")
+    registry, repo = _split_registry(rest)
+    repo, tag = _split_tag(text, repo)
+    if not registry or not HOST_RE.match(registry):
+        raise _bad(text, f"bad registry {registry[:80]!r}")
+    if registry in HUB_NAMES:
+        registry = "docker.io"
+        if "/" not in repo:
+            repo = f"library/{repo}"  # official images live under library/
+    if len(repo) > 255 or not REPO_RE.match(repo):
+        raise _bad(text, f"bad repository {repo[:80]!r}: lower-case components "
+                         "[a-z0-9] joined by . _ __ or -, separated by /")
+    return DockerRef(registry, repo, tag or (None if at else "latest"), digest or None)
+
+
+def _split_registry(rest: str) -> tuple[str, str]:
+    first, slash, remainder = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first, remainder
+    return "docker.io", rest
+
+
+def _split_tag(text: str, repo: str) -> tuple[str, str | None]:
+    name, colon, tag = repo.rpartition(":")
+    if not colon or "/" in tag:
+        return repo, None
+    if not TAG_RE.match(tag):
+        raise _bad(text, f"bad tag {tag[:130]!r}")
+    return name, tag
+
+
+def _bad(text: str, why: str) -> InvalidReference:
+    return InvalidReference(f"invalid reference {text[:300]}: {why}",
+                            hint="expected docker://[REGISTRY/]REPO[:TAG|@sha256:HEX]")
+
+
+# -- platforms ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Platform:
+    architecture: str
+    variant: str | None = None
+    os: str = "linux"
+
+    def __str__(self) -> str:
+        text = f"{self.os}/{self.architecture}"
+        return f"{text}/{self.variant}" if self.variant else text
+
+
+def node_platform(arch: str | None = None) -> Platform:
+    """The platform to pick from an index: --arch (amd64, arm64, arm/v7, linux/arm64) or ours."""
+    if not arch:
+        machine = _platform.machine().lower()
+        if machine not in MACHINES:
+            raise UsageError(f"unknown machine type {machine!r}", hint="give --arch")
+        return Platform(*MACHINES[machine])
+    parts = arch.split("/")
+    if parts[0] == "linux":
+        parts = parts[1:]
+    if not 1 <= len(parts) <= 2 or not all(re.fullmatch(r"[a-z0-9_]+", p) for p in parts):
+        raise UsageError(f"--arch {arch!r}: expected e.g. amd64, arm64 or arm/v7")
+    architecture = MACHINES.get(parts[0], (parts[0], None))[0]
+    return Platform(architecture, parts[1] if len(parts) == 2 else None)
+
+
+def _platform_matches(entry: dict[str, Any], want: Platform) -> bool:
+    plat = entry.get("platform") or {}
+    if plat.get("os") != want.os or plat.get("architecture") != want.architecture:
+        return False
+    variant = plat.get("variant")
+    if want.variant is None:
+        # arm64 images are labelled v8 or not at all; either is what an arm64 node runs.
+        return variant in (None, "", "v8") or want.architecture != "arm64"
+    return variant == want.variant
+
+
+# -- manifests and descriptors -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    urls: tuple[str, ...] = ()
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]
+
+    @classmethod
+    def from_json(cls, data: Any, what: str) -> Descriptor:
+        if not isinstance(data, dict):
+            raise RegistryClientError(f"{what}: malformed descriptor")
+        digest, size = data.get("digest"), data.get("size")
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+            raise RegistryClientError(f"{what}: unsupported digest {str(digest)[:80]!r} "
+                                      "(only sha256 is supported)")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RegistryClientError(f"{what}: descriptor without a valid size")
+        urls = tuple(u for u in data.get("urls") or () if isinstance(u, str))
+        return cls(str(data.get("mediaType") or ""), digest, size, urls)
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    ref: DockerRef
+    manifest_digest: str  # of the platform's image manifest
+    index_digest: str | None  # of the index / manifest list it came from, if any
+    platform: Platform
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+    @property
+    def pinned_ref(self) -> str:
+        """What the image is, exactly: REGISTRY/REPO@sha256:... (the def file's From:)."""
+        return f"{self.ref.name}@{self.manifest_digest}"
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+def docker_config_path() -> Path:
+    folder = os.environ.get("DOCKER_CONFIG")
+    return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
+
+
+def _config_keys(registry: str) -> list[str]:
+    if registry == "docker.io":
+        return ["https://index.docker.io/v1/", "index.docker.io", "docker.io",
+                "registry-1.docker.io", "https://registry-1.docker.io"]
+    return [registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/v1/",
+            f"https://{registry}/v2/"]
+
+
+def find_credentials(registry: str) -> tuple[str, str] | None:
+    """(user, password) from the environment, else from the Docker config file."""
+    user, password = os.environ.get(ENV_USER), os.environ.get(ENV_PASSWORD)
+    if user and password:
+        return user, password
+    try:
+        data = json.loads(docker_config_path().read_text())
+    except (OSError, ValueError):
+        return None
+    auths = data.get("auths") if isinstance(data, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    for key in _config_keys(registry):
+        entry = auths.get(key)
+        if isinstance(entry, dict) and (found := _entry_credentials(entry)):
+            return found
+    return None
+
+
+def _entry_credentials(entry: dict[str, Any]) -> tuple[str, str] | None:
+    if isinstance(entry.get("auth"), str) and entry["auth"]:
+        try:
+            text = base64.b64decode(entry["auth"], validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        user, sep, password = text.partition(":")
+        return (user, password) if sep and user else None
+    user, password = entry.get("username"), entry.get("password")
+    if isinstance(user, str) and isinstance(password, str) and user:
+        return user, password
+    return None
+
+
+def _basic(creds: tuple[str, str]) -> str:
+    return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+
+
+# -- the registry client ------------------------------------------------------------------
+
+
+@dataclass
+class RegistryClient:
+    """One repository on one registry; negotiates auth once and reuses it for blobs."""
+
+    ref: DockerRef
+    creds: tuple[str, str] | None = None
+    session: requests.Session = field(default_factory=new_session)
+    credentials: Credentials | None = None
+
+    def __post_init__(self) -> None:
+        self.base = self.ref.api_base
+        if self.creds is None:
+            self.creds = find_credentials(self.ref.registry)
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.ref})"
+
+    # -- requests with auth ------------------------------------------------------
+    def _headers(self, url: str) -> dict[str, str]:
+        return self.credentials.for_url(url) if self.credentials else {}
+
+    def get(self, path: str, what: str, headers: dict[str, str] | None = None) -> Any:
+        """GET base+path; on a 401 answer its challenge once and try again."""
+        url = f"{self.base}{path}"
+
+        def headers_for(hop: str) -> dict[str, str]:
+            return {**(headers or {}), **self._headers(hop)}
+
+        resp, _ = get_following(self.session, url, what, headers_for)
+        if resp.status_code == 401 and self.credentials is None:
+            challenge = resp.headers.get("WWW-Authenticate", "")
+            resp.close()
+            self.credentials = Credentials(self.base, self._authorize(challenge, what))
+            resp, _ = get_following(self.session, url, what, headers_for)
+        if resp.status_code == 401:
+            resp.close()
+            raise self._auth_error(what)
+        return raise_unless_ok(resp, what)
+
+    def _auth_error(self, what: str) -> AuthError:
+        hint = (f"set {ENV_USER} and {ENV_PASSWORD}, or log in with docker" if not self.creds
+                else "the registry refused these credentials")
+        return AuthError(f"{what}: HTTP 401 (authentication required)", hint=hint)
+
+    def _authorize(self, challenge: str, what: str) -> dict[str, str]:
+        scheme, _, rest = challenge.strip().partition(" ")
+        params = dict(CHALLENGE_RE.findall(rest))
+        if scheme.lower() == "basic":
+            if not self.creds:
+                raise AuthError(f"{what}: {self.ref.registry} needs a user name and password",
+                                hint=f"set {ENV_USER} and {ENV_PASSWORD}")
+            return {"Authorization": _basic(self.creds)}
+        if scheme.lower() == "bearer" and params.get("realm"):
+            return {"Authorization": f"Bearer {self._token(params, what)}"}
+        raise AuthError(f"{what}: unsupported authentication challenge {scheme[:20]!r}")
+
+    def _token(self, params: dict[str, str], what: str) -> str:
+        realm = params["realm"]
+        parts = urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise AuthError(f"{what}: bad token realm {safe_url(realm)}")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            # Never send credentials (or ask for a token) in clear text off this machine.
+            raise AuthError(f"{what}: token service {safe_url(realm)} is not HTTPS")
+        query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        url = f"{realm}{'&' if parts.query else '?'}{urlencode(query)}"
+        basic = Credentials(realm, {"Authorization": _basic(self.creds)} if self.creds else {})
+        what = f"token for {self.ref.name}"
+        try:
+            body = get_json(self.session, url, what, basic)
+        except AuthError:
+            raise self._auth_error(what) from None
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) \
+            else None
+        if not isinstance(token, str) or not token:
+            raise AuthError(f"{what}: the token service answered without a token")
+        return token
+
+    # -- manifests -------------------------------------------------------------------
+    def manifest(self, reference: str) -> tuple[dict[str, Any], str, str]:
+        """(manifest, media type, sha256 digest) — the bytes checked against the digest."""
+        sep = "@" if reference.startswith("sha256:") else ":"
+        what = f"manifest {self.ref.name}{sep}{reference}"
+        path = f"/v2/{self.ref.repository}/manifests/{reference}"
+        try:
+            resp = self.get(path, what, {"Accept": ACCEPT})
+        except NotFound:
+            raise NotFound(f"{self.ref} not found ({what})") from None
+        body = read_limited(resp, MAX_MANIFEST, what)
+        digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
+        _check_manifest_digest(what, digest, reference, resp.headers.get("Docker-Content-Digest"))
+        data, media = _parse_manifest(body, resp.headers.get("Content-Type", ""), what)
+        return data, media, digest
+
+    def resolve(self, want: Platform, *, explicit_arch: bool = False) -> ResolvedImage:
+        """Follow tag or digest (through an index for `want`) to an image manifest."""
+        data, media, digest = self.manifest(self.ref.reference)
+        index_digest = None
+        if media in INDEX_TYPES:
+            index_digest = digest
+            entry = _select(data, want, str(self.ref))
+            data, media, digest = self.manifest(entry.digest)
+            if media not in MANIFEST_TYPES:
+                raise RegistryClientError(f"{self.ref}: nested indexes are not supported")
+        config = Descriptor.from_json(data.get("config"), f"{self.ref} config")
+        layers = tuple(Descriptor.from_json(d, f"{self.ref} layer {i}")
+                       for i, d in enumerate(data.get("layers") or []))
+        _check_image_types(str(self.ref), config, layers)
+        return ResolvedImage(self.ref, digest, index_digest, want, config, layers)
+
+    # -- blobs -----------------------------------------------------------------------
+    def blob_source(self, desc: Descriptor) -> HttpSource:
+        url = f"{self.base}/v2/{self.ref.repository}/blobs/{desc.digest}"
+        return HttpSource(url, session=self.session, credentials=self.credentials,
+                          label=f"{self.ref.name}@{desc.digest[:19]}")
+
+    def config_json(self, desc: Descriptor) -> dict[str, Any]:
+        """The image config blob (small, read into memory), verified against its digest."""
+        from registry_client.retry import RetryingBackend
+
+        if desc.size > MAX_CONFIG:
+            raise RegistryClientError(f"{self.ref}: image config of {desc.size} bytes is too large")
+        source = RetryingBackend(self.blob_source(desc))
+        info = source.stat(desc.digest)
+        if info.size != desc.size:
+            raise IntegrityError(f"{self.ref}: image config is {info.size} bytes, "
+                                 f"its descriptor says {desc.size}")
+        body = b"".join(source.read_range(desc.digest, 0, info.size, info.etag))
+        if hashlib.sha256(body).hexdigest() != desc.hex:
+            raise IntegrityError(f"{self.ref}: image config does not match {desc.digest}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise RegistryClientError(f"{self.ref}: image config is not a JSON object")
+        return data
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _check_manifest_digest(what: str, digest: str, reference: str, header: str | None) -> None:
+    if reference.startswith("sha256:") and digest != reference:
+        raise IntegrityError(f"{what}: the registry sent bytes with digest {digest}")
+    if header and header.startswith("sha256:") and header != digest:
+        raise IntegrityError(f"{what}: bytes have digest {digest}, the registry says {header}")
+
+
+def _parse_manifest(body: bytes, content_type: str, what: str) -> tuple[dict[str, Any], str]:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise RegistryClientError(f"{what}: not JSON") from None
+    if not isinstance(data, dict):
+        raise RegistryClientError(f"{what}: not a manifest")
+    if data.get("schemaVersion") == 1:
+        raise UsageError(f"{what}: Docker schema 1 manifests are not supported")
+    media = str(data.get("mediaType") or content_type).split(";")[0].strip()
+    if media not in (*INDEX_TYPES, *MANIFEST_TYPES):
+        media = _guess_media(data, what)
+    return data, media
+
+
+def _guess_media(data: dict[str, Any], what: str) -> str:
+    """Registries may omit mediaType in OCI documents: tell index from manifest by shape."""
+    if isinstance(data.get("manifests"), list):
+        return OCI_INDEX
+    if isinstance(data.get("config"), dict) and isinstance(data.get("layers"), list):
+        return OCI_MANIFEST
+    raise UsageError(f"{what}: not a container image manifest "
+                     f"({str(data.get('mediaType'))[:80]})")
+
+
+def _select(index: dict[str, Any], want: Platform, ref: str) -> Descriptor:
+    entries = [e for e in index.get("manifests") or [] if isinstance(e, dict)]
+    for entry in entries:
+        if _platform_matches(entry, want):
+            return Descriptor.from_json(entry, f"{ref} index entry")
+    offered = sorted({"/".join(str(v) for v in (
+        (e.get("platform") or {}).get("os"), (e.get("platform") or {}).get("architecture"),
+        (e.get("platform") or {}).get("variant")) if v) for e in entries} - {""})
+    raise NotFound(f"{ref} has no {want} image (it has: {', '.join(offered) or 'none'})",
+                   hint="choose one with --arch")
+
+
+def _check_image_types(ref: str, config: Descriptor, layers: tuple[Descriptor, ...]) -> None:
+    if config.media_type and config.media_type not in CONFIG_TYPES:
+        raise UsageError(f"{ref} is not a container image (config type {config.media_type})")
+    for layer in layers:
+        if layer.media_type and layer.media_type not in LAYER_TYPES:
+            raise UsageError(f"{ref}: unsupported layer type {layer.media_type}")
+
+
+# -- blob cache -------------------------------------------------------------------------------
+
+
+def ensure_blob(client: RegistryClient, desc: Descriptor, cache: Any, *,
+                settings: Any = None, progress: Callable[[int], None] | None = None) -> Path:
+    """The verified blob in the shared cache, downloading it once per node."""
+    found = cache.lookup_blob(desc.hex)
+    if found is not None:
+        return found
+    with cache.lock(f"blob-{desc.hex[:40]}"):
+        found = cache.lookup_blob(desc.hex)
+        if found is not None:
+            return found
+        with cache.temp_file("blob") as tmp:
+            fetch_verified(client.blob_source(desc), tmp,
+                           Expected(size=desc.size, sha256=desc.hex),
+                           settings=settings, progress=progress)
+            return cache.publish_blob(tmp, desc.hex)

@@ -1,0 +1,452 @@
+"""HTTP plumbing shared by the fetchers (docker://, library://, shub://).
+
+- one `requests` session per fetcher, with our User-Agent and timeouts;
+- HTTP status and JSON error bodies mapped to our exceptions (exit codes), with URLs shown
+  without their query strings (presigned URLs carry signatures) or user info;
+- `HttpSource`, a read-only Backend over a single URL, so an image or a blob goes through
+  the same parallel ranged download, resume (RetryingBackend) and in-order hashing
+  (transfer.download) as a bucket object;
+- `download_verified`: that download plus the size, sha256 and md5 checks.
+
+Credentials are passed as headers bound to one origin (scheme, host, port); they are
+never sent to another origin, in particular not after a redirect to a presigned URL.
+Nothing here retries: wrap sources in RetryingBackend and calls in retry.retry_call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+
+from registry_client import __version__
+from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
+from registry_client.digests import DigestResult
+from registry_client.errors import (
+    AuthError,
+    IntegrityError,
+    NotFound,
+    ObjectChanged,
+    RegistryClientError,
+    RemoteUnavailable,
+    UsageError,
+)
+
+USER_AGENT = f"registry-client/{__version__}"
+TIMEOUT = (15.0, 120.0)  # connect, read: a stalled read becomes a retryable error
+BLOCK = 1024 * 1024
+MAX_REDIRECTS = 10
+MAX_JSON = 8 * 1024 * 1024  # manifests, records and tokens are small; refuse anything huge
+ERROR_BODY = 64 * 1024
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def new_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    session.trust_env = True  # honour HTTPS_PROXY / NO_PROXY like every other HTTP client
+    return session
+
+
+# -- URLs and origins ------------------------------------------------------------------
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with default ports filled in: what credentials are bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def same_origin(a: str, b: str) -> bool:
+    return origin(a) == origin(b)
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for messages: no user info, no query (signatures), no fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, what: str) -> str:
+    """A configured endpoint: http(s), a host, no user info; trailing slash removed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{what} {url!r} is not an http(s) URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise UsageError(f"{what} must not hold credentials, a query or a fragment",
+                         hint="give tokens through the environment")
+    return url.rstrip("/")
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def _error_text(resp: requests.Response) -> str:
+    """The server's own words from a JSON error body (Library API or OCI distribution)."""
+    try:
+        body = json.loads(next(resp.iter_content(ERROR_BODY), b""))  # bounded: errors are short
+    except (ValueError, requests.exceptions.RequestException):
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    err = body.get("error")
+    if isinstance(err, dict):  # Library API: {"error": {"code": 404, "message": "..."}}
+        return str(err.get("message") or err.get("code") or "")[:300]
+    errors = body.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):  # OCI
+        first = errors[0]
+        return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")[:300]
+    return ""
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+def error_for(resp: requests.Response, what: str) -> RegistryClientError:
+    """Our exception for a failed HTTP response (read its body only if small)."""
+    status = resp.status_code
+    detail = _error_text(resp) if status >= 400 else ""
+    text = f"{what}: HTTP {status}" + (f" ({detail})" if detail else "")
+    if status == 404:
+        return NotFound(text)
+    if status in (401, 403):
+        return AuthError(text, hint="check the token or credentials for this registry")
+    if status in RETRYABLE_STATUS:
+        return RemoteUnavailable(text, retry_after=_retry_after(resp))
+    if status == 412:
+        return ObjectChanged(f"{what}: changed during the download")
+    return RegistryClientError(text)
+
+
+def request(session: requests.Session, method: str, url: str, *, what: str,
+            headers: Mapping[str, str] | None = None, stream: bool = False,
+            allow_redirects: bool = False, **kwargs: Any) -> requests.Response:
+    """One HTTP request; network failures become RemoteUnavailable (retryable)."""
+    try:
+        return session.request(method, url, headers=dict(headers or {}), stream=stream,
+                               allow_redirects=allow_redirects, timeout=TIMEOUT, **kwargs)
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema):
+        raise UsageError(f"{what}: invalid URL {safe_url(url)}") from None
+    except requests.exceptions.SSLError as exc:
+        raise RemoteUnavailable(f"{what}: TLS error with {safe_url(url)}: "
+                                f"{type(exc).__name__}") from None
+    except requests.exceptions.RequestException as exc:
+        raise RemoteUnavailable(f"{what}: cannot reach {safe_url(url)} "
+                                f"({type(exc).__name__})") from None
+
+
+def raise_unless_ok(resp: requests.Response, what: str) -> requests.Response:
+    """The response if it is a 200; else its error (and the connection released)."""
+    if resp.status_code != 200:
+        try:
+            raise error_for(resp, what)
+        finally:
+            resp.close()
+    return resp
+
+
+def get_following(session: requests.Session, url: str, what: str,
+                  headers_for: Callable[[str], Mapping[str, str]]
+                  ) -> tuple[requests.Response, str]:
+    """GET, following redirects by hand so that each hop gets only the headers meant for
+    its origin; return the final response and the URL that gave it."""
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = request(session, "GET", url, what=what, headers=headers_for(url), stream=True)
+        if resp.status_code not in (301, 302, 303, 307, 308):
+            return resp, url
+        location = resp.headers.get("Location")
+        resp.close()
+        if not location:
+            raise RegistryClientError(f"{what}: redirect without a Location")
+        url = urljoin(url, location)
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise RegistryClientError(f"{what}: redirect to a non-HTTP URL")
+    raise RegistryClientError(f"{what}: more than {MAX_REDIRECTS} redirects")
+
+
+def get_json(session: requests.Session, url: str, what: str,
+             credentials: Credentials | None = None) -> Any:
+    """GET a small JSON document (an API answer); HTTP errors become our exceptions."""
+    resp, _ = get_following(session, url, what,
+                            lambda u: credentials.for_url(u) if credentials else {})
+    return read_json(raise_unless_ok(resp, what), what)
+
+
+def read_json(resp: requests.Response, what: str) -> Any:
+    """The JSON body of a successful response, bounded in size."""
+    length = resp.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > MAX_JSON:
+        raise RegistryClientError(f"{what}: response of {length} bytes is too large")
+    try:
+        body = read_limited(resp, MAX_JSON, what)
+        return json.loads(body)
+    except ValueError:
+        raise RegistryClientError(f"{what}: the server did not answer JSON") from None
+
+
+def read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
+    chunks, total = [], 0
+    try:
+        for chunk in resp.iter_content(64 * 1024):
+            total += len(chunk)
+            if total > limit:
+                raise RegistryClientError(f"{what}: response larger than {limit} bytes")
+            chunks.append(chunk)
+    except requests.exceptions.RequestException as exc:
+        raise RemoteUnavailable(f"{what}: connection broken ({type(exc).__name__})") from None
+    finally:
+        resp.close()
+    return b"".join(chunks)
+
+
+# -- a read-only source over one URL -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Headers (e.g. Authorization) that may only be sent to `origin_url`'s origin."""
+
+    origin_url: str
+    headers: Mapping[str, str]
+
+    def for_url(self, url: str) -> dict[str, str]:
+        return dict(self.headers) if same_origin(self.origin_url, url) else {}
+
+    def __repr__(self) -> str:  # keep tokens out of tracebacks
+        return f"Credentials(origin={safe_url(self.origin_url)!r})"
+
+
+class HttpSource(Backend):
+    """One object behind a URL: stat by a one-byte ranged GET, reads by ranged GETs.
+
+    Redirects are followed here, by hand, so credentials stay with their origin. If the
+    server ignores Range, `ranges` is False and the caller reads the object in one range
+    (a resumed read then skips the bytes it already has).
+    """
+
+    kind = "http"
+
+    def __init__(self, url: str, *, session: requests.Session | None = None,
+                 credentials: Credentials | None = None, label: str | None = None,
+                 extra_headers: Mapping[str, str] | None = None) -> None:
+        self.url = url
+        self.final_url = url
+        self.session = session or new_session()
+        self.credentials = credentials
+        self.extra_headers = dict(extra_headers or {})
+        self.location = safe_url(url)
+        self.label = label or self.location
+        self.ranges = False
+
+    def _headers(self, url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = dict(self.extra_headers)
+        if self.credentials:
+            headers.update(self.credentials.for_url(url))
+        headers.update(extra or {})
+        return headers
+
+    def _get(self, url: str, extra: Mapping[str, str]) -> tuple[requests.Response, str]:
+        return get_following(self.session, url, f"GET {self.label}",
+                             lambda u: self._headers(u, extra))
+
+    def stat(self, key: str) -> ObjectInfo:
+        resp, url = self._get(self.url, {"Range": "bytes=0-0", "Accept-Encoding": "identity"})
+        try:
+            if resp.status_code not in (200, 206, 416):
+                raise error_for(resp, f"GET {self.label}")
+            self.final_url = url
+            size = _total_size(resp)
+            self.ranges = resp.status_code in (206, 416)
+        finally:
+            resp.close()
+        etag = (resp.headers.get("ETag") or "").strip('"') or None
+        return ObjectInfo(key, -1 if size is None else size, etag)
+
+    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+        if end <= start:
+            return
+        extra = {"Accept-Encoding": "identity"}
+        if self.ranges:
+            extra["Range"] = f"bytes={start}-{end - 1}"
+        resp, _ = self._get(self.final_url, extra)
+        try:
+            skip = self._check_range(resp, start, end, etag)
+            yield from _body(resp, skip, end - start, self.label)
+        finally:
+            resp.close()
+
+    def _check_range(self, resp: requests.Response, start: int, end: int,
+                     etag: str | None) -> int:
+        """Bytes to skip at the front of this response to reach `start`."""
+        what = f"GET {self.label} bytes {start}-{end - 1}"
+        got = (resp.headers.get("ETag") or "").strip('"') or None
+        if resp.status_code == 206:
+            first = _range_start(resp)
+            if first != start:
+                raise RemoteUnavailable(f"{what}: server sent a range from {first}")
+            if etag and got and got != etag:
+                raise ObjectChanged(f"{self.label} changed during the download")
+            return 0
+        if resp.status_code == 200:
+            if etag and got and got != etag:
+                raise ObjectChanged(f"{self.label} changed during the download")
+            return start  # Range ignored: the whole body comes; skip what we have
+        raise error_for(resp, what)
+
+    # -- a read-only source: no listing or writing --------------------------------
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        raise UsageError(f"{self.location} cannot be listed")
+
+    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
+        raise UsageError(f"{self.location} is read-only")
+
+    def delete(self, key: str) -> None:
+        raise UsageError(f"{self.location} is read-only")
+
+    def etag_plan(self, info: ObjectInfo) -> EtagPlan:
+        # An HTTP ETag is opaque; fetchers verify the digests their registry publishes.
+        return EtagPlan([], lambda _: False, verifiable=False, description="http source")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _total_size(resp: requests.Response) -> int | None:
+    if resp.status_code in (206, 416):  # 416 for bytes=0-0 of an empty object: "bytes */0"
+        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        if total.isdigit():
+            return int(total)
+        raise RegistryClientError("ranged response without a total size")
+    length = resp.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
+
+
+def _range_start(resp: requests.Response) -> int:
+    value = resp.headers.get("Content-Range", "")
+    unit, _, spec = value.partition(" ")
+    first = spec.partition("-")[0]
+    if unit != "bytes" or not first.isdigit():
+        raise RemoteUnavailable(f"bad Content-Range {value[:60]!r}")
+    return int(first)
+
+
+def _body(resp: requests.Response, skip: int, want: int, label: str) -> Iterator[bytes]:
+    """Yield `want` bytes after skipping `skip`; a short body ends early (caller resumes)."""
+    try:
+        for chunk in resp.iter_content(BLOCK):
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk, skip = chunk[skip:], 0
+            if len(chunk) >= want:
+                yield chunk[:want]
+                return
+            want -= len(chunk)
+            yield chunk
+    except requests.exceptions.RequestException as exc:
+        raise RemoteUnavailable(f"GET {label}: connection broken "
+                                f"({type(exc).__name__})") from None
+
+
+# -- verified download ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the registry says the bytes are; every field given is checked."""
+
+    size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+
+
+def download_verified(source: Backend, info: ObjectInfo, dest: Path, expected: Expected, *,
+                      ranges: bool, settings: Any = None,
+                      progress: Progress | None = None) -> tuple[DigestResult, tuple[str, ...]]:
+    """Fetch into dest with transfer.download (parallel if ranges) and check every digest.
+
+    `source` should be wrapped in RetryingBackend. Raises IntegrityError on any mismatch;
+    the caller publishes dest only after this returns.
+    """
+    from registry_client.transfer import TransferSettings, download
+
+    if info.size < 0:
+        raise RegistryClientError(f"{info.key}: the server did not say how large it is")
+    if expected.size is not None and expected.size != info.size:
+        raise IntegrityError(f"{info.key}: server offers {info.size} bytes, the registry "
+                             f"recorded {expected.size}; nothing was published")
+    settings = settings or TransferSettings()
+    if not ranges:  # one stream: no range requests the server would ignore
+        settings = TransferSettings(chunk_size=max(info.size, 1), concurrency=1)
+    schemes = [[info.size]] if expected.md5 else []
+    result = download(source, info, dest, schemes, settings=settings, progress=progress)
+    return result, check_digests(info.key, result, expected)
+
+
+def fetch_verified(inner: HttpSource, dest: Path, expected: Expected, *, settings: Any = None,
+                   progress: Progress | None = None) -> tuple[DigestResult, tuple[str, ...]]:
+    """stat + download_verified of one HTTP source, under the retry policy."""
+    from registry_client.retry import RetryingBackend
+
+    source = RetryingBackend(inner)
+    info = source.stat(inner.label)
+    return download_verified(source, info, dest, expected, ranges=inner.ranges,
+                             settings=settings, progress=progress)
+
+
+def check_digests(label: str, result: DigestResult, expected: Expected) -> tuple[str, ...]:
+    checks = []
+    if expected.size is not None:
+        if result.size != expected.size:
+            raise IntegrityError(f"{label}: got {result.size} bytes, expected {expected.size}; "
+                                 "nothing was published")
+        checks.append("size")
+    if expected.sha256:
+        if result.sha256 != expected.sha256:
+            raise IntegrityError(f"{label}: sha256 {result.sha256} does not match the "
+                                 f"registry's {expected.sha256}; nothing was published")
+        checks.append("sha256")
+    if expected.md5:
+        got = result.segment_md5s[0][0].hex() if result.segment_md5s else ""
+        if got != expected.md5:
+            raise IntegrityError(f"{label}: md5 {got} does not match the registry's "
+                                 f"{expected.md5}; nothing was published")
+        checks.append("md5")
+    return tuple(checks)
+
+
+def env_first(*names: str) -> str | None:
+    """The first non-empty environment variable among names."""
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None

@@ -1,0 +1,189 @@
+"""library:// — the Sylabs Library API, as SingularityCE and Apptainer speak it.
+
+    GET {base}/v1/images/{entity}/{collection}/{container}:{tag}?arch=ARCH
+        -> {"data": {"hash": "sha256.<hex>", "size": N, ...}}
+    GET {base}/v1/imagefile/{entity}/{collection}/{container}:{tag}?arch=ARCH
+        -> 303 to a presigned URL (often another host), or 200 with the bytes
+    GET {base}/v1/search?value=QUERY
+    errors: {"error": {"code": N, "message": "..."}}
+
+The Bearer token goes to the library's origin only; the presigned URL gets no
+Authorization header unless it is on that same origin (as scs-library-client does).
+The download is verified against the record's sha256 and size before it is published.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from registry_client.backends.http import (
+    Credentials,
+    Expected,
+    HttpSource,
+    check_base_url,
+    env_first,
+    fetch_verified,
+    get_json,
+    new_session,
+)
+from registry_client.errors import (
+    IntegrityError,
+    InvalidReference,
+    RegistryClientError,
+    UnverifiableError,
+    UsageError,
+)
+from registry_client.names import DEFAULT_TAG
+
+DEFAULT_URL = "https://library.sylabs.io"
+ENV_URL = "REGISTRY_CLIENT_LIBRARY_URL"
+ENV_TOKENS = ("REGISTRY_CLIENT_LIBRARY_TOKEN", "SYLABS_TOKEN")
+# Singularity's shorthands: library://NAME is library/default/NAME, and a missing
+# entity is the public "library" entity.
+DEFAULT_ENTITY = "library"
+DEFAULT_COLLECTION = "default"
+# Library names: lower-case letters, digits and . _ - (the Library refuses the rest).
+NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+HASH_TAG_RE = re.compile(r"sha256\.([a-f0-9]{64})\Z")
+MIN_QUERY = 3
+
+
+@dataclass(frozen=True)
+class LibraryRef:
+    entity: str
+    collection: str
+    container: str
+    tag: str = DEFAULT_TAG
+
+    @property
+    def path(self) -> str:
+        return f"{self.entity}/{self.collection}/{self.container}:{self.tag}"
+
+    @property
+    def pinned_sha256(self) -> str | None:
+        """library://...:sha256.<hex> names the image by its hash, as the Library allows."""
+        match = HASH_TAG_RE.match(self.tag)
+        return match.group(1) if match else None
+
+    def __str__(self) -> str:
+        return f"library://{self.path}"
+
+
+def parse(body: str) -> LibraryRef:
+    """`[ENTITY/][COLLECTION/]CONTAINER[:TAG]`; anything else is InvalidReference (exit 2)."""
+    text = f"library://{body}"
+    path, sep, tag = body.partition(":")
+    if sep and not TAG_RE.match(tag):
+        raise InvalidReference(f"invalid reference {text}: bad tag {tag[:130]!r}",
+                               hint="tags are letters, digits, _ . - (at most 128)")
+    parts = path.split("/")
+    if len(parts) > 3:
+        raise InvalidReference(
+            f"invalid reference {text}: expected library://[ENTITY/]COLLECTION/NAME[:TAG]",
+            hint="to use another library host, give --library-url")
+    for part in parts:
+        if len(part) > 128 or not NAME_RE.match(part):
+            raise InvalidReference(f"invalid reference {text}: bad name {part[:130]!r}",
+                                   hint="names are lower-case letters, digits and . _ -")
+    # NAME -> library/default/NAME; COLLECTION/NAME -> library/COLLECTION/NAME
+    parts = [DEFAULT_ENTITY, DEFAULT_COLLECTION][: 3 - len(parts)] + parts
+    return LibraryRef(parts[0], parts[1], parts[2], tag if sep else DEFAULT_TAG)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    sha256: str
+    size: int
+    data: dict[str, Any]
+
+
+class LibraryClient:
+    """Talks to one Library API endpoint; the token never leaves its origin."""
+
+    def __init__(self, base_url: str | None = None, token: str | None = None) -> None:
+        self.base = check_base_url(base_url or env_first(ENV_URL) or DEFAULT_URL, "library URL")
+        token = token or env_first(*ENV_TOKENS)
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.credentials = Credentials(self.base, auth)
+        self.session = new_session()
+
+    def _url(self, path: str, **query: str) -> str:
+        url = f"{self.base}/{quote(path, safe='/:.')}"
+        return f"{url}?{urlencode(query)}" if query else url
+
+    def _get_json(self, url: str, what: str) -> Any:
+        return get_json(self.session, url, what, self.credentials)
+
+    def image(self, ref: LibraryRef, arch: str) -> ImageRecord:
+        """The image record a tag names for this arch: its sha256 and size."""
+        what = f"library image {ref}"
+        body = self._get_json(self._url(f"v1/images/{ref.path}", arch=arch), what)
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise RegistryClientError(f"{what}: the library answered without an image record")
+        return ImageRecord(_record_sha256(ref, data), _record_size(ref, data), data)
+
+    def source(self, ref: LibraryRef, arch: str) -> HttpSource:
+        url = self._url(f"v1/imagefile/{ref.path}", arch=arch)
+        return HttpSource(url, session=self.session, credentials=self.credentials,
+                          label=f"{ref} ({arch})")
+
+    def search(self, query: str, arch: str | None = None) -> dict[str, Any]:
+        if len(query) < MIN_QUERY:
+            raise UsageError(f"search for at least {MIN_QUERY} characters")
+        params = {"value": query, **({"arch": arch} if arch else {})}
+        body = self._get_json(self._url("v1/search", **params), f"library search {query!r}")
+        data = body.get("data") if isinstance(body, dict) else None
+        return data if isinstance(data, dict) else {}
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _record_sha256(ref: LibraryRef, data: dict[str, Any]) -> str:
+    value = str(data.get("hash") or "").lower()
+    match = HASH_TAG_RE.match(value)
+    if not match:
+        raise UnverifiableError(f"{ref}: the library records hash {value[:80]!r}, not a sha256; "
+                                "the download could not be verified",
+                                hint="ask the library's operator to re-upload the image")
+    sha = match.group(1)
+    if ref.pinned_sha256 and ref.pinned_sha256 != sha:
+        raise IntegrityError(f"{ref}: the library answered with sha256.{sha}")
+    return sha
+
+
+def _record_size(ref: LibraryRef, data: dict[str, Any]) -> int:
+    size = data.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RegistryClientError(f"{ref}: the library's image record has no valid size")
+    return size
+
+
+def search_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Images of a search answer as rows: ref, size, arch, description."""
+    rows = []
+    for img in results.get("image") or []:
+        if not isinstance(img, dict):
+            continue
+        tags = img.get("tags") or [str(img.get("hash", ""))]
+        name = f"{img.get('entityName')}/{img.get('collectionName')}/{img.get('containerName')}"
+        rows.append({"ref": f"library://{name}:{','.join(map(str, tags))}",
+                     "size": img.get("size"), "arch": img.get("arch"),
+                     "description": img.get("description") or ""})
+    return sorted(rows, key=lambda r: r["ref"])
+
+
+def download(client: LibraryClient, ref: LibraryRef, arch: str, record: ImageRecord,
+             dest: Path, *, settings: Any = None,
+             progress: Any = None) -> tuple[str, tuple[str, ...]]:
+    """Fetch the image file into dest, verified against the record; return (sha256, checks)."""
+    expected = Expected(size=record.size, sha256=record.sha256)
+    result, checks = fetch_verified(client.source(ref, arch), dest, expected,
+                                    settings=settings, progress=progress)
+    return result.sha256, checks

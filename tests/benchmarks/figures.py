@@ -1,0 +1,311 @@
+"""The figures: each runs registry-client and its peers side by side, interleaved."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.benchmarks import peers
+from tests.benchmarks.measure import (
+    Sample,
+    checked,
+    file_size,
+    ratios,
+    run_concurrently,
+    run_timed,
+    summary,
+)
+from tests.benchmarks.tools import Tools
+from tests.benchmarks.world import GiB, Image, Target, World, delete_object, object_url
+
+OURS = "registry-client"
+
+
+@dataclass
+class Bench:
+    world: World
+    tools: Tools
+    repeats: int
+    warm_repeats: int
+    herd_repeats: int
+    notes: list[str] = field(default_factory=list)
+    log: Callable[[str], None] = print
+    broken: set[tuple[str, str]] = field(default_factory=set)  # (target, tool) that failed
+
+    @property
+    def rc(self) -> str:
+        return self.tools.paths["registry-client"]
+
+    def scratch(self, name: str) -> Path:
+        path = self.world.work / "scratch" / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+            self.log(f"  note: {text}")
+
+
+def _rotate(items: list[Any], by: int) -> list[Any]:
+    if not items:
+        return items
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def _stats(samples: list[Sample]) -> dict[str, Any]:
+    return {"wall": summary([s.wall for s in samples]), "cpu": summary([s.cpu for s in samples]),
+            "rss_mb": summary([s.rss_mb for s in samples]),
+            "walls": [round(s.wall, 4) for s in samples]}
+
+
+def _peer_ok(bench: Bench, target: Target, tool: str, sample: Sample, dest: Path | None,
+             want: int) -> bool:
+    size = file_size(dest) if dest else want
+    if sample.rc == 0 and size == want:
+        return True
+    bench.broken.add((target.name, tool))
+    bench.note(f"{tool} on {target.name} failed (exit {sample.rc}, {size} of {want} bytes): "
+               f"{sample.stderr[-300:]!r}; left out from then on")
+    return False
+
+
+# -- push ------------------------------------------------------------------------------------
+
+def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
+    """Our push of the image's ref (the object the pull figures read) vs peers' uploads."""
+    world, tools = bench.world, bench.tools
+    want = image.path.stat().st_size
+    env_rc = world.rc_env(target, bench.scratch("push-cache"))
+    env_peer = world.peers_env(target)
+    uploaders = {name: b for name, b in peers.UPLOADERS.items()
+                 if b(tools, target, "k", image.path) is not None}
+    samples: dict[str, list[Sample]] = {OURS: [], **{n: [] for n in uploaders}}
+    for rep in range(bench.repeats):
+        for tool in _rotate([OURS, *uploaders], rep):
+            if (target.name, tool) in bench.broken:
+                continue
+            if tool == OURS:
+                sample = checked(run_timed([bench.rc, "push", str(image.path), image.ref],
+                                           env_rc), f"push {image.ref} to {target.name}")
+                image.sha256 = sample.stdout.strip().removeprefix("sha256:")
+            else:
+                key = f"peers/{tool.split()[0]}-{image.label}.sif"
+                cmd = uploaders[tool](tools, target, key, image.path)
+                sample = run_timed(cmd or [], env_peer)
+                ok = _peer_ok(bench, target, tool, sample, None, want)
+                delete_object(target, key)
+                if not ok:
+                    continue
+            samples[tool].append(sample)
+    return _compare(target, image, samples, want, baseline=None)
+
+
+# -- cold pull -------------------------------------------------------------------------------
+
+def pull_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
+    """Cold `registry-client pull` vs each peer's download, curl to /dev/null, and the disk."""
+    world, tools = bench.world, bench.tools
+    want = image.path.stat().st_size
+    env_peer = world.peers_env(target)
+    downloaders = {name: b for name, b in peers.DOWNLOADERS.items()
+                   if b(tools, target, image.key, Path("x")) is not None}
+    url, headers = object_url(target, image.key)
+    extra = ["curl"] if tools.get("curl") else []
+    samples: dict[str, list[Sample]] = {n: [] for n in [OURS, *downloaders, *extra]}
+    samples["write+fsync"] = []
+    for rep in range(bench.repeats):
+        for tool in _rotate([OURS, *downloaders, *extra, "write+fsync"], rep):
+            if (target.name, tool) in bench.broken:
+                continue
+            sample = _pull_one(bench, target, image, tool, downloaders, env_peer, url,
+                               headers, want)
+            if sample is not None:
+                samples[tool].append(sample)
+    return _compare(target, image, samples, want, baseline="curl")
+
+
+def _pull_one(bench: Bench, target: Target, image: Image, tool: str,
+              downloaders: dict[str, peers.Builder], env_peer: dict[str, str], url: str,
+              headers: list[str], want: int) -> Sample | None:
+    if tool == OURS:
+        cache = bench.scratch("pull-cache")
+        env = bench.world.rc_env(target, cache)
+        sample = checked(run_timed([bench.rc, "pull", image.ref], env),
+                         f"pull {image.ref} from {target.name}")
+        if file_size(Path(sample.stdout)) != want:
+            raise RuntimeError(f"pull {image.ref}: {sample.stdout} is not {want} bytes")
+        shutil.rmtree(cache, ignore_errors=True)
+        return sample
+    if tool == "curl":
+        sample = run_timed(peers.curl_get(bench.tools, url, headers) or [], bench.world.base_env())
+        return sample if _peer_ok(bench, target, tool, sample, None, want) else None
+    dest = bench.scratch("pull-peer") / "image.sif"
+    if tool == "write+fsync":
+        cmd = ["dd", "if=/dev/zero", f"of={dest}", "bs=16M", f"count={-(-want // (16 << 20))}",
+               "conv=fsync", "status=none"]
+        sample = run_timed(cmd, bench.world.base_env())
+        dest.unlink(missing_ok=True)
+        return sample
+    sample = run_timed(downloaders[tool](bench.tools, target, image.key, dest) or [], env_peer)
+    ok = _peer_ok(bench, target, tool, sample, dest, want)
+    shutil.rmtree(dest.parent, ignore_errors=True)
+    return sample if ok else None
+
+
+def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], want: int,
+             baseline: str | None) -> dict[str, Any]:
+    ours = [s.wall for s in samples[OURS]]
+    peer_names = [n for n in samples if n not in (OURS, "curl", "write+fsync") and samples[n]]
+    fastest = min(peer_names, key=lambda n: summary([s.wall for s in samples[n]])["median"],
+                  default=None)
+    result: dict[str, Any] = {
+        "target": target.name, "size": image.size, "label": image.label, "bytes": want,
+        "tools": {n: _stats(s) for n, s in samples.items() if s},
+        "fastest_peer": fastest,
+        "ratio_vs_fastest_peer": ratios(ours, [s.wall for s in samples[fastest]])
+        if fastest else None,
+        "ours_MBps": summary([want / 1e6 / w for w in ours]),
+    }
+    if baseline and samples.get(baseline):
+        # our throughput / curl's throughput = curl time / our time
+        result["throughput_vs_curl"] = ratios([s.wall for s in samples[baseline]], ours)
+        result["curl_MBps"] = summary([want / 1e6 / s.wall for s in samples[baseline]])
+    gib = want / GiB
+    result["cpu_s_per_gib"] = {n: summary([s.cpu / gib for s in v]) for n, v in samples.items()
+                               if v and n not in ("write+fsync",)}
+    return result
+
+
+# -- warm pull -------------------------------------------------------------------------------
+
+def warm_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
+    """Cache hits: by tag (one HEAD), by pinned digest and --offline (no network)."""
+    world = bench.world
+    cache = bench.scratch(f"warm-cache-{target.name}")
+    env = world.rc_env(target, cache)
+    first = checked(run_timed([bench.rc, "pull", image.ref], env), "warm-up pull")
+    sha = image.sha256 or Path(first.stdout).name.split(".")[0]
+    python = sys.executable
+    cases = {
+        "python -c 'import typer'": ([python, "-c", "import typer"], world.base_env()),
+        "python -c pass": ([python, "-c", "pass"], world.base_env()),
+        "by tag (HEAD)": ([bench.rc, "pull", image.ref], env),
+        "by digest": ([bench.rc, "pull", f"{image.ref}@sha256:{sha}"], env),
+        "--offline": ([bench.rc, "pull", "--offline", image.ref], env),
+    }
+    samples: dict[str, list[Sample]] = {n: [] for n in cases}
+    for rep in range(bench.warm_repeats):
+        for name in _rotate(list(cases), rep):
+            cmd, cmd_env = cases[name]
+            samples[name].append(checked(run_timed(cmd, cmd_env), name))
+    base = [s.wall for s in samples["python -c 'import typer'"]]
+    out: dict[str, Any] = {"target": target.name, "label": image.label,
+                           "tools": {n: _stats(s) for n, s in samples.items()}, "ratio": {}}
+    for name in ("by tag (HEAD)", "by digest", "--offline"):
+        out["ratio"][name] = ratios([s.wall for s in samples[name]], base)
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+# -- herd ------------------------------------------------------------------------------------
+
+def herd_figure(bench: Bench, target: Target, image: Image, n: int) -> dict[str, Any]:
+    """N concurrent cold pulls through a counting proxy, with naive peers beside us."""
+    from tests.faultproxy import FaultProxy
+
+    want = image.path.stat().st_size
+    rows: dict[str, dict[str, list[float]]] = {}
+    for _ in range(bench.herd_repeats):
+        with FaultProxy(target.server.s3_endpoint, idle_timeout=120) as proxy:
+            _herd_ours(bench, target, image, n, proxy, rows)
+            _herd_baseline(bench, target, image, n, proxy, rows)
+            _herd_aws(bench, target, image, n, proxy, rows)
+            _herd_sregistry(bench, target, image, n, proxy, rows)
+    out: dict[str, Any] = {"target": target.name, "n": n, "label": image.label, "bytes": want,
+                           "tools": {}}
+    for tool, data in rows.items():
+        out["tools"][tool] = {k: summary(v) for k, v in data.items()}
+        if "bytes" in data:
+            out["tools"][tool]["bytes_ratio"] = summary([b / want for b in data["bytes"]])
+    ours, base = rows.get(OURS, {}), rows.get("baseline", {})
+    if ours.get("wall") and base.get("wall"):
+        out["wall_ratio"] = ratios(ours["wall"], base["wall"])
+    return out
+
+
+def _add(rows: dict[str, dict[str, list[float]]], tool: str, **values: float) -> None:
+    for key, value in values.items():
+        rows.setdefault(tool, {}).setdefault(key, []).append(value)
+
+
+def _herd_ours(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
+               rows: dict[str, dict[str, list[float]]]) -> None:
+    cache = bench.scratch("herd-cache")
+    env = bench.world.rc_env(target, cache, endpoint=proxy.url, tag="-proxy")
+    proxy.reset_stats()
+    wall, codes, outs = run_concurrently([[bench.rc, "pull", image.ref]] * n, env)
+    failed = sum(c != 0 for c in codes)
+    paths = {o for o, c in zip(outs, codes, strict=True) if c == 0}
+    if failed or len(paths) != 1:
+        bench.note(f"herd {n} on {target.name}: {failed} pulls failed, {len(paths)} paths")
+    _add(rows, OURS, wall=wall, bytes=proxy.stats.get_bytes, failed=failed)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def _herd_baseline(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
+                   rows: dict[str, dict[str, list[float]]]) -> None:
+    """One cold pull alone, then N warm pulls at once: the unavoidable cost."""
+    cache = bench.scratch("herd-cache")
+    env = bench.world.rc_env(target, cache, endpoint=proxy.url, tag="-proxy")
+    cold = checked(run_timed([bench.rc, "pull", image.ref], env), "herd baseline cold pull")
+    warm, codes, _ = run_concurrently([[bench.rc, "pull", image.ref]] * n, env)
+    if any(codes):
+        bench.note(f"herd baseline on {target.name}: warm pulls failed {codes}")
+    _add(rows, "baseline", wall=cold.wall + warm, cold=cold.wall, warm=warm)
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def _herd_aws(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
+              rows: dict[str, dict[str, list[float]]]) -> None:
+    """The naive script: every job runs `aws s3 cp s3://... $CACHE/app.sif`."""
+    exe = bench.tools.get("aws")
+    if not exe:
+        return
+    dest = bench.scratch("herd-aws") / "app.sif"
+    cmd = [exe, "s3", "cp", "--quiet", "--no-progress", f"s3://{target.bucket}/{image.key}",
+           str(dest)]
+    proxy.reset_stats()
+    wall, codes, _ = run_concurrently([cmd] * n, bench.world.peers_env(target, proxy.url))
+    _add(rows, "aws s3 cp to one path", wall=wall, bytes=proxy.stats.get_bytes,
+         failed=sum(c != 0 for c in codes))
+    shutil.rmtree(dest.parent, ignore_errors=True)
+
+
+def _herd_sregistry(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
+                    rows: dict[str, dict[str, list[float]]]) -> None:
+    cmd = peers.sregistry_pull(bench.tools, target, image.ref)
+    if not cmd or (target.name, "sregistry") in bench.broken:
+        return
+    root = bench.scratch("herd-sregistry")
+    (root / "storage").mkdir()
+    env = {**bench.world.peers_env(target, proxy.url),
+           **peers.sregistry_env(target, proxy.url, root)}
+    proxy.reset_stats()
+    wall, codes, _ = run_concurrently([cmd] * n, env, cwd=root)
+    failed = sum(c != 0 for c in codes)
+    if failed == n:
+        bench.broken.add((target.name, "sregistry"))
+        probe = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True,
+                               timeout=600, stdin=subprocess.DEVNULL)
+        bench.note(f"sregistry pull on {target.name} failed: {probe.stderr.strip()[-300:]!r}")
+        return
+    _add(rows, "sregistry pull", wall=wall, bytes=proxy.stats.get_bytes, failed=failed)
+    shutil.rmtree(root, ignore_errors=True)

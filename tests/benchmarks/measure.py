@@ -1,0 +1,140 @@
+"""Timing commands: wall clock, CPU (user+sys) and peak RSS via GNU time; summaries."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+GNU_TIME = "/usr/bin/time"
+TIME_FORMAT = "%U %S %M"
+
+
+@dataclass
+class Sample:
+    wall: float  # seconds
+    user: float
+    sys: float
+    rss_mb: float  # peak resident set size, MB (10^6 bytes)
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    def brief(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("stdout")
+        data.pop("stderr")
+        return data
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def run_timed(cmd: Sequence[str], env: dict[str, str], *, cwd: Path | None = None,
+              timeout: float = 1800) -> Sample:
+    """Run cmd under GNU time; wall clock measured here with perf_counter."""
+    with tempfile.NamedTemporaryFile("r", prefix="bench-time-", suffix=".txt") as out:
+        full = [GNU_TIME, "-o", out.name, "-f", TIME_FORMAT, *cmd]
+        start = time.perf_counter()
+        proc = subprocess.run(full, env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        user, sys_, rss_kb = _parse_time(Path(out.name).read_text())
+    return Sample(wall, user, sys_, rss_kb * 1024 / 1e6, proc.returncode,
+                  proc.stdout.strip(), proc.stderr.strip()[-2000:])
+
+
+def _parse_time(text: str) -> tuple[float, float, float]:
+    for line in reversed(text.strip().splitlines()):
+        parts = line.split()
+        if len(parts) == 3:
+            try:
+                return float(parts[0]), float(parts[1]), float(parts[2])
+            except ValueError:
+                continue
+    return 0.0, 0.0, 0.0
+
+
+def checked(sample: Sample, what: str) -> Sample:
+    if sample.rc != 0:
+        raise CommandFailed(f"{what}: exit {sample.rc}: {sample.stderr[-600:]}")
+    return sample
+
+
+def run_concurrently(cmds: list[list[str]], env: dict[str, str], *, cwd: Path | None = None,
+                     timeout: float = 1800) -> tuple[float, list[int], list[str]]:
+    """Start every command at once; wall time until the last exits, exit codes, stdouts."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for cmd in cmds]
+    outs: list[str] = []
+    codes: list[int] = []
+    deadline = start + timeout
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
+            outs.append(out.strip())
+            codes.append(proc.returncode)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return time.perf_counter() - start, codes, outs
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"min": float("nan"), "median": float("nan"), "max": float("nan"), "n": 0}
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals),
+            "n": len(vals)}
+
+
+def ratios(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:
+    """Per-repeat ratios (runs are interleaved, so repeat i of each ran side by side)."""
+    return summary([a / b for a, b in zip(num, den, strict=False) if b > 0])
+
+
+def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ys over xs (0 with fewer than two distinct xs)."""
+    if len(set(xs)) < 2:
+        return 0.0
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    num = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    den = sum((x - mean_x) ** 2 for x in xs)
+    return num / den
+
+
+def hash_floor(n_bytes: int = 1024**3, block: int = 4 * 1024**2) -> dict[str, float]:
+    """CPU seconds to md5 + sha256 n_bytes in-process (the least a verified pull costs)."""
+    data = os.urandom(block)
+    result: dict[str, float] = {}
+    for names in (("md5",), ("sha256",), ("md5", "sha256")):
+        hashers = [hashlib.new(n) for n in names]
+        start = time.process_time()
+        for _ in range(n_bytes // block):
+            for h in hashers:
+                h.update(data)
+        result["+".join(names)] = (time.process_time() - start) * (1024**3 / n_bytes)
+    return result
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1

@@ -1,0 +1,118 @@
+"""A tiny threaded HTTP server on 127.0.0.1 for fixture APIs (Library, Hub, object storage).
+
+Handlers are plain functions of a Request; every request is logged with its headers so
+tests can assert what was (not) sent, e.g. that no Authorization header reached a
+presigned URL. `serve_bytes` answers GETs of a blob with or without Range support.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    cut: int | None = None  # send only this many body bytes, then drop the connection
+
+
+Handler = Callable[[Request], Response]
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+
+def serve_bytes(req: Request, data: bytes, *, ranges: bool = True,
+                etag: str | None = None) -> Response:
+    """200 with the whole body, or 206 for a satisfiable `Range: bytes=a-b`."""
+    headers = {"Content-Type": "application/octet-stream"}
+    if etag:
+        headers["ETag"] = f'"{etag}"'
+    spec = req.headers.get("range", "")
+    if ranges:
+        headers["Accept-Ranges"] = "bytes"
+    if ranges and spec.startswith("bytes="):
+        first, _, last = spec[6:].partition("-")
+        start = int(first)
+        end = min(int(last) if last else len(data) - 1, len(data) - 1)
+        if start >= len(data):
+            return Response(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        return Response(206, data[start:end + 1], headers)
+    return Response(200, data, headers)
+
+
+class FixtureServer:
+    """ThreadingHTTPServer on a random loopback port; `handler` answers every request."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.log: list[Request] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                owner._serve(self, "GET")
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                owner._serve(self, "HEAD")
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
+        self._thread.start()
+
+    def _serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        parts = urlsplit(h.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        req = Request(method, parts.path, query, {k.lower(): v for k, v in h.headers.items()})
+        with self._lock:
+            self.log.append(req)
+        resp = self.handler(req)
+        h.send_response(resp.status)
+        for key, value in resp.headers.items():
+            h.send_header(key, value)
+        h.send_header("Content-Length", str(len(resp.body)))
+        h.end_headers()
+        if method != "HEAD":
+            # The client may stop reading (a one-byte probe of a server without Range).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                h.wfile.write(resp.body[:resp.cut])
+        if resp.cut is not None:
+            h.close_connection = True
+
+    def requests_to(self, prefix: str) -> list[Request]:
+        with self._lock:
+            return [r for r in self.log if r.path.startswith(prefix)]
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)

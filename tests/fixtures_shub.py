@@ -1,0 +1,90 @@
+"""A faithful Singularity Hub API for tests: the manifest endpoint and the image files.
+
+    GET /api/container/USER/REPO[:TAG][@VERSION] -> {"image", "name", "tag", "version", "commit"}
+
+`version` is the md5 of the image file, as on the Hub. Files are served from another port
+(the Hub kept them in cloud storage); `ranges` says whether that server honours Range,
+and `corrupt` flips one byte of what it sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from tests.fixtures_http import FixtureServer, Request, Response, json_response, serve_bytes
+
+
+@dataclass
+class HubImage:
+    data: bytes
+    commit: str = "0123456789abcdef0123456789abcdef01234567"
+
+    @property
+    def md5(self) -> str:
+        return hashlib.md5(self.data).hexdigest()
+
+
+@dataclass
+class ShubFixture:
+    images: dict[str, HubImage] = field(default_factory=dict)  # "user/repo:tag"
+    ranges: bool = False
+    corrupt: bool = False
+    wrong_version: bool = False  # the manifest's md5 does not match the file
+
+    def __post_init__(self) -> None:
+        self.api = FixtureServer(self._api)
+        self.files = FixtureServer(self._file)
+        self.url = self.api.url
+
+    def _find(self, spec: str) -> tuple[str, HubImage] | None:
+        name, _, version = spec.partition("@")
+        if ":" not in name and not version:
+            name += ":latest"
+        for key, image in self.images.items():
+            tag_ok = key == name or (":" not in name and key.startswith(f"{name}:"))
+            if tag_ok and (not version or version in (image.md5, image.commit)):
+                return key, image
+        return None
+
+    def _api(self, req: Request) -> Response:
+        prefix = "/api/container/"
+        found = self._find(unquote(req.path[len(prefix):])) if req.path.startswith(
+            prefix) else None
+        if found is None:
+            return json_response({"detail": "Not found."}, 404)
+        key, image = found
+        name, _, tag = key.partition(":")
+        version = "0" * 32 if self.wrong_version else image.md5
+        return json_response({"image": f"{self.files.url}/files/{image.md5}.simg",
+                              "name": name, "tag": tag, "version": version,
+                              "commit": image.commit, "id": 42})
+
+    def _file(self, req: Request) -> Response:
+        md5 = req.path.rpartition("/")[2].removesuffix(".simg")
+        image = next((i for i in self.images.values() if i.md5 == md5), None)
+        if image is None:
+            return Response(404, b"")
+        data = image.data
+        if self.corrupt:
+            data = data[:-1] + bytes([data[-1] ^ 1])
+        return serve_bytes(req, data, ranges=self.ranges)
+
+    def stop(self) -> None:
+        self.api.stop()
+        self.files.stop()
+
+
+def make_simg(tmp: Path, content: bytes) -> bytes:
+    """A Singularity 2.x style image: a bare squashfs, no SIF header."""
+    root = tmp / f"simg-root-{hashlib.md5(content).hexdigest()[:8]}"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "motd").write_bytes(content)
+    (root / "singularity").write_text("#!/bin/sh\necho hello\n")
+    out = root.with_suffix(".simg")
+    subprocess.run(["mksquashfs", str(root), str(out), "-noappend", "-all-root", "-quiet",
+                    "-no-progress"], check=True, capture_output=True)
+    return out.read_bytes()

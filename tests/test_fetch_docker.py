@@ -1,0 +1,368 @@
+"""docker:// against the real CNCF distribution registry on 127.0.0.1, images pushed by us.
+
+The SIF we build is checked three ways: a SIF header/descriptor reader written here from
+the format's spec (independent of registry_client.sif), `unsquashfs` on the partition it
+locates, and our own reader / `registry-client inspect`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry_client import sif
+from registry_client.errors import AuthError, IntegrityError, InvalidReference, NotFound
+from registry_client.fetch import FetchOptions, copy, pull_fetcher
+from registry_client.names import parse_reference
+from registry_client.transfer import TransferSettings
+from tests.fixtures_oci import (
+    Image,
+    Pusher,
+    RegistryProxy,
+    directory,
+    file,
+    hardlink,
+    make_layer,
+    opaque,
+    symlink,
+    whiteout,
+)
+from tests.helpers import make_context, run_cli
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("docker-registry") or os.path.exists("/usr/bin/docker-registry"))
+    or not shutil.which("mksquashfs") or not shutil.which("unsquashfs"),
+    reason="needs docker-registry and squashfs-tools (.ci/install-system-deps)")
+
+COMPRESSION = "zstd" if shutil.which("zstd") else "gzip"
+CONFIG = {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello world"],
+          "Entrypoint": ["/bin/tool"], "Cmd": ["--help", "it's"],
+          "Labels": {"org.example.team": "hpc"}, "WorkingDir": "/opt"}
+HOST_CANARY = "/tmp/registry-client-escape-canary"
+
+
+def base_layer(flavour: str) -> Any:
+    return make_layer([
+        directory("etc"), file("etc/motd", "base\n"), file("etc/arch", flavour),
+        directory("bin"), file("bin/tool", "#!/bin/sh\necho tool \"$@\"\n", 0o755),
+        hardlink("bin/tool-link", "bin/tool"),
+        directory("usr"), directory("usr/lib"), file("usr/lib/libx.so", b"\x7fELF" * 64),
+        symlink("lib", "usr/lib"), symlink("hostroot", "/"),
+        file("remove-me", "x"), directory("gone"), file("gone/old", "old"),
+        directory("gone/sub"), file("gone/sub/deep", "deep"),
+        directory("locked", 0o555), file("locked/inside", "in a read-only dir"),
+    ])
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.servers.registry import start_registry
+
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        push_images(Pusher(server.url))
+        yield server
+    finally:
+        server.stop()
+
+
+def push_images(pusher: Pusher) -> None:
+    upper = make_layer([
+        whiteout("remove-me"), opaque("gone"), file("gone/new", "new"),
+        file("etc/motd", "layer two\n"),
+        file("lib/through-symlink.txt", "written through lib -> usr/lib"),
+        file("hostroot/etc/via-absolute-link", "stays inside the root"),
+        file("added-and-whited", "kept"), whiteout("added-and-whited"),
+    ], compression=None)
+    top = make_layer([file("secret", "0600", 0o600), directory("opt"),
+                      file("opt/data.bin", os.urandom(300_000))], compression=COMPRESSION)
+    amd64 = Image([base_layer("amd64"), upper, top], "amd64", CONFIG)
+    arm64 = Image([base_layer("arm64")], "arm64", {"Cmd": ["/bin/sh"]}, variant="v8")
+    pusher.index("lab/multi", "1", [amd64, arm64])
+    docker_typed = Image([base_layer("docker")], "amd64", {"Cmd": ["/bin/tool"]},
+                         docker_types=True)
+    pusher.image("lab/docker-types", docker_typed, "1")
+    evil = {
+        "traversal": [file("../../escape.txt", "x")],
+        "absolute": [file("/tmp/registry-client-abs", "x")],
+        "symlink": [symlink("esc", "../" * 30 + "tmp"),  # deep enough to reach the host /tmp
+                    file("esc/registry-client-escape-canary", "x")],
+        "hardlink": [hardlink("passwd", "../../../../etc/passwd")],
+    }
+    for tag, members in evil.items():
+        layers = [make_layer([file("ok", "fine")]), make_layer(members)]
+        pusher.image("lab/evil", Image(layers, "amd64", {}), tag)
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Any:
+    return make_context(tmp_path, transfer=TransferSettings(chunk_size=64 * 1024,
+                                                            concurrency=4))
+
+
+@pytest.fixture
+def proxy(registry: Any) -> Iterator[RegistryProxy]:
+    server = RegistryProxy(registry.url)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pull(ctx: Any, ref: str, arch: str = "amd64", **kwargs: Any) -> Any:
+    return pull_fetcher(ctx, parse_reference(ref), options=FetchOptions(arch=arch), **kwargs)
+
+
+def published(ctx: Any) -> list[Path]:
+    return sorted((ctx.cache.base / "sif" / "sha256").glob("*"))
+
+
+# -- an independent reading of the SIF layout (sylabs/sif pkg/sif: sif.go) ---------------------
+
+
+def read_sif_independently(path: str) -> dict[str, Any]:
+    raw = Path(path).read_bytes()
+    (launch, magic, version, arch, _uuid, _ct, _mt, dfree, dtotal, descoff, _dlen, _doff,
+     _dsize) = struct.unpack_from("<32s10s3s3s16s8q", raw, 0)
+    objects = []
+    for i in range(dtotal):
+        (dtype, used, ident, _g, _l, off, size, _sp, _c, _m, _u, _gi, name,
+         extra) = struct.unpack_from("<i?III7q128s384s", raw, descoff + i * 585)
+        if used:
+            objects.append({"type": dtype, "id": ident, "offset": off, "size": size,
+                            "name": name.rstrip(b"\0").decode(), "extra": extra,
+                            "data": raw[off:off + size]})
+    return {"launch": launch.rstrip(b"\0"), "magic": magic, "version": version,
+            "arch": arch, "free": dfree, "objects": objects}
+
+
+def squashfs_tree(tmp: Path, data: bytes) -> Path:
+    image = tmp / "partition.squashfs"
+    image.write_bytes(data)
+    listing = subprocess.run(["unsquashfs", "-l", str(image)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "squashfs-root/.singularity.d/runscript" in listing
+    out = tmp / "unpacked"
+    subprocess.run(["unsquashfs", "-d", str(out), str(image)], capture_output=True, check=True)
+    return out
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def test_index_to_sif_for_amd64(ctx, registry, tmp_path):
+    result = pull(ctx, f"docker://{registry.host}/lab/multi:1")
+    assert not result.cached and set(result.verified) == {"manifest-digest", "blob-sha256",
+                                                          "diff-id"}
+    parsed = read_sif_independently(result.path)
+    assert parsed["magic"] == b"SIF_MAGIC\0" and parsed["arch"] == b"02\0"
+    assert parsed["launch"] == b"#!/usr/bin/env run-singularity\n"
+    deffile, config, partition = parsed["objects"]
+    assert deffile["type"] == 0x4001 and config["type"] == 0x4006 and partition["type"] == 0x4004
+    assert deffile["data"].startswith(b"Bootstrap: docker\nFrom: 127.0.0.1:")
+    assert b"/lab/multi@sha256:" in deffile["data"]
+    assert config["name"] == "oci-config.json"
+    assert json.loads(config["data"])["Entrypoint"] == ["/bin/tool"]
+    fstype, parttype, arch = struct.unpack_from("<ii3s", partition["extra"])
+    assert (fstype, parttype, arch) == (1, 2, b"02\0")  # squashfs, primary system, amd64
+    assert partition["offset"] % 4096 == 0
+
+    ours = sif.read_sif(result.path)
+    assert ours.primary_arch() == "amd64" and len(ours.descriptors) == 3
+    check_root(squashfs_tree(tmp_path, partition["data"]))
+    assert not os.path.exists(HOST_CANARY)
+
+
+def check_root(root: Path) -> None:
+    assert (root / "etc/motd").read_text() == "layer two\n"
+    assert not (root / "remove-me").exists()  # whiteout
+    assert (root / "gone/new").read_text() == "new"  # opaque dir: new content only
+    assert not (root / "gone/old").exists() and not (root / "gone/sub").exists()
+    assert (root / "added-and-whited").read_text() == "kept"  # same-layer whiteout: no effect
+    assert os.readlink(root / "lib") == "usr/lib"
+    assert (root / "usr/lib/through-symlink.txt").exists()
+    assert (root / "etc/via-absolute-link").read_text() == "stays inside the root"
+    assert os.stat(root / "bin/tool").st_ino == os.stat(root / "bin/tool-link").st_ino
+    assert os.stat(root / "secret").st_mode & 0o777 == 0o600
+    assert os.stat(root / "locked").st_mode & 0o777 == 0o555
+    assert (root / "locked/inside").exists() and (root / "opt/data.bin").stat().st_size == 300_000
+    assert json.loads((root / ".singularity.d/labels.json").read_text()) == CONFIG["Labels"]
+    for script in ("runscript", "actions/run", "actions/exec", "actions/shell",
+                   "env/10-docker2singularity.sh"):
+        subprocess.run(["sh", "-n", str(root / ".singularity.d" / script)], check=True)
+    env = subprocess.run(["sh", "-c", f'. "{root}/.singularity.d/env/10-docker2singularity.sh";'
+                          ' echo "$GREETING|$PATH"'], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin"}, check=True).stdout
+    assert env == "hello world|/usr/local/bin:/usr/bin:/bin\n"
+    runscript = (root / ".singularity.d/runscript").read_text()
+    assert "set -- /bin/tool --help 'it'\"'\"'s'" in runscript
+    for name in ("proc", "sys", "dev", "tmp", "home", ".singularity.d/actions"):
+        assert (root / name).is_dir()
+
+
+def test_arm64_from_the_same_index(ctx, registry):
+    amd = pull(ctx, f"docker://{registry.host}/lab/multi:1")
+    arm = pull(ctx, f"docker://{registry.host}/lab/multi:1", arch="arm64")
+    assert arm.sha256 != amd.sha256
+    assert sif.read_sif(arm.path).primary_arch() == "arm64"
+    with pytest.raises(NotFound, match="linux/amd64, linux/arm64/v8"):
+        pull(ctx, f"docker://{registry.host}/lab/multi:1", arch="s390x")
+
+
+def test_cached_by_manifest_digest_without_rebuild(ctx, registry):
+    ref = f"docker://{registry.host}/lab/multi:1"
+    first = pull(ctx, ref)
+    blobs = sorted((ctx.cache.base / "blobs" / "sha256").iterdir())
+    assert len(blobs) == 3  # the amd64 layers, verified, shared by later builds
+    again = pull(ctx, ref)
+    assert again.cached and again.path == first.path
+    record = ctx.cache.resolve_ref(*_slot(ctx, ref))
+    assert record["sha256"] == first.sha256 and record["manifest"].startswith("sha256:")
+    pinned = f"docker://{registry.host}/lab/multi@{record['index']}"
+    assert pull(ctx, pinned, offline=True).path == first.path  # no network at all
+    by_manifest = f"docker://{registry.host}/lab/multi@{record['manifest']}"
+    assert pull(ctx, by_manifest).cached
+    assert pull(ctx, ref, offline=True).path == first.path
+
+
+def _slot(ctx: Any, ref: str) -> tuple[str, ...]:
+    from registry_client.fetch import DockerFetcher
+
+    fetcher = DockerFetcher(ctx, parse_reference(ref).body, FetchOptions(arch="amd64"))
+    return (fetcher.remote_id, *fetcher.slot())
+
+
+def test_concurrent_pulls_build_once(ctx, proxy):
+    from concurrent.futures import ThreadPoolExecutor
+
+    ref = f"docker://{proxy.host}/lab/multi:1"
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: pull(ctx, ref), range(3)))
+    assert len({r.path for r in results}) == 1
+    assert sorted(r.cached for r in results) == [False, True, True]
+    probes = [r for r in proxy.server.requests_to("/v2/lab/multi/blobs/")
+                   if r.headers.get("range") == "bytes=0-0"]
+    assert len(probes) == 4  # config + 3 layers, probed once each: one build only
+
+
+def test_rebuild_gives_the_same_bytes(ctx, registry):
+    first = pull(ctx, f"docker://{registry.host}/lab/multi:1")
+    again = pull(ctx, f"docker://{registry.host}/lab/multi:1", force=True)
+    assert not again.cached and again.sha256 == first.sha256
+
+
+def test_docker_v2_media_types(ctx, registry, tmp_path):
+    result = pull(ctx, f"docker://{registry.host}/lab/docker-types:1")
+    data = read_sif_independently(result.path)["objects"][2]["data"]
+    assert (squashfs_tree(tmp_path, data) / "etc/arch").read_text() == "docker"
+
+
+@pytest.mark.parametrize("tag", ["traversal", "absolute", "symlink", "hardlink"])
+def test_unsafe_layers_are_refused(ctx, registry, tag):
+    with pytest.raises(IntegrityError):
+        pull(ctx, f"docker://{registry.host}/lab/evil:{tag}")
+    assert published(ctx) == []
+    assert list((ctx.cache.base / "tmp").iterdir()) == []  # build folder and temp file gone
+    assert not os.path.exists(HOST_CANARY) and not os.path.exists("/tmp/registry-client-abs")
+
+
+def test_not_found(ctx, registry):
+    with pytest.raises(NotFound):
+        pull(ctx, f"docker://{registry.host}/lab/multi:nope")
+    with pytest.raises(NotFound):
+        pull(ctx, f"docker://{registry.host}/lab/nothing:1")
+    with pytest.raises(InvalidReference):
+        pull(ctx, f"docker://{registry.host}/Lab/Upper:1")
+
+
+# -- through a proxy: token auth and corruption -------------------------------------------------
+
+
+def docker_config(tmp_path: Path, host: str, user: str, password: str) -> Path:
+    folder = tmp_path / "docker-config"
+    folder.mkdir(exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (folder / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
+    return folder
+
+
+def test_token_auth_with_credentials_from_docker_config(ctx, proxy, tmp_path, monkeypatch):
+    proxy.credentials = ("alice", "pa55")
+    ref = f"docker://{proxy.host}/lab/multi:1"
+    with pytest.raises(AuthError):
+        pull(ctx, ref)  # anonymous: the token service refuses
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path, proxy.host, "alice",
+                                                          "pa55")))
+    result = pull(ctx, ref)
+    assert sif.read_sif(result.path).primary_arch() == "amd64"
+    tokens = proxy.server.requests_to("/token")
+    assert tokens[-1].query["scope"] == "repository:lab/multi:pull"
+    assert tokens[-1].query["service"] == "fixture-registry"
+    served = [r for r in proxy.server.requests_to("/v2/") if r.headers.get("authorization")]
+    assert served and all(r.headers["authorization"] == f"Bearer {proxy.token}"
+                          for r in served)
+    monkeypatch.setenv("REGISTRY_CLIENT_DOCKER_USERNAME", "alice")
+    monkeypatch.setenv("REGISTRY_CLIENT_DOCKER_PASSWORD", "wrong")
+    with pytest.raises(AuthError) as err:
+        pull(ctx, ref, force=True)
+    assert "wrong" not in str(err.value)
+
+
+def test_corrupt_blobs_publish_nothing(ctx, proxy):
+    proxy.corrupt = True
+    with pytest.raises(IntegrityError):
+        pull(ctx, f"docker://{proxy.host}/lab/multi:1")
+    assert published(ctx) == []
+    assert not any((ctx.cache.base / "blobs" / "sha256").glob("*"))
+
+
+# -- the installed CLI -------------------------------------------------------------------------
+
+
+def test_cli_pull_inspect_and_exit_codes(tmp_path, registry, proxy):
+    cache = ["--cache-dir", str(tmp_path / "cli-cache")]
+    ok = run_cli(*cache, "pull", "--arch", "amd64", f"docker://{registry.host}/lab/multi:1")
+    assert ok.returncode == 0, ok.stderr
+    path = ok.stdout.strip()
+    assert ok.stdout == f"{path}\n" and os.path.isabs(path)
+    shown = run_cli("inspect", path)
+    assert shown.returncode == 0, shown.stderr
+    for word in ("deffile", "generic_json", "oci-config.json", "partition", "squashfs",
+                 "primary_system", "amd64"):
+        assert word in shown.stdout
+    as_json = json.loads(run_cli("--json", "inspect", path).stdout)
+    assert len(as_json["sif"]["descriptors"]) == 3
+
+    missing = run_cli(*cache, "pull", f"docker://{registry.host}/lab/multi:gone")
+    assert missing.returncode == 3 and missing.stdout == ""
+    proxy.credentials = ("bob", "secret")
+    denied = run_cli(*cache, "pull", f"docker://{proxy.host}/lab/multi:1")
+    assert denied.returncode == 5 and denied.stdout == ""
+    proxy.credentials, proxy.corrupt = None, True
+    corrupt = run_cli(*cache, "pull", "--arch", "arm64", f"docker://{proxy.host}/lab/multi:1")
+    assert corrupt.returncode == 4 and corrupt.stdout == ""
+    evil = run_cli(*cache, "pull", f"docker://{registry.host}/lab/evil:traversal")
+    assert evil.returncode == 4 and "climbs out" in evil.stderr
+
+
+def test_copy_docker_image_to_a_bucket(ctx, registry, tmp_path):
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    dst = f"file://{bucket}/lab/multi:1"
+    first = copy(ctx, f"docker://{registry.host}/lab/multi:1", dst, FetchOptions(arch="amd64"))
+    assert first["copied"] and (bucket / "lab" / "multi:1.sif").exists()
+    assert (bucket / "lab" / "multi:1.sif").read_bytes() == Path(
+        ctx.cache.lookup(first["sha256"])).read_bytes()
+    again = copy(ctx, f"docker://{registry.host}/lab/multi:1", dst, FetchOptions(arch="amd64"))
+    assert not again["copied"] and again["sha256"] == first["sha256"]
+    with pytest.raises(InvalidReference):
+        copy(ctx, dst, f"docker://{registry.host}/lab/x:1")

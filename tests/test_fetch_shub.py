@@ -1,0 +1,126 @@
+"""shub:// against a faithful Singularity Hub API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry_client.errors import IntegrityError, InvalidReference, NotFound, UnverifiableError
+from registry_client.fetch import FetchOptions, pull_fetcher
+from registry_client.names import parse_reference
+from registry_client.transfer import TransferSettings
+from tests.fixtures_shub import HubImage, ShubFixture, make_simg
+from tests.helpers import make_context, run_cli
+
+pytestmark = pytest.mark.skipif(not shutil.which("mksquashfs"), reason="needs squashfs-tools")
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[ShubFixture]:
+    server = ShubFixture()
+    server.images["vsoch/hello-world:latest"] = HubImage(make_simg(tmp_path, b"hello"))
+    server.images["vsoch/hello-world:v2"] = HubImage(make_simg(tmp_path, os.urandom(50_000)),
+                                                     commit="f" * 40)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ctx(tmp_path: Path):
+    return make_context(tmp_path, transfer=TransferSettings(chunk_size=4096, concurrency=3))
+
+
+def pull(ctx, hub: ShubFixture, ref: str, **kwargs):
+    return pull_fetcher(ctx, parse_reference(ref), options=FetchOptions(shub_url=hub.url),
+                        **kwargs)
+
+
+def published(ctx) -> list[Path]:
+    return sorted((ctx.cache.base / "sif" / "sha256").glob("*"))
+
+
+@pytest.mark.parametrize("ranges", [False, True], ids=["one-stream", "ranged"])
+def test_pull_verifies_md5_and_keeps_squashfs(ctx, hub, ranges, tmp_path):
+    hub.ranges = ranges
+    image = hub.images["vsoch/hello-world:v2"]
+    result = pull(ctx, hub, "shub://vsoch/hello-world:v2")
+    data = Path(result.path).read_bytes()
+    assert data == image.data and data[:4] == b"hsqs"  # squashfs, not SIF: still accepted
+    assert "md5" in result.verified
+    listing = subprocess.run(["unsquashfs", "-l", result.path], capture_output=True, text=True)
+    assert "squashfs-root/etc/motd" in listing.stdout
+    files = hub.files.requests_to("/files/")
+    if ranges:
+        assert len(files) > 2 and all("range" in r.headers for r in files[1:])
+    else:
+        assert len(files) == 2  # the one-byte probe (ignored) and one whole-body GET
+    assert hub.api.log[0].path == "/api/container/vsoch/hello-world:v2"
+
+
+def test_cache_hit_by_version_and_pinned_versions(ctx, hub):
+    image = hub.images["vsoch/hello-world:latest"]
+    first = pull(ctx, hub, "shub://vsoch/hello-world")
+    downloads = len(hub.files.log)
+    again = pull(ctx, hub, "shub://vsoch/hello-world:latest")
+    assert again.cached and again.path == first.path and len(hub.files.log) == downloads
+    pinned = pull(ctx, hub, f"shub://vsoch/hello-world@{image.md5}", offline=True)
+    assert pinned.path == first.path  # md5-pinned: answered from the cache, no network
+    by_commit = pull(ctx, hub, f"shub://vsoch/hello-world@{'f' * 40}")
+    assert by_commit.sha256 != first.sha256
+
+
+def test_corrupt_or_mismatched_publish_nothing(ctx, hub):
+    hub.corrupt = True
+    with pytest.raises(IntegrityError, match="md5"):
+        pull(ctx, hub, "shub://vsoch/hello-world")
+    hub.corrupt, hub.wrong_version = False, True
+    with pytest.raises(IntegrityError):
+        pull(ctx, hub, "shub://vsoch/hello-world")
+    assert published(ctx) == []
+
+
+def test_errors(ctx, hub):
+    with pytest.raises(NotFound):
+        pull(ctx, hub, "shub://vsoch/nothing-here")
+    hub.wrong_version = True  # the Hub answers a pinned version with another one
+    md5 = hub.images["vsoch/hello-world:latest"].md5
+    with pytest.raises(IntegrityError, match="answered with version"):
+        pull(ctx, hub, f"shub://vsoch/hello-world@{md5}")
+    hub.wrong_version = False
+    for bad in ("shub://vsoch", "shub://a/b/c", "shub://vsoch/x@123", "shub://-x/y",
+                "shub://vsoch/x:"):
+        with pytest.raises(InvalidReference):
+            pull(ctx, hub, bad)
+
+
+def test_unverifiable_manifest(ctx, hub):
+    hub.images["vsoch/odd:latest"] = HubImage(b"x")
+    original = hub.api.handler
+
+    def no_version(req):
+        resp = original(req)
+        resp.body = resp.body.replace(b'"version"', b'"ignored"')
+        return resp
+
+    hub.api.handler = no_version
+    with pytest.raises(UnverifiableError):
+        pull(ctx, hub, "shub://vsoch/odd")
+
+
+def test_cli_exit_codes(tmp_path, hub):
+    env = {"REGISTRY_CLIENT_SHUB_URL": hub.url}
+    base = ["--cache-dir", str(tmp_path / "cli-cache"), "pull"]
+    ok = run_cli(*base, "shub://vsoch/hello-world", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert Path(ok.stdout.strip()).read_bytes() == hub.images["vsoch/hello-world:latest"].data
+    assert run_cli(*base, "shub://vsoch/nope", env=env).returncode == 3
+    hub.corrupt = True
+    bad = run_cli(*base, "--force", "shub://vsoch/hello-world", env=env)
+    assert bad.returncode == 4 and bad.stdout == ""
