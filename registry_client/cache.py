@@ -234,23 +234,31 @@ class Cache:
         self._write_atomic(path, json.dumps(state).encode())
 
     def clean_dead_temps(self) -> int:
-        """Remove unique temp files whose writer died (the pid is in the name)."""
+        """Remove temp files and build folders whose writer died (the pid is in the name)."""
+        import shutil
+
         removed = 0
         folder = self.base / "tmp"
-        for path in folder.glob("*.partial") if folder.is_dir() else []:
-            parts = path.name.split(".")
-            if len(parts) >= 4 and parts[-3].isdigit() and not locks.pid_alive(int(parts[-3])):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed += 1
+        for path in folder.iterdir() if folder.is_dir() else []:
+            parts = path.name.split(".")  # download.<pid>.<rand>.partial, build.<pid>.<rand>.dir
+            if parts[-1] not in ("partial", "dir") or len(parts) < 4 or not parts[-3].isdigit():
+                continue
+            if locks.pid_alive(int(parts[-3])):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
         return removed
 
     # -- listing and maintenance ------------------------------------------------------
-    def entries(self) -> list[CacheEntry]:
-        folder = self.base / "sif" / "sha256"
+    def entries(self, kind: str = "sif") -> list[CacheEntry]:
+        """Published images (kind "sif") or docker layer blobs (kind "blobs")."""
+        folder = self.base / kind / "sha256"
         found = []
         if folder.is_dir():
-            for path in sorted(folder.glob("*.sif")):
+            for path in sorted(folder.glob("*.sif" if kind == "sif" else "*")):
                 with contextlib.suppress(FileNotFoundError):
                     st = path.stat()
                     found.append(CacheEntry(path.stem, path, st.st_size, st.st_atime,

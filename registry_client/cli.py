@@ -290,17 +290,37 @@ def inspect(ctx: typer.Context, target: str = typer.Argument(..., help="REF or F
 @app.command()
 def search(
     ctx: typer.Context,
-    query: str = typer.Argument(..., help="At least 3 characters."),
+    query: str = typer.Argument(..., help="Text to find in COLLECTION/NAME:TAG."),
+    library: bool = typer.Option(False, "--library", help="Also search the Library API."),
     arch: str | None = ArchOpt,
     library_url: str | None = LibraryUrlOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Find images in the Library (library:// references)."""
-    from registry_client.fetch import FetchOptions
-    from registry_client.fetch import search as do_search
+    """Find images across the configured remotes (and the Library with --library)."""
+    from registry_client.migrate import search_remotes
 
-    rows = do_search(_g(ctx).context(), query, FetchOptions(arch, library_url))
+    context = _g(ctx).context()
+    rows = search_remotes(context, query)
+    if library or library_url or os.environ.get("REGISTRY_CLIENT_LIBRARY_URL"):
+        from registry_client.fetch import FetchOptions
+        from registry_client.fetch import search as library_search
+
+        rows += library_search(context, query, FetchOptions(arch, library_url))
     _emit(ctx, as_json, rows, _table(rows, ("ref", "size", "arch", "description")))
+
+
+@app.command()
+def migrate(
+    ctx: typer.Context,
+    src: str = typer.Argument(..., help="REMOTE[:COLLECTION] or bucket URL"),
+    dst: str = typer.Argument(..., help="REMOTE or bucket URL"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Copy every image of SRC to DST, verified; skip what DST already holds."""
+    from registry_client.migrate import migrate as do_migrate
+
+    rows = do_migrate(_g(ctx).context(), src, dst)
+    _emit(ctx, as_json, rows, _table(rows, ("ref", "size", "status", "sha256")))
 
 
 @app.command()

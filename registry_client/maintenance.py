@@ -14,6 +14,7 @@ from registry_client.cache import Cache, CacheEntry
 from registry_client.digests import hash_file
 
 STALE_RESUME_SECONDS = 24 * 3600
+BLOB_GRACE = 600
 
 
 @dataclass
@@ -67,7 +68,11 @@ def prune_cache(cache: Cache, *, max_age: float | None = None,
     total is at most max_size bytes. An image a running pull holds is never removed."""
     now = time.time() if now is None else now
     report = PruneReport(temps_removed=_clean_temps(cache, now))
+    # Layer blobs only serve rebuilds of docker:// images: they go first, but never one
+    # a build may be reading right now.
+    blobs = [b for b in cache.entries("blobs") if now - max(b.atime, b.mtime) > BLOB_GRACE]
     entries = sorted(cache.entries(), key=lambda e: max(e.atime, e.mtime))
+    entries = sorted(blobs, key=lambda e: max(e.atime, e.mtime)) + entries
     total = sum(e.size for e in entries)
     for entry in entries:
         too_old = max_age is not None and now - max(entry.atime, entry.mtime) > max_age
