@@ -27,6 +27,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 
 from registry_client import __version__
+from registry_client.backends._wire import retry_after
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
 from registry_client.digests import DigestResult
 from registry_client.errors import (
@@ -122,11 +123,6 @@ def _error_text(resp: requests.Response) -> str:
     return ""
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
-
-
 def error_for(resp: requests.Response, what: str) -> RegistryClientError:
     """Our exception for a failed HTTP response (read its body only if small)."""
     status = resp.status_code
@@ -137,7 +133,7 @@ def error_for(resp: requests.Response, what: str) -> RegistryClientError:
     if status in (401, 403):
         return AuthError(text, hint="check the token or credentials for this registry")
     if status in RETRYABLE_STATUS:
-        return RemoteUnavailable(text, retry_after=_retry_after(resp))
+        return RemoteUnavailable(text, retry_after=retry_after(resp.headers))
     if status == 412:
         return ObjectChanged(f"{what}: changed during the download")
     return RegistryClientError(text)

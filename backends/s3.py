@@ -21,6 +21,7 @@ import boto3
 import botocore.exceptions as bexc
 from botocore.config import Config as BotoConfig
 
+from registry_client.backends._wire import first_line, is_transport_error, retry_after
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
 from registry_client.digests import s3_etag_plan, s3_multipart_etag, segments
 from registry_client.errors import (
@@ -63,34 +64,17 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
         if code in INTEGRITY_CODES:
             return IntegrityError(text)
         if status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout"):
-            retry_after = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-            return RemoteUnavailable(text, retry_after=_retry_after(retry_after))
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            return RemoteUnavailable(text, retry_after=retry_after(headers))
         return RegistryClientError(text)
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError)):
         return AuthError(f"{what}: no S3 credentials found",
                          hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
     if isinstance(exc, bexc.ProfileNotFound):
         return AuthError(f"{what}: AWS profile not found")
-    if isinstance(exc, (bexc.BotoCoreError, OSError, ConnectionError)) or _is_urllib3(exc):
-        return RemoteUnavailable(f"{what}: {type(exc).__name__}: {_short(exc)}")
+    if isinstance(exc, (bexc.BotoCoreError, OSError, ConnectionError)) or is_transport_error(exc):
+        return RemoteUnavailable(f"{what}: {type(exc).__name__}: {first_line(exc)}")
     return RegistryClientError(f"{what}: {type(exc).__name__}")
-
-
-def _retry_after(headers: dict[str, str]) -> float | None:
-    value = headers.get("retry-after")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def _is_urllib3(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith(("urllib3", "http.client"))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]
 
 
 def _md5_b64(data: bytes | memoryview) -> tuple[str, bytes]:

@@ -48,6 +48,7 @@ from swiftclient.client import Connection
 from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
+from registry_client.backends._wire import first_line, is_transport_error, retry_after
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
 from registry_client.digests import plain_md5_plan, segments
 from registry_client.errors import (
@@ -94,8 +95,8 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
     if isinstance(exc, ClientException):
         return _from_status(exc.http_status or 0, exc.http_reason or exc.msg, what,
                             exc.http_response_headers or {})
-    if isinstance(exc, (requests.RequestException, OSError)) or _is_transport(exc):
-        return RemoteUnavailable(f"{what}: {type(exc).__name__}: {_short(exc)}")
+    if isinstance(exc, (requests.RequestException, OSError)) or is_transport_error(exc):
+        return RemoteUnavailable(f"{what}: {type(exc).__name__}: {first_line(exc)}")
     return RegistryClientError(f"{what}: {type(exc).__name__}")
 
 
@@ -113,25 +114,8 @@ def _from_status(status: int, reason: str, what: str,
     # 409: an SLO whose segment no longer validates, or a PUT timestamp race; reads
     # diagnose the first case, both may be gone on the next attempt.
     if status >= 500 or status in (408, 409, 429, 498):
-        return RemoteUnavailable(text, retry_after=_retry_after(headers))
+        return RemoteUnavailable(text, retry_after=retry_after(headers))
     return RegistryClientError(text)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    lowered = {str(k).lower(): v for k, v in headers.items()}
-    try:
-        return float(lowered["retry-after"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def _is_transport(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith(("urllib3", "http.client"))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]
 
 
 # -- auth -------------------------------------------------------------------------------
