@@ -127,7 +127,10 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
     if hit:
         return hit
     version_id = short_id(*version)
-    waiting = lambda who: ctx.reporter.info(f"waiting for {who} to pull {ref}")  # noqa: E731
+
+    def waiting(who: str) -> None:
+        ctx.reporter.info(f"waiting for {who} to pull {ref}")
+
     with ctx.cache.lock(version_id, on_wait=waiting) as locked:
         hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
         if hit:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from registry_client.backends.base import Backend, ObjectInfo, Progress
@@ -26,6 +26,10 @@ HASH_BLOCK = 4 * MiB
 class TransferSettings:
     chunk_size: int = 16 * MiB
     concurrency: int = 8
+
+
+class _Abandoned(Exception):
+    """A range given up because the download as a whole failed."""
 
 
 class _Frontier:
@@ -71,9 +75,11 @@ def _hash_follow(fd: int, size: int, frontier: _Frontier, digester: Digester) ->
 
 
 def _fetch_range(backend: Backend, info: ObjectInfo, fd: int, start: int, end: int,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, frontier: _Frontier) -> None:
     pos = start
     for chunk in backend.read_range(info.key, start, end, info.etag):
+        if frontier.failed:
+            raise _Abandoned  # another range failed or the user interrupted: stop reading
         if pos + len(chunk) > end:
             raise IntegrityError(f"{info.key}: server sent more bytes than asked for")
         view = memoryview(chunk)
@@ -124,8 +130,12 @@ def download(
             hasher = pool.submit(_hash_follow, fd, info.size, frontier, digester)
             futures = [pool.submit(_run_range, backend, info, fd, r, frontier, progress,
                                    on_range) for r in jobs]
-            wait(futures, return_when=FIRST_EXCEPTION)
-            _raise_first(futures, frontier, pool)
+            try:
+                _wait_all(futures)
+            except BaseException:  # a failed range, or Ctrl-C in this thread
+                frontier.fail()  # workers stop at their next chunk, the hasher at once
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             hasher.result()
     finally:
         os.close(fd)
@@ -138,7 +148,7 @@ def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int]
     if frontier.failed:
         return
     try:
-        _fetch_range(backend, info, fd, rng[0], rng[1], progress)
+        _fetch_range(backend, info, fd, rng[0], rng[1], progress, frontier)
     except BaseException:
         frontier.fail()
         raise
@@ -147,14 +157,12 @@ def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int]
         on_range(*rng)
 
 
-def _raise_first(futures: list, frontier: _Frontier, pool: ThreadPoolExecutor) -> None:
-    for fut in futures:
-        if fut.done() and fut.exception() is not None:
-            frontier.fail()
-            for other in futures:
-                other.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise fut.exception()  # type: ignore[misc]
+def _wait_all(futures: list[Future[None]]) -> None:
+    """Wait for every range; raise the first failure as soon as it happens."""
+    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    for fut in done:
+        if (error := fut.exception()) is not None:
+            raise error
     for fut in futures:
         fut.result()
 

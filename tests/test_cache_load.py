@@ -288,3 +288,21 @@ def test_unwritable_cache_during_download_is_exit_5(rig: Rig, tmp_path: Path) ->
     finally:
         subprocess.run(["chattr", "-i", str(tmp_dir)], check=False)
     assert len(rig.published()) == 1 and list(tmp_dir.iterdir()) == []
+
+
+def test_ctrl_c_mid_download_exits_130_promptly_and_can_resume(rig: Rig) -> None:
+    data = rig.push(16 * MiB, seed=13)
+    rig.proxy.add_fault(Fault.slow(2 * MiB, times=None, path="lab/app", has_range=True))
+    proc = rig.spawn()
+    wait_for(lambda: len(resume_state(rig)) >= 1, what="a finished range")
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _out, err = proc.communicate(timeout=30)
+    print(f"\nCtrl-C: exit {proc.returncode} after {time.monotonic() - start:.1f}s")
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert time.monotonic() - start < 10
+    assert rig.published() == []
+    rig.proxy.clear_faults()
+    record = json.loads(rig.pull().stdout)
+    assert record["resumed_bytes"] > 0
+    assert Path(record["path"]).read_bytes() == data
