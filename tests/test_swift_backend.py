@@ -27,7 +27,8 @@ from swiftclient.exceptions import ClientException
 
 from registry_client import service
 from registry_client.backends.base import Backend
-from registry_client.backends.swift import SwiftAuth, SwiftBackend, fit_segment_size
+from registry_client.backends.swift import SwiftBackend, fit_segment_size
+from registry_client.backends.swift_auth import SwiftAuth
 from registry_client.config import RemoteConfig
 from registry_client.digests import hash_file
 from registry_client.errors import AuthError, ConfigError, IntegrityError, NotFound
