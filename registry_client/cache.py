@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ class Cache:
         try:
             for sub in ("sif/sha256", "refs", "etags", "tmp", "locks"):
                 (self.base / sub).mkdir(parents=True, exist_ok=True, mode=self._dir_mode)
+            if self.shared:
+                self._share_folders()
             tag = self.root / "CACHEDIR.TAG"
             if not tag.exists():
                 self._write_atomic(tag, CACHEDIR_TAG.encode())
@@ -86,6 +89,15 @@ class Cache:
         finally:
             os.umask(old)
         self._ready = True
+
+    def _share_folders(self) -> None:
+        """mkdir drops the setgid bit and leaves parents at the umask: set modes ourselves."""
+        folders = [self.base, self.base / "sif", *(self.base / d for d in
+                   ("sif/sha256", "refs", "etags", "tmp", "locks"))]
+        for folder in folders:
+            st = folder.stat()
+            if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != self._dir_mode:
+                os.chmod(folder, self._dir_mode)
 
     # -- published images ---------------------------------------------------------
     def image_path(self, sha256: str) -> Path:

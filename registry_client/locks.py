@@ -25,9 +25,15 @@ _BUSY = (errno.EAGAIN, errno.EACCES)
 
 def _open(path: Path, mode: int) -> int | None:
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, mode)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
     except OSError:
         return None
+    # The umask may have narrowed the mode; a shared cache needs its group bits.
+    st = os.fstat(fd)
+    if st.st_uid == os.getuid() and st.st_mode & 0o777 != mode:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, mode)
+    return fd
 
 
 @contextlib.contextmanager

@@ -149,6 +149,8 @@ def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int]
         return
     try:
         _fetch_range(backend, info, fd, rng[0], rng[1], progress, frontier)
+    except _Abandoned:
+        return  # the failure that stopped us is reported by the range that had it
     except BaseException:
         frontier.fail()
         raise

@@ -139,3 +139,28 @@ def test_cache_clean(ctx: service.Context, tmp_path: Path) -> None:
     service.pull(ctx, parse_image_ref("lab/a:1"))
     assert ctx.cache.clean() == 1000
     assert ctx.cache.entries() == []
+
+
+def test_shared_system_cache_is_group_writable(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "node", shared=True)
+    cache.ensure()
+    for sub in ("v1", "v1/sif/sha256", "v1/tmp", "v1/locks"):
+        assert stat.S_IMODE(os.stat(tmp_path / "node" / sub).st_mode) == 0o2775, sub
+    with cache.lock("x"):
+        pass
+    assert stat.S_IMODE(os.stat(cache.base / "locks" / "x.lock").st_mode) & 0o060 == 0o060
+
+
+def test_cli_shared_cache_from_config(tmp_path: Path) -> None:
+    from tests.helpers import run_cli
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[cache]\nshared = true\n")
+    root = tmp_path / "sys"
+    write_random(tmp_path / "a.sif", 100)
+    args = ("--config", str(cfg), "--cache-dir", str(root))
+    assert run_cli(*args, "push", str(tmp_path / "a.sif"), "lab/a:1").returncode == 0
+    pulled = run_cli(*args, "pull", "lab/a:1")
+    assert pulled.returncode == 0, pulled.stderr
+    assert stat.S_IMODE(os.stat(root / "v1").st_mode) == 0o2775
+    assert stat.S_IMODE(os.stat(pulled.stdout.strip()).st_mode) == 0o444
