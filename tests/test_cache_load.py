@@ -126,8 +126,8 @@ def resume_state(rig: Rig) -> list[Any]:
 
 
 def test_waiter_takes_over_when_holder_dies(rig: Rig, tmp_path: Path) -> None:
-    data = rig.push(8 * MiB, seed=1)
-    rig.proxy.add_fault(Fault.slow(2 * MiB, times=None, path="lab/app", has_range=True))
+    data = rig.push(16 * MiB, seed=1)  # 4 ranges at a time, each at 0.5 MiB/s: ~8 s
+    rig.proxy.add_fault(Fault.slow(MiB // 2, times=None, path="lab/app", has_range=True))
     holder = rig.spawn()
     wait_for(lambda: len(resume_state(rig)) >= 1, what="the holder's first range")
     log = open(tmp_path / "waiter.err", "w")  # noqa: SIM115 - closed below
@@ -149,7 +149,7 @@ def test_waiter_takes_over_when_holder_dies(rig: Rig, tmp_path: Path) -> None:
 def test_resume_after_kill_fetches_only_the_rest(rig: Rig) -> None:
     size = 16 * MiB
     data = rig.push(size, seed=2)
-    rig.proxy.add_fault(Fault.slow(4 * MiB, times=None, path="lab/app", has_range=True))
+    rig.proxy.add_fault(Fault.slow(MiB, times=None, path="lab/app", has_range=True))
     proc = rig.spawn()
     wait_for(lambda: len(resume_state(rig)) >= 4, what="four finished ranges")
     proc.send_signal(signal.SIGKILL)
@@ -169,7 +169,7 @@ def test_resume_after_kill_fetches_only_the_rest(rig: Rig) -> None:
 
 def test_resume_restarts_when_the_object_changed(rig: Rig) -> None:
     rig.push(8 * MiB, seed=3)
-    rig.proxy.add_fault(Fault.slow(4 * MiB, times=None, path="lab/app", has_range=True))
+    rig.proxy.add_fault(Fault.slow(MiB // 2, times=None, path="lab/app", has_range=True))
     proc = rig.spawn()
     wait_for(lambda: len(resume_state(rig)) >= 2, what="two finished ranges")
     proc.send_signal(signal.SIGKILL)
@@ -292,7 +292,7 @@ def test_unwritable_cache_during_download_is_exit_5(rig: Rig, tmp_path: Path) ->
 
 def test_ctrl_c_mid_download_exits_130_promptly_and_can_resume(rig: Rig) -> None:
     data = rig.push(16 * MiB, seed=13)
-    rig.proxy.add_fault(Fault.slow(2 * MiB, times=None, path="lab/app", has_range=True))
+    rig.proxy.add_fault(Fault.slow(MiB, times=None, path="lab/app", has_range=True))
     proc = rig.spawn()
     wait_for(lambda: len(resume_state(rig)) >= 1, what="a finished range")
     proc.send_signal(signal.SIGINT)
