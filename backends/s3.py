@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -77,9 +78,61 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
     return RegistryClientError(f"{what}: {type(exc).__name__}")
 
 
-def _md5_b64(data: bytes | memoryview) -> tuple[str, bytes]:
-    digest = hashlib.md5(data, usedforsecurity=False).digest()
+def _md5_of_range(fd: int, offset: int, length: int) -> tuple[str, bytes]:
+    """Content-MD5 (base64) and raw md5 of a file range, read in blocks (flat memory)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    for block in RangeFile(fd, offset, length).blocks():
+        md5.update(block)
+    digest = md5.digest()
     return base64.b64encode(digest).decode(), digest
+
+
+class RangeFile(io.RawIOBase):
+    """A seekable, read-only view of [offset, offset+length) of a file descriptor.
+
+    Uploads stream parts from disk through it instead of holding them in memory: botocore
+    reads it to sign the payload, rewinds it, then sends it. pread keeps threads that share
+    the descriptor independent.
+    """
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd, self.offset, self.length, self.pos = fd, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = min(max(0, base + pos), self.length)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.length - self.pos
+        size = left if size is None or size < 0 else min(size, left)
+        if size <= 0:
+            return b""
+        data = os.pread(self.fd, size, self.offset + self.pos)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def blocks(self, size: int = READ_BLOCK) -> Iterator[bytes]:
+        self.seek(0)
+        while block := self.read(size):
+            yield block
 
 
 class S3Backend(Backend):
@@ -166,14 +219,18 @@ class S3Backend(Backend):
 
     def _put_single(self, key: str, path: str, metadata: dict[str, str],
                     progress: Progress | None) -> str:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        md5_b64, digest = _md5_b64(data)
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                               ContentMD5=md5_b64, Metadata=metadata,
-                               ContentType="application/octet-stream")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            md5_b64, digest = _md5_of_range(fd, 0, size)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key),
+                                   Body=RangeFile(fd, 0, size), ContentLength=size,
+                                   ContentMD5=md5_b64, Metadata=metadata,
+                                   ContentType="application/octet-stream")
+        finally:
+            os.close(fd)
         if progress:
-            progress(len(data))
+            progress(size)
         return digest.hex()
 
     def _put_multipart(self, key: str, path: str, size: int, metadata: dict[str, str],
@@ -207,10 +264,11 @@ class S3Backend(Backend):
 
     def _upload_part(self, fd: int, full_key: str, upload_id: str, index: int, part_size: int,
                      length: int, progress: Progress | None) -> tuple[str, bytes]:
-        data = os.pread(fd, length, index * part_size)
-        md5_b64, digest = _md5_b64(data)
+        offset = index * part_size
+        md5_b64, digest = _md5_of_range(fd, offset, length)
         resp = self.client.upload_part(Bucket=self.bucket, Key=full_key, UploadId=upload_id,
-                                       PartNumber=index + 1, Body=data, ContentMD5=md5_b64)
+                                       PartNumber=index + 1, Body=RangeFile(fd, offset, length),
+                                       ContentLength=length, ContentMD5=md5_b64)
         if str(resp["ETag"]).strip('"') != digest.hex():
             raise IntegrityError(f"part {index + 1} of {full_key}: server ETag mismatch")
         if progress:
