@@ -76,7 +76,7 @@ class Globals:
 
 def transfer_settings(table: Any) -> dict[str, Any]:
     """[transfer] chunk_size, concurrency, part_size, push_concurrency from the config."""
-    from registry_client.transfer import TransferSettings
+    from registry_client.settings import TransferSettings
 
     if table is None:
         return {}

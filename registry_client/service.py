@@ -12,13 +12,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry_client import __version__
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo
 from registry_client.cache import Cache, raise_for_os_error, short_id
 from registry_client.config import Config
-from registry_client.digests import DigestResult, hash_file
 from registry_client.errors import (
     IntegrityError,
     NotFound,
@@ -30,7 +29,10 @@ from registry_client.errors import (
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
 from registry_client.remotes import open_remote, remote_for, remote_id
 from registry_client.reporting import Reporter
-from registry_client.transfer import TransferSettings, download
+from registry_client.settings import TransferSettings
+
+if TYPE_CHECKING:
+    from registry_client.digests import DigestResult
 
 LAYOUT_VERSION = "1"
 MiB = 1024 * 1024
@@ -182,6 +184,8 @@ def _download_verified(ctx: Context, backend: Backend, info: ObjectInfo, expecte
                        label: str, version_id: str | None) -> _Downloaded:
     """Download to a temp file, verify, publish. With the version's lock held, the temp
     file is resumable: a later pull of the same object version continues it."""
+    from registry_client.transfer import download
+
     plan = backend.etag_plan(info)
     try:
         with _temp_for(ctx, version_id) as (tmp, have, on_range):
@@ -259,6 +263,8 @@ def _etag_matches(plan: EtagPlan, result: DigestResult, local: Path | None) -> b
         return True
     if not (plan.more_schemes and local):
         return False
+    from registry_client.digests import hash_file
+
     return plan.check(hash_file(str(local), plan.more_schemes).segment_md5s)
 
 
@@ -346,6 +352,8 @@ def _sif_arch(file: str, strict: bool, reporter: Reporter) -> str:
 
 
 def _hash_with_progress(file: str, advance: Any) -> DigestResult:
+    from registry_client.digests import hash_file
+
     try:
         result = hash_file(file)
     except OSError as exc:

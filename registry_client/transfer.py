@@ -12,20 +12,14 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 
 from registry_client.backends.base import Backend, ObjectInfo, Progress
 from registry_client.digests import Digester, DigestResult
 from registry_client.errors import IntegrityError
+from registry_client.settings import TransferSettings
 
 MiB = 1024 * 1024
 HASH_BLOCK = 4 * MiB
-
-
-@dataclass(frozen=True)
-class TransferSettings:
-    chunk_size: int = 16 * MiB
-    concurrency: int = 8
 
 
 class _Abandoned(Exception):
