@@ -36,6 +36,10 @@ class Bench:
     notes: list[str] = field(default_factory=list)
     log: Callable[[str], None] = print
     broken: set[tuple[str, str]] = field(default_factory=set)  # (target, tool) that failed
+    peers: set[str] | None = None  # first words of the peers to run (None: all)
+
+    def wants(self, tool: str) -> bool:
+        return self.peers is None or tool.split()[0] in self.peers
 
     @property
     def rc(self) -> str:
@@ -61,8 +65,11 @@ def _rotate(items: list[Any], by: int) -> list[Any]:
 
 
 def _stats(samples: list[Sample]) -> dict[str, Any]:
+    server = [s.server_cpu for s in samples if s.server_cpu is not None]
     return {"wall": summary([s.wall for s in samples]), "cpu": summary([s.cpu for s in samples]),
-            "rss_mb": summary([s.rss_mb for s in samples]),
+            "rss_mb": summary([s.rss_mb for s in samples]), "server_cpu": summary(server),
+            "fs_in_mb": summary([s.fs_in_mb for s in samples]),
+            "fs_out_mb": summary([s.fs_out_mb for s in samples]),
             "walls": [round(s.wall, 4) for s in samples]}
 
 
@@ -86,7 +93,7 @@ def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     env_rc = world.rc_env(target, bench.scratch("push-cache"))
     env_peer = world.peers_env(target)
     uploaders = {name: b for name, b in peers.UPLOADERS.items()
-                 if b(tools, target, "k", image.path) is not None}
+                 if bench.wants(name) and b(tools, target, "k", image.path) is not None}
     samples: dict[str, list[Sample]] = {OURS: [], **{n: [] for n in uploaders}}
     for rep in range(bench.repeats):
         for tool in _rotate([OURS, *uploaders], rep):
@@ -94,12 +101,13 @@ def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
                 continue
             if tool == OURS:
                 sample = checked(run_timed([bench.rc, "push", str(image.path), image.ref],
-                                           env_rc), f"push {image.ref} to {target.name}")
+                                           env_rc, watch=target.server.pids),
+                                 f"push {image.ref} to {target.name}")
                 image.sha256 = sample.stdout.strip().removeprefix("sha256:")
             else:
                 key = f"peers/{tool.split()[0]}-{image.label}.sif"
                 cmd = uploaders[tool](tools, target, key, image.path)
-                sample = run_timed(cmd or [], env_peer)
+                sample = run_timed(cmd or [], env_peer, watch=target.server.pids)
                 ok = _peer_ok(bench, target, tool, sample, None, want)
                 delete_object(target, key)
                 if not ok:
@@ -116,13 +124,13 @@ def pull_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     want = image.path.stat().st_size
     env_peer = world.peers_env(target)
     downloaders = {name: b for name, b in peers.DOWNLOADERS.items()
-                   if b(tools, target, image.key, Path("x")) is not None}
+                   if bench.wants(name) and b(tools, target, image.key, Path("x")) is not None}
     url, headers = object_url(target, image.key)
-    extra = ["curl"] if tools.get("curl") else []
+    extra = [n for n in ("curl", "write+fsync") if bench.wants(n) and (n != "curl"
+                                                                     or tools.get("curl"))]
     samples: dict[str, list[Sample]] = {n: [] for n in [OURS, *downloaders, *extra]}
-    samples["write+fsync"] = []
     for rep in range(bench.repeats):
-        for tool in _rotate([OURS, *downloaders, *extra, "write+fsync"], rep):
+        for tool in _rotate([OURS, *downloaders, *extra], rep):
             if (target.name, tool) in bench.broken:
                 continue
             sample = _pull_one(bench, target, image, tool, downloaders, env_peer, url,
@@ -138,14 +146,16 @@ def _pull_one(bench: Bench, target: Target, image: Image, tool: str,
     if tool == OURS:
         cache = bench.scratch("pull-cache")
         env = bench.world.rc_env(target, cache)
-        sample = checked(run_timed([bench.rc, "pull", image.ref], env),
+        sample = checked(run_timed([bench.rc, "pull", image.ref], env,
+                                   watch=target.server.pids),
                          f"pull {image.ref} from {target.name}")
         if file_size(Path(sample.stdout)) != want:
             raise RuntimeError(f"pull {image.ref}: {sample.stdout} is not {want} bytes")
         shutil.rmtree(cache, ignore_errors=True)
         return sample
     if tool == "curl":
-        sample = run_timed(peers.curl_get(bench.tools, url, headers) or [], bench.world.base_env())
+        sample = run_timed(peers.curl_get(bench.tools, url, headers) or [],
+                           bench.world.base_env(), watch=target.server.pids)
         return sample if _peer_ok(bench, target, tool, sample, None, want) else None
     dest = bench.scratch("pull-peer") / "image.sif"
     if tool == "write+fsync":
@@ -154,7 +164,8 @@ def _pull_one(bench: Bench, target: Target, image: Image, tool: str,
         sample = run_timed(cmd, bench.world.base_env())
         dest.unlink(missing_ok=True)
         return sample
-    sample = run_timed(downloaders[tool](bench.tools, target, image.key, dest) or [], env_peer)
+    sample = run_timed(downloaders[tool](bench.tools, target, image.key, dest) or [], env_peer,
+                       watch=target.server.pids)
     ok = _peer_ok(bench, target, tool, sample, dest, want)
     shutil.rmtree(dest.parent, ignore_errors=True)
     return sample if ok else None
@@ -181,6 +192,9 @@ def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], wan
     gib = want / GiB
     result["cpu_s_per_gib"] = {n: summary([s.cpu / gib for s in v]) for n, v in samples.items()
                                if v and n not in ("write+fsync",)}
+    result["server_cpu_s_per_gib"] = {
+        n: summary([s.server_cpu / gib for s in v if s.server_cpu is not None])
+        for n, v in samples.items() if v and n not in ("write+fsync",)}
     return result
 
 
@@ -227,7 +241,7 @@ def herd_figure(bench: Bench, target: Target, image: Image, n: int) -> dict[str,
         with FaultProxy(target.server.s3_endpoint, idle_timeout=120) as proxy:
             _herd_ours(bench, target, image, n, proxy, rows)
             _herd_baseline(bench, target, image, n, proxy, rows)
-            _herd_aws(bench, target, image, n, proxy, rows)
+            _herd_naive(bench, target, image, n, proxy, rows)
             _herd_sregistry(bench, target, image, n, proxy, rows)
     out: dict[str, Any] = {"target": target.name, "n": n, "label": image.label, "bytes": want,
                            "tools": {}}
@@ -273,34 +287,41 @@ def _herd_baseline(bench: Bench, target: Target, image: Image, n: int, proxy: An
     shutil.rmtree(cache, ignore_errors=True)
 
 
-def _herd_aws(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
-              rows: dict[str, dict[str, list[float]]]) -> None:
-    """The naive script: every job runs `aws s3 cp s3://... $CACHE/app.sif`."""
-    exe = bench.tools.get("aws")
-    if not exe:
+NAIVE = {"s3": "aws s3 cp to one path", "swift": "swift download to one path"}
+
+
+def _herd_naive(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
+                rows: dict[str, dict[str, list[float]]]) -> None:
+    """The naive job script: every job runs `aws s3 cp s3://... $CACHE/app.sif` (or
+    `swift download ... -o $CACHE/app.sif`): N downloads to one final path."""
+    dest = bench.scratch("herd-naive") / "app.sif"
+    tool = NAIVE[target.kind]
+    build = peers.aws_get if target.kind == "s3" else peers.swift_get
+    cmd = build(bench.tools, target, image.key, dest)
+    if not cmd or not bench.wants(tool):
         return
-    dest = bench.scratch("herd-aws") / "app.sif"
-    cmd = [exe, "s3", "cp", "--quiet", "--no-progress", f"s3://{target.bucket}/{image.key}",
-           str(dest)]
     proxy.reset_stats()
     wall, codes, _ = run_concurrently([cmd] * n, bench.world.peers_env(target, proxy.url))
-    _add(rows, "aws s3 cp to one path", wall=wall, bytes=proxy.stats.get_bytes,
-         failed=sum(c != 0 for c in codes))
+    _add(rows, tool, wall=wall, bytes=proxy.stats.get_bytes, failed=sum(c != 0 for c in codes))
     shutil.rmtree(dest.parent, ignore_errors=True)
 
 
 def _herd_sregistry(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
                     rows: dict[str, dict[str, list[float]]]) -> None:
     cmd = peers.sregistry_pull(bench.tools, target, image.ref)
-    if not cmd or (target.name, "sregistry") in bench.broken:
+    if not cmd or not bench.wants("sregistry") or (target.name, "sregistry") in bench.broken:
         return
     root = bench.scratch("herd-sregistry")
     (root / "storage").mkdir()
     env = {**bench.world.peers_env(target, proxy.url),
            **peers.sregistry_env(target, proxy.url, root)}
     proxy.reset_stats()
-    wall, codes, _ = run_concurrently([cmd] * n, env, cwd=root)
+    errors: list[str] = []
+    wall, codes, _ = run_concurrently([cmd] * n, env, cwd=root, errors=errors)
     failed = sum(c != 0 for c in codes)
+    if errors:
+        bench.note(f"sregistry pull: {failed} of {n} failed on {target.name}, e.g. "
+                   f"{errors[0]!r}")
     if failed == n:
         bench.broken.add((target.name, "sregistry"))
         probe = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True,

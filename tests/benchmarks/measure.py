@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import statistics
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 GNU_TIME = "/usr/bin/time"
-TIME_FORMAT = "%U %S %M"
+TIME_FORMAT = "%U %S %M %I %O"
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Sample:
     rc: int
     stdout: str = ""
     stderr: str = ""
+    server_cpu: float | None = None  # CPU seconds the loopback server spent meanwhile
+    fs_in_mb: float = 0.0  # bytes read from storage (not the page cache), MB
+    fs_out_mb: float = 0.0
 
     @property
     def cpu(self) -> float:
@@ -43,28 +47,61 @@ class CommandFailed(RuntimeError):
 
 
 def run_timed(cmd: Sequence[str], env: dict[str, str], *, cwd: Path | None = None,
-              timeout: float = 1800) -> Sample:
-    """Run cmd under GNU time; wall clock measured here with perf_counter."""
+              timeout: float = 1800, watch: Sequence[int] = ()) -> Sample:
+    """Run cmd under GNU time; wall clock measured here with perf_counter. With `watch`
+    (server PIDs), also the CPU those processes and their children used meanwhile."""
+    before = proc_cpu(watch) if watch else 0.0
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-", suffix=".txt") as out:
         full = [GNU_TIME, "-o", out.name, "-f", TIME_FORMAT, *cmd]
         start = time.perf_counter()
         proc = subprocess.run(full, env=env, cwd=cwd, capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - start
-        user, sys_, rss_kb = _parse_time(Path(out.name).read_text())
+        user, sys_, rss_kb, blocks_in, blocks_out = _parse_time(Path(out.name).read_text())
+    server = proc_cpu(watch) - before if watch else None
     return Sample(wall, user, sys_, rss_kb * 1024 / 1e6, proc.returncode,
-                  proc.stdout.strip(), proc.stderr.strip()[-2000:])
+                  proc.stdout.strip(), proc.stderr.strip()[-2000:], server,
+                  blocks_in * 512 / 1e6, blocks_out * 512 / 1e6)
 
 
-def _parse_time(text: str) -> tuple[float, float, float]:
+def _parse_time(text: str) -> tuple[float, ...]:
+    """user, sys, max RSS KB, 512-byte blocks read and written (GNU time %U %S %M %I %O)."""
     for line in reversed(text.strip().splitlines()):
         parts = line.split()
-        if len(parts) == 3:
+        if len(parts) == 5:
             try:
-                return float(parts[0]), float(parts[1]), float(parts[2])
+                return tuple(float(p) for p in parts)
             except ValueError:
                 continue
-    return 0.0, 0.0, 0.0
+    return 0.0, 0.0, 0.0, 0.0, 0.0
+
+
+def _descendants(roots: Sequence[int]) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                text = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(text.rsplit(")", 1)[1].split()[1])
+    found, todo = set(roots), list(roots)
+    while todo:
+        pid = todo.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def proc_cpu(roots: Sequence[int]) -> float:
+    """user+sys CPU seconds of these processes and all their live descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in _descendants(roots):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
 
 
 def checked(sample: Sample, what: str) -> Sample:
@@ -74,8 +111,10 @@ def checked(sample: Sample, what: str) -> Sample:
 
 
 def run_concurrently(cmds: list[list[str]], env: dict[str, str], *, cwd: Path | None = None,
-                     timeout: float = 1800) -> tuple[float, list[int], list[str]]:
-    """Start every command at once; wall time until the last exits, exit codes, stdouts."""
+                     timeout: float = 1800,
+                     errors: list[str] | None = None) -> tuple[float, list[int], list[str]]:
+    """Start every command at once; wall time until the last exits, exit codes, stdouts
+    (and the last stderr line of each failed one appended to `errors`)."""
     start = time.perf_counter()
     procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
@@ -85,9 +124,11 @@ def run_concurrently(cmds: list[list[str]], env: dict[str, str], *, cwd: Path | 
     deadline = start + timeout
     try:
         for proc in procs:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
             outs.append(out.strip())
             codes.append(proc.returncode)
+            if proc.returncode and errors is not None:
+                errors.append((err.strip().splitlines() or [""])[-1][:300])
     finally:
         for proc in procs:
             if proc.poll() is None:

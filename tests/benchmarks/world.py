@@ -45,6 +45,9 @@ class Target:
     storage_url: str = ""
 
     def remote(self, endpoint: str | None = None) -> dict[str, Any]:
+        if self.kind == "swift" and endpoint:  # a pre-made token, the storage URL via endpoint
+            return {"type": "swift", "bucket": self.bucket, "auth_token": self.token,
+                    "storage_url": self.storage_url_via(endpoint)}
         if self.kind == "swift":
             return {"type": "swift", "bucket": self.bucket, "auth_url": self.server.auth_url,
                     "user": self.server.user, "key": self.server.key}
@@ -53,8 +56,17 @@ class Target:
                 "access_key_id": self.server.access_key,
                 "secret_access_key": self.server.secret_key}
 
+    def storage_url_via(self, endpoint: str) -> str:
+        """The account's storage URL with its scheme://host:port replaced by endpoint."""
+        from urllib.parse import urlsplit
+
+        return endpoint.rstrip("/") + urlsplit(self.storage_url).path
+
     def peer_env(self, endpoint: str | None = None) -> dict[str, str]:
         """Credentials the peers read from the environment (never printed)."""
+        if self.kind == "swift" and endpoint:
+            return {"OS_STORAGE_URL": self.storage_url_via(endpoint),
+                    "OS_AUTH_TOKEN": self.token}
         if self.kind == "swift":
             return {"ST_AUTH": self.server.auth_url, "ST_USER": self.server.user,
                     "ST_KEY": self.server.key,
