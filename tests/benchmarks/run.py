@@ -51,8 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="smoke test, ~3-5 minutes")
-    mode.add_argument("--full", action="store_true", help="adds 4 GiB images (~45-50 min)")
+    mode.add_argument("--quick", action="store_true", help="smoke test (~4 min)")
+    mode.add_argument("--full", action="store_true", help="adds 4 GiB images (~40 min)")
     p.add_argument("--sizes", help="image sizes for push/pull/RSS, e.g. 256M,1G,4G")
     p.add_argument("--repeats", type=int, help="repeats of each push/pull measurement")
     p.add_argument("--warm-repeats", type=int, help="repeats of the cache-hit timings (>=10)")
