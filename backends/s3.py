@@ -184,9 +184,7 @@ class S3Backend(Backend):
                     yield chunk
             finally:
                 body.close()
-        except GeneratorExit:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # GeneratorExit is not an Exception: closing passes through
             raise translate(exc, f"read {key}") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
