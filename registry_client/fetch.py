@@ -86,7 +86,7 @@ class Fetcher(abc.ABC):
 def pull_fetcher(ctx: Context, ref: FetcherRef, *, output: str | None = None,
                  force: bool = False, offline: bool = False,
                  options: FetchOptions | None = None) -> PullResult:
-    from registry_client.service import _place
+    from registry_client.service import place_output
 
     fetcher = open_fetcher(ctx, ref, options or FetchOptions())
     try:
@@ -98,7 +98,7 @@ def pull_fetcher(ctx: Context, ref: FetcherRef, *, output: str | None = None,
             result = _pull(ctx, fetcher, force)
     finally:
         fetcher.close()
-    return _place(result, output) if output else result
+    return place_output(result, output) if output else result
 
 
 def _from_cache(ctx: Context, fetcher: Fetcher, offline: bool) -> PullResult | None:

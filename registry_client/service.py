@@ -82,7 +82,7 @@ def pull(ctx: Context, ref: ImageRef, *, output: str | None = None, force: bool 
         finally:
             backend.close()
     if output:
-        result = _place(result, output)
+        result = place_output(result, output)
     return result
 
 
@@ -268,7 +268,7 @@ def _etag_matches(plan: EtagPlan, result: DigestResult, local: Path | None) -> b
     return plan.check(hash_file(str(local), plan.more_schemes).segment_md5s)
 
 
-def _place(result: PullResult, output: str) -> PullResult:
+def place_output(result: PullResult, output: str) -> PullResult:
     """Put the image at OUTPUT atomically: a hard link where possible, else a copy."""
     dest = Path(output).absolute()
     if dest.is_dir():
