@@ -137,10 +137,9 @@ class FileBackend(Backend):
         self._sidecar(path).unlink(missing_ok=True)
 
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        info = self.stat(src_key)
-        src = self._path(src_key)
-        meta = {**info.metadata, "etag": info.etag or "", "size": str(info.size)}
-        return self.put(dst_key, str(src), meta, part_size=0, concurrency=1)
+        info = self.stat(src_key)  # put() writes the copy's own etag and size
+        return self.put(dst_key, str(self._path(src_key)), info.metadata, part_size=0,
+                        concurrency=1)
 
     @staticmethod
     def _write_json(path: Path, data: dict[str, str]) -> None:

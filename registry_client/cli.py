@@ -347,7 +347,7 @@ def copy(
 @cache_app.command("dir")
 def cache_dir_cmd(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """Print the cache root."""
-    cache = _g(ctx.parent or ctx).context().cache  # type: ignore[arg-type]
+    cache = _g(ctx).context().cache
     _emit(ctx, as_json, {"path": str(cache.root)}, str(cache.root))
 
 
