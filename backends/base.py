@@ -10,12 +10,21 @@ adds its own prefix.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
 Progress = Callable[[int], None]
 """Called with a number of bytes just moved."""
+
+Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
+"""Object metadata, or a function giving it. A backend calls the function only when it
+needs the metadata (Swift: with the manifest, after the segments), so a caller can work
+it out (e.g. hash the file) while the upload already runs."""
+
+
+def metadata_of(source: Metadata) -> dict[str, str]:
+    return dict(source() if callable(source) else source)
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ class Backend(abc.ABC):
         self,
         key: str,
         path: str,
-        metadata: dict[str, str],
+        metadata: Metadata,
         *,
         part_size: int,
         concurrency: int,

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry_client.backends.base import Backend, ObjectInfo, Progress
+from registry_client.backends.base import Backend, Metadata, ObjectInfo, Progress, metadata_of
 from registry_client.errors import AuthError, NotFound, ObjectChanged, RegistryClientError
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class FileBackend(Backend):
                     with contextlib.suppress(NotFound):
                         yield self.stat(key)
 
-    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
             concurrency: int, progress: Progress | None = None) -> ObjectInfo:
         dest = self._path(key)
         try:
@@ -116,7 +116,7 @@ class FileBackend(Backend):
             tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.partial")
             md5 = _copy_hashing(path, tmp, progress)
             size = tmp.stat().st_size
-            meta = {**metadata, "etag": md5, "size": str(size)}
+            meta = {**metadata_of(metadata), "etag": md5, "size": str(size)}
             self._write_json(self._sidecar(dest), meta)
             os.replace(tmp, dest)
         except PermissionError as exc:

@@ -28,7 +28,7 @@ import requests
 
 from registry_client import __version__
 from registry_client.backends._wire import retry_after
-from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
+from registry_client.backends.base import Backend, EtagPlan, Metadata, ObjectInfo, Progress
 from registry_client.digests import DigestResult
 from registry_client.errors import (
     AuthError,
@@ -319,7 +319,7 @@ class HttpSource(Backend):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         raise UsageError(f"{self.location} cannot be listed")
 
-    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
             concurrency: int, progress: Progress | None = None) -> ObjectInfo:
         raise UsageError(f"{self.location} is read-only")
 

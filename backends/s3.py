@@ -23,7 +23,14 @@ import botocore.exceptions as bexc
 from botocore.config import Config as BotoConfig
 
 from registry_client.backends._wire import first_line, is_transport_error, retry_after
-from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
+from registry_client.backends.base import (
+    Backend,
+    EtagPlan,
+    Metadata,
+    ObjectInfo,
+    Progress,
+    metadata_of,
+)
 from registry_client.digests import s3_etag_plan, s3_multipart_etag, segments
 from registry_client.errors import (
     AuthError,
@@ -198,15 +205,17 @@ class S3Backend(Backend):
         except Exception as exc:
             raise translate(exc, f"list {self.bucket}/{self.prefix}{prefix}") from None
 
-    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
             concurrency: int, progress: Progress | None = None) -> ObjectInfo:
         size = os.path.getsize(path)
         part_size = fit_part_size(size, part_size)
         try:
+            # S3 takes the metadata first (PutObject, CreateMultipartUpload).
+            meta = metadata_of(metadata)
             if size <= part_size:
-                etag = self._put_single(key, path, metadata, progress)
+                etag = self._put_single(key, path, meta, progress)
             else:
-                etag = self._put_multipart(key, path, size, metadata, part_size, concurrency,
+                etag = self._put_multipart(key, path, size, meta, part_size, concurrency,
                                            progress)
         except Exception as exc:
             raise translate(exc, f"upload {key}") from None
@@ -347,7 +356,10 @@ def make_client(options: dict[str, Any]) -> Any:
     env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     style = options.get("addressing_style") or ("path" if endpoint or env_endpoint else "auto")
     config = BotoConfig(
-        s3={"addressing_style": style},
+        # Every body we send carries a Content-MD5 the server checks (a signed header), or
+        # is checked after (a multipart upload's ETag): signing the payload too would
+        # hash each part with sha256 once more, which botocore does on plain-http endpoints.
+        s3={"addressing_style": style, "payload_signing_enabled": False},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         retries={"max_attempts": 1, "mode": "standard"},

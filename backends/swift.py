@@ -45,7 +45,14 @@ from urllib.parse import unquote
 from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
-from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
+from registry_client.backends.base import (
+    Backend,
+    EtagPlan,
+    Metadata,
+    ObjectInfo,
+    Progress,
+    metadata_of,
+)
 from registry_client.backends.swift_auth import SwiftAuth, SwiftConnection, TokenStore, translate
 from registry_client.digests import plain_md5_plan, segments
 from registry_client.errors import (
@@ -393,7 +400,7 @@ class SwiftBackend(Backend):
             yield from items
             marker = items[-1]["name"]
 
-    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
             concurrency: int, progress: Progress | None = None) -> ObjectInfo:
         size = os.path.getsize(path)
         try:
@@ -401,11 +408,10 @@ class SwiftBackend(Backend):
             segment = fit_segment_size(size, part_size, *self._cluster_limits())
             old = self._segments_of(key)
             if size <= segment:
-                etag, new = self._put_whole(key, path, size, metadata, progress), set()
+                etag = self._put_whole(key, path, size, metadata_of(metadata), progress)
+                new: set[str] = set()
             else:
-                meta = {**metadata, "part-size": str(segment)} if "part-size" in metadata \
-                    else metadata
-                etag, new = self._put_slo(key, path, size, segment, meta, concurrency,
+                etag, new = self._put_slo(key, path, size, segment, metadata, concurrency,
                                           progress)
         except Exception as exc:
             raise translate(exc, f"upload {key}") from None
@@ -428,7 +434,7 @@ class SwiftBackend(Backend):
             progress(size)
         return md5
 
-    def _put_slo(self, key: str, path: str, size: int, segment: int, metadata: dict[str, str],
+    def _put_slo(self, key: str, path: str, size: int, segment: int, metadata: Metadata,
                  concurrency: int, progress: Progress | None) -> tuple[str, set[str]]:
         lengths = segments(size, segment)
         base = f"{self._full(key)}/slo/{_stamp()}/{size}/{segment}/"
@@ -440,7 +446,11 @@ class SwiftBackend(Backend):
                 range(len(lengths)), concurrency)
             manifest = [_segment_entry(n, e, n_bytes)
                         for n, e, n_bytes in zip(names, etags, lengths, strict=True)]
-            self._put_manifest(key, manifest, {**_meta_headers(metadata), "Content-Type": OCTET})
+            # The metadata goes with the manifest, so it is asked for only now.
+            meta = metadata_of(metadata)
+            if "part-size" in meta:
+                meta["part-size"] = str(segment)
+            self._put_manifest(key, manifest, {**_meta_headers(meta), "Content-Type": OCTET})
         except Exception:
             self._remove_segments(set(uploaded), concurrency)
             raise

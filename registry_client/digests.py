@@ -9,6 +9,7 @@ segmentations plus a check) and feeds every byte once through a Digester.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -182,13 +183,19 @@ def _is_md5_hex(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
-def hash_file(path: str, schemes: Sequence[Sequence[int]] = (),
-              block: int = 4 * MiB) -> DigestResult:
-    """One sequential pass over a local file."""
+def hash_file(path: str, schemes: Sequence[Sequence[int]] = (), block: int = 4 * MiB,
+              stop: threading.Event | None = None) -> DigestResult:
+    """One sequential pass over a local file; `stop` abandons it (HashingStopped)."""
     digester = Digester(schemes)
     buf = bytearray(block)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):
+            if stop is not None and stop.is_set():
+                raise HashingStopped(path)
             digester.update(view[:n])
     return digester.result()
+
+
+class HashingStopped(Exception):
+    """hash_file was asked to stop before the end of the file."""

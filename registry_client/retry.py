@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Progress
+from registry_client.backends.base import Backend, EtagPlan, Metadata, ObjectInfo, Progress
 from registry_client.errors import RemoteUnavailable
 
 log = logging.getLogger("registry_client.retry")
@@ -89,7 +89,7 @@ class RetryingBackend(Backend):
             except RemoteUnavailable as exc:
                 attempt = self._backoff(f"list {prefix}", attempt, exc)
 
-    def put(self, key: str, path: str, metadata: dict[str, str], *, part_size: int,
+    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
             concurrency: int, progress: Progress | None = None) -> ObjectInfo:
         return self._call(f"upload {key}", lambda: self.inner.put(
             key, path, metadata, part_size=part_size, concurrency=concurrency,

@@ -309,20 +309,32 @@ class PushResult:
 
 def push(ctx: Context, file: str, ref: ImageRef, *, labels: dict[str, str] | None = None,
          strict: bool = False) -> PushResult:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     size = _check_push_file(file)
     arch = _sif_arch(file, strict, ctx.reporter)
-    with ctx.reporter.progress(f"hash {os.path.basename(file)}", size) as advance:
-        digest = _hash_with_progress(file, advance)
-    if ref.digest and ref.digest != digest.sha256:
-        raise IntegrityError(f"{file} has sha256:{digest.sha256}, not the digest in {ref}")
-    metadata = build_metadata(digest, ctx.part_size, arch, labels or {})
     backend = open_remote(remote_for(ctx.config, ref))
-    try:
-        with ctx.reporter.progress(f"push {ref.short}", size) as advance:
-            info = backend.put(ref.key(), file, metadata, part_size=ctx.part_size,
-                               concurrency=ctx.push_concurrency, progress=advance)
-    finally:
-        backend.close()
+    # sha256 runs beside the upload: backends that write metadata last (Swift's manifest,
+    # the file backend's sidecar) wait for it only then; S3 needs it before the first part.
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="rc-sha256") as pool:
+        hashing = pool.submit(_hash_push_file, file, stop)
+
+        def metadata() -> dict[str, str]:
+            digest = hashing.result()
+            if ref.digest and ref.digest != digest.sha256:
+                raise IntegrityError(f"{file} has sha256:{digest.sha256}, not the digest in {ref}")
+            return build_metadata(digest, ctx.part_size, arch, labels or {})
+
+        try:
+            with ctx.reporter.progress(f"push {ref.short}", size) as advance:
+                info = backend.put(ref.key(), file, metadata, part_size=ctx.part_size,
+                                   concurrency=ctx.push_concurrency, progress=advance)
+        finally:
+            stop.set()  # a failed upload need not wait for the whole file to be hashed
+            backend.close()
+        digest = hashing.result()
     return PushResult(str(ref), digest.sha256, size, info.key, backend.location)
 
 
@@ -351,15 +363,13 @@ def _sif_arch(file: str, strict: bool, reporter: Reporter) -> str:
         return "unknown"
 
 
-def _hash_with_progress(file: str, advance: Any) -> DigestResult:
+def _hash_push_file(file: str, stop: Any) -> DigestResult:
     from registry_client.digests import hash_file
 
     try:
-        result = hash_file(file)
+        return hash_file(file, stop=stop)
     except OSError as exc:
         raise raise_for_os_error(exc, f"reading {file}") from None
-    advance(result.size)
-    return result
 
 
 def build_metadata(digest: DigestResult, part_size: int, arch: str,

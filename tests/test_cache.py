@@ -164,3 +164,11 @@ def test_cli_shared_cache_from_config(tmp_path: Path) -> None:
     assert pulled.returncode == 0, pulled.stderr
     assert stat.S_IMODE(os.stat(root / "v1").st_mode) == 0o2775
     assert stat.S_IMODE(os.stat(pulled.stdout.strip()).st_mode) == 0o444
+
+
+def test_push_not_matching_its_pinned_digest_writes_nothing(ctx: service.Context,
+                                                            tmp_path: Path) -> None:
+    write_random(tmp_path / "a.sif", 3 * MiB)
+    with pytest.raises(IntegrityError, match="not the digest"):
+        service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref(f"lab/a:1@sha256:{'0' * 64}"))
+    assert not any(p.is_file() for p in (tmp_path / "bucket").rglob("*"))

@@ -67,7 +67,8 @@ def remote(swift_server: Any, container: str) -> RemoteConfig:
 
 @pytest.fixture
 def ctx(tmp_path: Path, remote: RemoteConfig) -> service.Context:
-    # 1 MiB segments and 3 MiB ranges: every range spans several segments.
+    # 1 MiB segments and 3 MiB ranges: our SLOs are fetched segment by segment, objects of
+    # unknown layout in ranges that span several segments.
     return make_context(tmp_path, {"lab": remote}, default="lab", part_size=MiB,
                         transfer=TransferSettings(chunk_size=3 * MiB, concurrency=4))
 
@@ -157,6 +158,31 @@ def test_slo_with_many_segments_round_trip(ctx: service.Context, swift_server: A
     listed = service.list_images(SwiftBackend.from_remote(ctx.config.remote("lab")), "", "lab")
     assert [(r["ref"], r["size"], r["digest"]) for r in listed] == \
         [("lab:lab/app:1.2", image.stat().st_size, f"sha256:{pushed.sha256}")]
+
+
+def test_metadata_is_asked_for_after_the_segments(backend: SwiftBackend, swift_server: Any,
+                                                   container: str, tmp_path: Path) -> None:
+    """So a push hashes the file while the segments upload (Swift takes metadata last)."""
+    write_random(tmp_path / "m.sif", 3 * MiB + 5, seed=6)
+    seen: list[int] = []
+
+    def metadata() -> dict[str, str]:
+        seen.append(len(segment_names(swift_server, container)))
+        return {"sha256": "ab" * 32, "part-size": str(MiB)}
+
+    info = backend.put("lab/m:1.sif", str(tmp_path / "m.sif"), metadata, part_size=MiB,
+                       concurrency=2)
+    assert seen == [4] and info.sha256 == "ab" * 32 and info.part_size == MiB
+
+
+def test_push_of_a_file_not_matching_its_pinned_digest_leaves_nothing(
+        ctx: service.Context, swift_server: Any, container: str, tmp_path: Path) -> None:
+    write_random(tmp_path / "d.sif", 3 * MiB, seed=7)
+    with pytest.raises(IntegrityError, match="not the digest"):
+        service.push(ctx, str(tmp_path / "d.sif"), parse_image_ref(f"lab/d:1@sha256:{'0' * 64}"))
+    assert segment_names(swift_server, container) == []
+    with pytest.raises(ClientException):
+        admin(swift_server).head_object(container, "lab/d:1.sif")
 
 
 def test_small_image_is_one_object(ctx: service.Context, swift_server: Any, container: str,

@@ -24,6 +24,7 @@ from tests.benchmarks.tools import Tools
 from tests.benchmarks.world import GiB, Image, Target, World, delete_object, object_url
 
 OURS = "registry-client"
+BASELINE = "registry-client (baseline)"  # another build of ours (--baseline-cmd), e.g. main
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Bench:
     log: Callable[[str], None] = print
     broken: set[tuple[str, str]] = field(default_factory=set)  # (target, tool) that failed
     peers: set[str] | None = None  # first words of the peers to run (None: all)
+    baseline_rc: str | None = None  # command of another build of ours to time beside us
 
     def wants(self, tool: str) -> bool:
         return self.peers is None or tool.split()[0] in self.peers
@@ -44,6 +46,13 @@ class Bench:
     @property
     def rc(self) -> str:
         return self.tools.paths["registry-client"]
+
+    def builds(self) -> dict[str, str]:
+        """Our command, and the baseline build's when there is one."""
+        found = {OURS: self.rc}
+        if self.baseline_rc:
+            found[BASELINE] = self.baseline_rc
+        return found
 
     def scratch(self, name: str) -> Path:
         path = self.world.work / "scratch" / name
@@ -94,15 +103,16 @@ def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     env_peer = world.peers_env(target)
     uploaders = {name: b for name, b in peers.UPLOADERS.items()
                  if bench.wants(name) and b(tools, target, "k", image.path) is not None}
-    samples: dict[str, list[Sample]] = {OURS: [], **{n: [] for n in uploaders}}
+    builds = bench.builds()
+    samples: dict[str, list[Sample]] = {**{n: [] for n in builds}, **{n: [] for n in uploaders}}
     for rep in range(bench.repeats):
-        for tool in _rotate([OURS, *uploaders], rep):
+        for tool in _rotate([*builds, *uploaders], rep):
             if (target.name, tool) in bench.broken:
                 continue
-            if tool == OURS:
-                sample = checked(run_timed([bench.rc, "push", str(image.path), image.ref],
+            if tool in builds:
+                sample = checked(run_timed([builds[tool], "push", str(image.path), image.ref],
                                            env_rc, watch=target.server.pids),
-                                 f"push {image.ref} to {target.name}")
+                                 f"{tool}: push {image.ref} to {target.name}")
                 image.sha256 = sample.stdout.strip().removeprefix("sha256:")
             else:
                 key = f"peers/{tool.split()[0]}-{image.label}.sif"
@@ -128,9 +138,10 @@ def pull_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     url, headers = object_url(target, image.key)
     extra = [n for n in ("curl", "write+fsync") if bench.wants(n) and (n != "curl"
                                                                      or tools.get("curl"))]
-    samples: dict[str, list[Sample]] = {n: [] for n in [OURS, *downloaders, *extra]}
+    tools_run = [*bench.builds(), *downloaders, *extra]
+    samples: dict[str, list[Sample]] = {n: [] for n in tools_run}
     for rep in range(bench.repeats):
-        for tool in _rotate([OURS, *downloaders, *extra], rep):
+        for tool in _rotate(tools_run, rep):
             if (target.name, tool) in bench.broken:
                 continue
             sample = _pull_one(bench, target, image, tool, downloaders, env_peer, url,
@@ -143,12 +154,13 @@ def pull_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
 def _pull_one(bench: Bench, target: Target, image: Image, tool: str,
               downloaders: dict[str, peers.Builder], env_peer: dict[str, str], url: str,
               headers: list[str], want: int) -> Sample | None:
-    if tool == OURS:
+    builds = bench.builds()
+    if tool in builds:
         cache = bench.scratch("pull-cache")
         env = bench.world.rc_env(target, cache)
-        sample = checked(run_timed([bench.rc, "pull", image.ref], env,
+        sample = checked(run_timed([builds[tool], "pull", image.ref], env,
                                    watch=target.server.pids),
-                         f"pull {image.ref} from {target.name}")
+                         f"{tool}: pull {image.ref} from {target.name}")
         if file_size(Path(sample.stdout)) != want:
             raise RuntimeError(f"pull {image.ref}: {sample.stdout} is not {want} bytes")
         shutil.rmtree(cache, ignore_errors=True)
@@ -174,7 +186,8 @@ def _pull_one(bench: Bench, target: Target, image: Image, tool: str,
 def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], want: int,
              baseline: str | None) -> dict[str, Any]:
     ours = [s.wall for s in samples[OURS]]
-    peer_names = [n for n in samples if n not in (OURS, "curl", "write+fsync") and samples[n]]
+    peer_names = [n for n in samples
+                  if n not in (OURS, BASELINE, "curl", "write+fsync") and samples[n]]
     fastest = min(peer_names, key=lambda n: summary([s.wall for s in samples[n]])["median"],
                   default=None)
     result: dict[str, Any] = {
@@ -185,6 +198,8 @@ def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], wan
         if fastest else None,
         "ours_MBps": summary([want / 1e6 / w for w in ours]),
     }
+    if samples.get(BASELINE):
+        result["ratio_vs_baseline_build"] = ratios(ours, [s.wall for s in samples[BASELINE]])
     if baseline and samples.get(baseline):
         # our throughput / curl's throughput = curl time / our time
         result["throughput_vs_curl"] = ratios([s.wall for s in samples[baseline]], ours)

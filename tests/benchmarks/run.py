@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "s5cmd,curl (default: all; 'none' for ours alone)")
     p.add_argument("--rc-cmd", help="command to run as registry-client (default: the "
                    "installed console script), e.g. a wrapper around a patched checkout")
+    p.add_argument("--baseline-cmd", help="another build of registry-client to time beside "
+                   "ours in push and pull (e.g. a wrapper around a checkout of main), to "
+                   "measure a change's effect in one run")
     p.add_argument("--out", default="bench-results")
     p.add_argument("--tools-venv", type=Path, help="where the peers are installed")
     p.add_argument("--no-install", action="store_true", help="use only peers already there")
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="work-", dir=out))
     world = World(work, transfer=args.transfer)
     bench = Bench(world, tools, args.repeats, args.warm_repeats, args.herd_repeats,
-                  notes=list(tools.notes), log=log, peers=args.peers)
+                  notes=list(tools.notes), log=log, peers=args.peers, baseline_rc=args.baseline_cmd)
     results: dict[str, Any] = {"meta": meta(args, tools), "push": [], "pull": [], "warm": [],
                                "herd": [], "timings": {}}
     servers: list[Any] = []
