@@ -2,7 +2,7 @@
 
 import sys
 
-from registry_client.cli import main
+from registry_client.entry import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,11 +7,9 @@ backends, only when a command needs the network.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -23,6 +21,7 @@ except ImportError:  # pragma: no cover - depends on the typer release
 
 from registry_client import __version__
 from registry_client.console import ConsoleReporter, print_error
+from registry_client.entry import write_result
 from registry_client.errors import Interrupted, RegistryClientError, UsageError
 
 app = typer.Typer(
@@ -59,33 +58,24 @@ class Globals:
         return load_config(self.config_path)
 
     def context(self) -> Any:
-        from registry_client.cache import Cache
-        from registry_client.config import ENV_CACHE, default_cache_dir
+        # registry_client.entry answers cache hits with the same steps; keep them in step.
+        from registry_client.config import node_cache
         from registry_client.service import Context
 
         config = self.config()
-        root = self.cache_dir or os.environ.get(ENV_CACHE) or config.settings.get("cache_dir")
-        cache_opts = config.settings.get("cache", {}) if isinstance(config.settings.get("cache"),
-                                                                   dict) else {}
-        cache = Cache(Path(root).expanduser() if root else default_cache_dir(),
-                      shared=bool(cache_opts.get("shared", False)),
-                      locking=_locking_enabled(cache_opts))
+        cache = node_cache(config, self.cache_dir)
         return Context(config=config, cache=cache, reporter=self.reporter(),
                        **transfer_settings(config.settings.get("transfer")))
 
 
 def transfer_settings(table: Any) -> dict[str, Any]:
     """[transfer] chunk_size, concurrency, part_size, push_concurrency from the config."""
+    from registry_client.config import check_transfer
     from registry_client.settings import TransferSettings
 
+    check_transfer(table)
     if table is None:
         return {}
-    if not isinstance(table, dict) or not all(
-            isinstance(table.get(k, 1), int) and table.get(k, 1) > 0
-            for k in ("chunk_size", "concurrency", "part_size", "push_concurrency")):
-        from registry_client.errors import ConfigError
-
-        raise ConfigError("[transfer] values must be positive integers (bytes or counts)")
     default = TransferSettings()
     settings: dict[str, Any] = {"transfer": TransferSettings(
         chunk_size=table.get("chunk_size", default.chunk_size),
@@ -96,22 +86,12 @@ def transfer_settings(table: Any) -> dict[str, Any]:
     return settings
 
 
-def _locking_enabled(cache_opts: dict[str, Any]) -> bool:
-    env = os.environ.get("REGISTRY_CLIENT_CACHE_LOCKING")
-    if env is not None:
-        return env.lower() not in ("0", "false", "no", "off")
-    return bool(cache_opts.get("locking", True))
-
-
 def _g(ctx: typer.Context) -> Globals:
     return ctx.ensure_object(Globals)
 
 
 def _emit(ctx: typer.Context, as_json: bool, data: Any, text: str | None) -> None:
-    if as_json or _g(ctx).json:
-        sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
-    elif text is not None:
-        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+    write_result(data, text, as_json=as_json or _g(ctx).json)
 
 
 def _version(value: bool) -> None:

@@ -24,17 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry_client.cache import Cache
 from registry_client.errors import ConfigError, NotFound
 from registry_client.names import check_segment
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 APP = "registry-client"
 ENV_CONFIG = "REGISTRY_CLIENT_CONFIG"
 ENV_CACHE = "REGISTRY_CLIENT_CACHE_DIR"
+ENV_CACHE_LOCKING = "REGISTRY_CLIENT_CACHE_LOCKING"
 ENV_DEFAULT_REMOTE = "REGISTRY_CLIENT_DEFAULT_REMOTE"
 ENV_LOCAL_DIR = "REGISTRY_CLIENT_LOCAL_DIR"
 REMOTE_TYPES = ("s3", "swift", "file")
@@ -152,6 +149,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     cfg_path = Path(explicit) if explicit else default_config_path()
     data: dict[str, Any] = {}
     if cfg_path.exists():
+        # Imported here: the parser costs ~2 ms, and most nodes have no config file.
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on 3.10 only
+            import tomli as tomllib
         try:
             data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -169,6 +171,32 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{cfg_path}: default_remote must be a string")
     settings = {k: v for k, v in data.items() if k not in ("remotes", "default_remote")}
     return Config(cfg_path, remotes, default, settings)
+
+
+def node_cache(config: Config, cache_dir: str | None = None) -> Cache:
+    """The node cache: at --cache-dir (given here), $REGISTRY_CLIENT_CACHE_DIR, the config's
+    `cache_dir` or the default; `[cache] shared` and `locking` set how it is shared."""
+    root = cache_dir or os.environ.get(ENV_CACHE) or config.settings.get("cache_dir")
+    table = config.settings.get("cache")
+    options: dict[str, Any] = table if isinstance(table, dict) else {}
+    return Cache(Path(root).expanduser() if root else default_cache_dir(),
+                 shared=bool(options.get("shared", False)), locking=_locking_enabled(options))
+
+
+def _locking_enabled(cache_options: dict[str, Any]) -> bool:
+    env = os.environ.get(ENV_CACHE_LOCKING)
+    if env is not None:
+        return env.lower() not in ("0", "false", "no", "off")
+    return bool(cache_options.get("locking", True))
+
+
+def check_transfer(table: Any) -> None:
+    """[transfer] holds positive integers (bytes or counts): checked by every command that
+    opens the cache, cache hits included, so a bad value fails the same way everywhere."""
+    if table is not None and (not isinstance(table, dict) or not all(
+            isinstance(table.get(k, 1), int) and table.get(k, 1) > 0
+            for k in ("chunk_size", "concurrency", "part_size", "push_concurrency"))):
+        raise ConfigError("[transfer] values must be positive integers (bytes or counts)")
 
 
 def save_config(config: Config) -> None:

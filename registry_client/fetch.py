@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from registry_client.cache import raise_for_os_error, short_id
 from registry_client.errors import ConfigError, NotFound, UsageError
+from registry_client.hits import PullResult, cache_hit
 from registry_client.names import FetcherRef, parse_image_ref, parse_reference
 
 if TYPE_CHECKING:
-    from registry_client.service import Context, PullResult
+    from registry_client.service import Context
 
 BLOB_WORKERS = 3  # layers fetched at once; each also uses parallel ranged reads
 
@@ -111,19 +112,10 @@ def _from_cache(ctx: Context, fetcher: Fetcher, offline: bool) -> PullResult | N
 
 
 def _hit(ctx: Context, fetcher: Fetcher, sha: str | None) -> PullResult | None:
-    from registry_client.service import PullResult
-
-    with ctx.cache.using(sha):  # `cache prune` leaves it alone while we hand it out
-        path = ctx.cache.lookup(sha)
-        if path is None or sha is None:
-            return None
-        ctx.cache.touch(path)
-        return PullResult(fetcher.text, str(path), sha, path.stat().st_size, True, ("cache",))
+    return cache_hit(ctx.cache, fetcher.text, sha)
 
 
 def _pull(ctx: Context, fetcher: Fetcher, force: bool) -> PullResult:
-    from registry_client.service import PullResult
-
     version = fetcher.resolve()
 
     def cached() -> PullResult | None:

@@ -26,6 +26,7 @@ from registry_client.errors import (
     RemoteUnavailable,
     UsageError,
 )
+from registry_client.hits import PullResult, pull_from_cache
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
 from registry_client.remotes import open_remote, remote_for, remote_id
 from registry_client.reporting import Reporter
@@ -49,22 +50,6 @@ class Context:
     push_concurrency: int = 4
 
 
-@dataclass(frozen=True)
-class PullResult:
-    ref: str
-    path: str
-    sha256: str
-    size: int
-    cached: bool
-    verified: tuple[str, ...] = ()
-    resumed_bytes: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref, "path": self.path, "sha256": self.sha256, "size": self.size,
-                "cached": self.cached, "verified": list(self.verified),
-                "resumed_bytes": self.resumed_bytes}
-
-
 # -- pull ---------------------------------------------------------------------------
 
 
@@ -72,7 +57,7 @@ def pull(ctx: Context, ref: ImageRef, *, output: str | None = None, force: bool 
          offline: bool = False) -> PullResult:
     remote = remote_for(ctx.config, ref)
     rid = remote_id(remote)
-    result = None if force else _pull_from_cache(ctx, ref, rid, offline)
+    result = None if force else pull_from_cache(ctx.cache, ref, rid, offline)
     if result is None:
         if offline:
             raise NotFound(f"{ref} is not in the cache", hint="pull it once without --offline")
@@ -84,20 +69,6 @@ def pull(ctx: Context, ref: ImageRef, *, output: str | None = None, force: bool 
     if output:
         result = place_output(result, output)
     return result
-
-
-def _pull_from_cache(ctx: Context, ref: ImageRef, rid: str, offline: bool) -> PullResult | None:
-    """Digest-pinned and offline pulls answered without any network (or boto3 import)."""
-    sha = ref.digest
-    if sha is None and offline:
-        record = ctx.cache.resolve_ref(rid, ref.collection, ref.name, ref.tag)
-        sha = record.get("sha256") if record else None
-    with ctx.cache.using(sha):
-        path = ctx.cache.lookup(sha)
-        if path is None or sha is None:
-            return None
-        ctx.cache.touch(path)
-        return PullResult(str(ref), str(path), sha, path.stat().st_size, True, ("cache",))
 
 
 def _pull_remote(ctx: Context, backend: Backend, ref: ImageRef, rid: str,

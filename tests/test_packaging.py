@@ -22,4 +22,4 @@ def test_wheel_layout(tmp_path: Path) -> None:
     assert tops == {"registry_client"}
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry).decode()
-    assert "registry-client = registry_client.cli:main" in text
+    assert "registry-client = registry_client.entry:main" in text

@@ -1,0 +1,136 @@
+"""The console script: cache hits are answered before the full CLI loads.
+
+Batch jobs start by the thousand with `registry-client pull REF@sha256:HEX` or
+`pull --offline REF` for images their node already holds. Such a hit needs no network,
+yet importing typer and the command modules costs more than the hit itself
+(docs/performance.md). So `main` first tries to answer exactly those pulls with the
+cache modules alone, through the functions the full CLI calls for them too
+(config.load_config, config.node_cache, remotes.remote_for/remote_id,
+hits.pull_from_cache), and prints what the full CLI would print.
+
+Everything else goes to the full CLI (registry_client.cli), which starts from scratch:
+other commands and options (-o, --force, -v, help ...), fetcher references (docker://
+...), a cache miss, and any error at all, so messages and exit codes are the CLI's own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from registry_client.hits import PullResult
+
+# Global options (before the command) a hit can ignore: they only steer stderr (progress
+# bars, status lines), and a hit writes nothing there.
+_STDERR_FLAGS = frozenset({"-q", "--quiet", "--progress", "--no-progress"})
+_GLOBAL_VALUES = ("--config", "--cache-dir")
+_PULL_FLAGS = frozenset({"--offline", "--json"})
+_COMPLETE_VAR = "_REGISTRY_CLIENT_COMPLETE"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = _fast_pull(args)
+    except KeyboardInterrupt:  # as the full CLI reports it
+        from registry_client.console import print_error
+        from registry_client.errors import Interrupted
+
+        print_error(Interrupted("interrupted"))
+        return 130
+    if code is not None:
+        return code
+    from registry_client.cli import main as cli_main
+
+    return cli_main(argv)
+
+
+def write_result(data: Any, text: str | None, *, as_json: bool) -> None:
+    """A command's result on stdout: `data` as one line of JSON with --json, else `text`."""
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
+    elif text is not None:
+        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+
+
+class FastPull(NamedTuple):
+    """A `pull` the fast path may answer, as the command line asked for it."""
+
+    ref: str
+    offline: bool = False
+    as_json: bool = False
+    config: str | None = None
+    cache_dir: str | None = None
+
+
+def parse_fast_pull(args: list[str]) -> FastPull | None:
+    """`[--config C] [--cache-dir D] [-q] [--json] [--[no-]progress] pull [--offline]
+    [--json] REF` (options after `pull` in any order, `--opt=value` too); else None."""
+    values: dict[str, str] = {}
+    as_json = False
+    i = 0
+    while i < len(args) and args[i] != "pull":
+        name, eq, value = args[i].partition("=")
+        if name in _GLOBAL_VALUES:
+            if not eq:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            if not value or value.startswith("-"):
+                return None  # missing, or odd enough to leave to click
+            values[name] = value  # the last one wins, as in click
+        elif args[i] == "--json":
+            as_json = True
+        elif args[i] not in _STDERR_FLAGS:
+            return None
+        i += 1
+    rest = args[i + 1:]
+    refs = [a for a in rest if not a.startswith("-")]
+    flags = {a for a in rest if a.startswith("-")}
+    if i == len(args) or len(refs) != 1 or not flags <= _PULL_FLAGS:
+        return None
+    return FastPull(refs[0], "--offline" in flags, as_json or "--json" in flags,
+                    values.get("--config"), values.get("--cache-dir"))
+
+
+def _fast_pull(args: list[str]) -> int | None:
+    """The exit code of an answered pull, or None to run the full CLI."""
+    if _COMPLETE_VAR in os.environ:  # shell completion: click answers, whatever argv says
+        return None
+    request = parse_fast_pull(args)
+    if request is None:
+        return None
+    result = _cached(request)
+    if result is None:
+        return None
+    try:
+        write_result(result.to_dict(), result.path, as_json=request.as_json)
+    except BrokenPipeError:
+        return 1  # as the full CLI
+    return 0
+
+
+def _cached(request: FastPull) -> PullResult | None:
+    """The full CLI's steps for this pull, up to a cache hit; None if it is not one."""
+    try:
+        # Imported here, not at the top: other commands go to the full CLI without them.
+        from registry_client.config import check_transfer, load_config, node_cache
+        from registry_client.hits import pull_from_cache
+        from registry_client.names import ImageRef, parse_reference
+        from registry_client.remotes import remote_for, remote_id
+
+        ref = parse_reference(request.ref)
+        if not isinstance(ref, ImageRef) or not (ref.digest or request.offline):
+            return None
+        # Globals.context() and service.pull in this order, so that whatever the full
+        # CLI would refuse is refused before the hit touches the cache.
+        config = load_config(request.config)
+        cache = node_cache(config, request.cache_dir)
+        check_transfer(config.settings.get("transfer"))
+        rid = remote_id(remote_for(config, ref))
+        return pull_from_cache(cache, ref, rid, request.offline)
+    except Exception:  # noqa: BLE001 - the full CLI runs again and reports it its own way
+        return None

@@ -1,0 +1,55 @@
+"""Pulls answered from the node cache alone: no remote, no backend, no network.
+
+Both the full pull (registry_client.service, registry_client.fetch) and the console
+script's fast path (registry_client.entry) answer cache hits here, so a hit behaves the
+same whichever way it came. This module is on the fast path, where every import
+counts (a hit takes about as long as `import typer`): keep heavy imports out of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry_client.cache import Cache
+    from registry_client.names import ImageRef
+
+
+@dataclass(frozen=True)
+class PullResult:
+    ref: str
+    path: str
+    sha256: str
+    size: int
+    cached: bool
+    verified: tuple[str, ...] = ()
+    resumed_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, "path": self.path, "sha256": self.sha256, "size": self.size,
+                "cached": self.cached, "verified": list(self.verified),
+                "resumed_bytes": self.resumed_bytes}
+
+
+def pull_from_cache(cache: Cache, ref: ImageRef, rid: str, offline: bool) -> PullResult | None:
+    """A digest-pinned pull, or an --offline one by the tag's last recorded digest.
+
+    `rid` is the remote's id (remotes.remote_id), under which tags are recorded.
+    None when the image is not cached (or nothing pins it): the caller asks the remote.
+    """
+    sha = ref.digest
+    if sha is None and offline:
+        record = cache.resolve_ref(rid, ref.collection, ref.name, ref.tag)
+        sha = record.get("sha256") if record else None
+    return cache_hit(cache, str(ref), sha)
+
+
+def cache_hit(cache: Cache, label: str, sha: str | None) -> PullResult | None:
+    """The cached image with this sha256 as a pull result, its use recorded; or None."""
+    with cache.using(sha):  # `cache prune` leaves it alone while we hand it out
+        path = cache.lookup(sha)
+        if path is None or sha is None:
+            return None
+        cache.touch(path)
+        return PullResult(label, str(path), sha, path.stat().st_size, True, ("cache",))
