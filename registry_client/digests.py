@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from registry_client.backends.base import EtagPlan, ObjectInfo
@@ -23,11 +23,6 @@ MiB = 1024 * 1024
 # boto3/awscli 8 MiB, s3cmd 15 MiB, rclone/mc 5 and 16 MiB, s5cmd 50 MiB, 64/100/128 MiB.
 COMMON_PART_SIZES_MIB = (8, 5, 16, 15, 50, 64, 10, 32, 100, 128, 25, 20, 256, 512)
 MAX_CANDIDATES = 24
-
-
-def md5() -> Any:
-    """A fresh md5 (an integrity checksum here, not a security function)."""
-    return hashlib.md5(usedforsecurity=False)
 
 
 def segments(size: int, part_size: int) -> list[int]:
@@ -47,7 +42,7 @@ class _Segmenter:
         self.lengths = list(lengths)
         self.index = 0
         self.left = self.lengths[0] if self.lengths else 0
-        self.current = md5()
+        self.current = hashlib.md5(usedforsecurity=False)
         self.digests: list[bytes] = []
 
     def update(self, data: memoryview) -> None:
@@ -65,14 +60,14 @@ class _Segmenter:
         if self.index >= len(self.lengths):
             raise ValueError("more bytes than the segmentation covers")
         self.left = self.lengths[self.index]
-        self.current = md5()
+        self.current = hashlib.md5(usedforsecurity=False)
 
     def finish(self) -> list[bytes]:
         # Zero-length trailing segments still get a digest of their (empty) bytes.
         while self.index < len(self.lengths):
             self.digests.append(self.current.digest())
             self.index += 1
-            self.current = md5()
+            self.current = hashlib.md5(usedforsecurity=False)
         return self.digests
 
 

@@ -4,12 +4,6 @@ Workers fetch ranges concurrently and write them with os.pwrite at their offsets
 hashing thread follows the contiguous prefix that is already on disk (reading it back
 from the page cache) and feeds a Digester, so hashing overlaps the download and memory
 stays flat: at most `concurrency` network buffers plus one hashing block.
-
-When the object's segmentation is known (one ETag scheme: our part size, a Swift SLO
-manifest), the ranges are its segments and each worker computes its segment's md5 from
-the bytes it just received. md5 is the slow hash (about 2.3x sha256 with SHA-NI), so
-this takes it off the one in-order thread and spreads it over the workers: the follower
-is left with sha256 alone.
 """
 
 from __future__ import annotations
@@ -18,18 +12,14 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any
 
 from registry_client.backends.base import Backend, ObjectInfo, Progress
-from registry_client.digests import Digester, DigestResult, md5
+from registry_client.digests import Digester, DigestResult
 from registry_client.errors import IntegrityError
 from registry_client.settings import TransferSettings
 
 MiB = 1024 * 1024
 HASH_BLOCK = 4 * MiB
-#: Segments this size or smaller become the ranges themselves (md5 in the workers); a
-#: larger one would leave too few ranges to keep `concurrency` requests busy.
-MAX_SEGMENT_RANGE = 64 * MiB
 
 
 class _Abandoned(Exception):
@@ -79,16 +69,13 @@ def _hash_follow(fd: int, size: int, frontier: _Frontier, digester: Digester) ->
 
 
 def _fetch_range(backend: Backend, info: ObjectInfo, fd: int, start: int, end: int,
-                 progress: Progress | None, frontier: _Frontier,
-                 segment_md5: Any | None) -> None:
+                 progress: Progress | None, frontier: _Frontier) -> None:
     pos = start
     for chunk in backend.read_range(info.key, start, end, info.etag):
         if frontier.failed:
             raise _Abandoned  # another range failed or the user interrupted: stop reading
         if pos + len(chunk) > end:
             raise IntegrityError(f"{info.key}: server sent more bytes than asked for")
-        if segment_md5 is not None:
-            segment_md5.update(chunk)
         view = memoryview(chunk)
         while view:
             written = os.pwrite(fd, view, pos)
@@ -100,37 +87,8 @@ def _fetch_range(backend: Backend, info: ObjectInfo, fd: int, start: int, end: i
         raise IntegrityError(f"{info.key}: range {start}-{end} ended at {pos}")
 
 
-def _hash_held(fd: int, start: int, end: int, segment_md5: Any) -> None:
-    """md5 of a range a resumed download already holds, read back from the temp file."""
-    pos = start
-    while pos < end:
-        data = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
-        if not data:
-            raise IntegrityError("temp file shorter than the bytes written to it")
-        segment_md5.update(data)
-        pos += len(data)
-
-
 def ranges(size: int, chunk: int) -> list[tuple[int, int]]:
     return [(s, min(s + chunk, size)) for s in range(0, size, chunk)]
-
-
-def segment_ranges(size: int, schemes: Sequence[Sequence[int]]) -> list[tuple[int, int]] | None:
-    """The segments of the one known segmentation as ranges, when they suit a download
-    (two or more, none empty or too big); None otherwise (unknown part size: several
-    candidate schemes, all hashed by the follower)."""
-    if len(schemes) != 1:
-        return None
-    lengths = schemes[0]
-    if len(lengths) < 2 or sum(lengths) != size:
-        return None
-    if min(lengths) <= 0 or max(lengths) > MAX_SEGMENT_RANGE:
-        return None
-    out, pos = [], 0
-    for length in lengths:
-        out.append((pos, pos + length))
-        pos += length
-    return out
 
 
 def download(
@@ -147,33 +105,25 @@ def download(
     """Fetch the object into dest (preallocated) and hash it in order.
 
     `have` lists ranges dest already holds (a resumed download): they are not fetched
-    again, only re-read for hashing, so the whole file is still verified. Held ranges
-    of another layout (other settings) are fetched again. `on_range` is told of each
-    range once it is written (to persist resume state).
+    again, only re-read for hashing, so the whole file is still verified. `on_range` is
+    told of each range once it is written (to persist resume state).
     """
-    by_segment = segment_ranges(info.size, schemes)
-    layout = by_segment or ranges(info.size, settings.chunk_size)
-    md5s = [md5() for _ in layout] if by_segment else None
-    digester = Digester([] if by_segment else schemes)
+    digester = Digester(schemes)
     frontier = _Frontier()
     have = [tuple(r) for r in have]
     flags = os.O_RDWR | os.O_CREAT | (0 if have else os.O_EXCL)
     fd = os.open(dest, flags, 0o600)
     try:
         _preallocate(fd, info.size)
-        held = set(have) & set(layout)
-        for start, end in held:
+        for start, end in have:
             frontier.finish(start, end)
-        with ThreadPoolExecutor(settings.concurrency + 1, thread_name_prefix="rc-get") as pool:
+        held = set(have)
+        jobs = [r for r in ranges(info.size, settings.chunk_size) if r not in held]
+        workers = max(1, min(settings.concurrency, len(jobs)))
+        with ThreadPoolExecutor(workers + 1, thread_name_prefix="rc-get") as pool:
             hasher = pool.submit(_hash_follow, fd, info.size, frontier, digester)
-            futures = []
-            for index, rng in enumerate(layout):
-                segment_md5 = md5s[index] if md5s else None
-                if rng not in held:
-                    futures.append(pool.submit(_run_range, backend, info, fd, rng, frontier,
-                                               progress, on_range, segment_md5))
-                elif segment_md5 is not None:
-                    futures.append(pool.submit(_hash_held, fd, *rng, segment_md5))
+            futures = [pool.submit(_run_range, backend, info, fd, r, frontier, progress,
+                                   on_range) for r in jobs]
             try:
                 _wait_all(futures)
             except BaseException:  # a failed range, or Ctrl-C in this thread
@@ -183,19 +133,16 @@ def download(
             hasher.result()
     finally:
         os.close(fd)
-    result = digester.result()
-    if md5s is None:
-        return result
-    return DigestResult(result.size, result.sha256, [[m.digest() for m in md5s]])
+    return digester.result()
 
 
 def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int],
                frontier: _Frontier, progress: Progress | None,
-               on_range: Callable[[int, int], None] | None, segment_md5: Any | None) -> None:
+               on_range: Callable[[int, int], None] | None) -> None:
     if frontier.failed:
         return
     try:
-        _fetch_range(backend, info, fd, rng[0], rng[1], progress, frontier, segment_md5)
+        _fetch_range(backend, info, fd, rng[0], rng[1], progress, frontier)
     except _Abandoned:
         return  # the failure that stopped us is reported by the range that had it
     except BaseException:
