@@ -47,6 +47,13 @@ def s3_options(server: Any, bucket: str) -> dict[str, Any]:
 
 
 def s3_client(server: Any) -> Any:
-    from registry_client.backends.s3 import make_client
+    """A plain boto3 client (with its managed transfers), as another tool would use."""
+    import boto3
+    from botocore.config import Config as BotoConfig
 
-    return make_client(s3_options(server, "unused"))
+    return boto3.client(
+        "s3", endpoint_url=server.s3_endpoint, region_name="us-east-1",
+        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+        config=BotoConfig(s3={"addressing_style": "path"},
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"))

@@ -182,6 +182,22 @@ def test_cli_direct_s3_url_with_aws_env(s3_server: Any, s3_bucket: str, tmp_path
     assert s3_server.secret_key not in pulled.stdout + pulled.stderr
 
 
+def test_cli_aws_profile_from_shared_files(s3_server: Any, s3_bucket: str, tmp_path: Path,
+                                           sample_sif: Path) -> None:
+    """AWS_PROFILE picks the keys from the shared credentials file; a missing one is exit 5."""
+    creds = tmp_path / "home" / "aws-creds"  # where the autouse fixture points the AWS SDKs
+    creds.parent.mkdir(parents=True, exist_ok=True)
+    creds.write_text(f"[site]\naws_access_key_id = {s3_server.access_key}\n"
+                     f"aws_secret_access_key = {s3_server.secret_key}\n")
+    env = {"AWS_PROFILE": "site", "AWS_ENDPOINT_URL": s3_server.s3_endpoint,
+           "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")}
+    url = f"s3://{s3_bucket}/lab/app:3"
+    assert run_cli("push", str(sample_sif), url, env=env).returncode == 0
+    assert run_cli("pull", url, env=env).returncode == 0
+    missing = run_cli("pull", "--force", url, env={**env, "AWS_PROFILE": "nope"})
+    assert missing.returncode == 5 and "profile not found" in missing.stderr
+
+
 def test_cli_wrong_secret_is_exit_5_without_the_secret(s3_server: Any, s3_bucket: str,
                                                        tmp_path: Path) -> None:
     if type(s3_server).__name__.lower().startswith("moto"):

@@ -186,10 +186,14 @@ def _pull_one(bench: Bench, target: Target, image: Image, tool: str,
 def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], want: int,
              baseline: str | None) -> dict[str, Any]:
     ours = [s.wall for s in samples[OURS]]
-    peer_names = [n for n in samples
-                  if n not in (OURS, BASELINE, "curl", "write+fsync") and samples[n]]
-    fastest = min(peer_names, key=lambda n: summary([s.wall for s in samples[n]])["median"],
+    def median_wall(name: str) -> float:
+        return summary([s.wall for s in samples[name]])["median"]
+
+    others = [n for n in samples if n not in (OURS, BASELINE, "curl", "write+fsync") and samples[n]]
+    fastest = min((n for n in others if not n.endswith(peers.VERIFIED)), key=median_wall,
                   default=None)
+    checked_peer = min((n for n in others if n.endswith(peers.VERIFIED)), key=median_wall,
+                       default=None)
     result: dict[str, Any] = {
         "target": target.name, "size": image.size, "label": image.label, "bytes": want,
         "tools": {n: _stats(s) for n, s in samples.items() if s},
@@ -198,6 +202,9 @@ def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], wan
         if fastest else None,
         "ours_MBps": summary([want / 1e6 / w for w in ours]),
     }
+    if checked_peer:
+        result["verified_peer"] = checked_peer
+        result["ratio_vs_verified_peer"] = ratios(ours, [s.wall for s in samples[checked_peer]])
     if samples.get(BASELINE):
         result["ratio_vs_baseline_build"] = ratios(ours, [s.wall for s in samples[BASELINE]])
     if baseline and samples.get(baseline):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,9 +56,25 @@ def swift_get(tools: Tools, target: Target, key: str, dest: Path) -> list[str] |
     return [exe, "-q", "download", target.bucket, key, "-o", str(dest)]
 
 
+def then_sha256sum(download: Builder) -> Builder:
+    """The download, then `sha256sum` of the file: what a script that wants the check we
+    make (the image's sha256) has to add to a peer that verifies nothing."""
+
+    def build(tools: Tools, target: Target, key: str, dest: Path) -> list[str] | None:
+        argv = download(tools, target, key, dest)
+        if argv is None:
+            return None
+        return ["sh", "-c", f"{shlex.join(argv)} && sha256sum {shlex.quote(str(dest))} >/dev/null"]
+
+    return build
+
+
+VERIFIED = " + sha256sum"  # suffix of the peers that check what they downloaded
 DOWNLOADERS: dict[str, Builder] = {
     "aws s3 cp": aws_get, "s5cmd cp": s5cmd_get, "rclone copyto": rclone_get,
     "boto3 download_file": boto3_get, "swift download": swift_get,
+    "s5cmd cp" + VERIFIED: then_sha256sum(s5cmd_get),
+    "swift download" + VERIFIED: then_sha256sum(swift_get),
 }
 
 

@@ -50,6 +50,9 @@ def transfer_table(results: list[dict[str, Any]], what: str) -> str:
                "goal ≤1.0"]
     if what == "pull":
         headers += ["curl s", "ours/curl throughput", "write+fsync s"]
+    with_verified = any(res.get("ratio_vs_verified_peer") for res in results)
+    if with_verified:
+        headers += ["fastest peer + sha256sum", "ours/that"]
     with_baseline = any(res.get("ratio_vs_baseline_build") for res in results)
     if with_baseline:
         headers += ["ours/baseline build"]
@@ -63,6 +66,8 @@ def transfer_table(results: list[dict[str, Any]], what: str) -> str:
         if what == "pull":
             row += [_mmm(tools.get("curl", {}).get("wall")), _mmm(res.get("throughput_vs_curl")),
                     _mmm(tools.get("write+fsync", {}).get("wall"))]
+        if with_verified:
+            row += [res.get("verified_peer") or "-", _mmm(res.get("ratio_vs_verified_peer"))]
         if with_baseline:
             row.append(_mmm(res.get("ratio_vs_baseline_build")))
         rows.append(row)
