@@ -459,13 +459,22 @@ class SwiftBackend(Backend):
 
     def _put_segment(self, path: str, name: str, offset: int, length: int,
                      progress: Progress | None, uploaded: list[str]) -> str:
-        md5 = _md5_of(path, offset, length)
+        # The md5 is taken from the bytes as they are sent, not in a read beforehand: a
+        # segment is not live until the manifest names it, and the manifest is written
+        # only once every segment's ETag (Swift's md5 of what it stored) matched ours.
         container, obj = _split(name)
         with open(path, "rb") as fh:
             fh.seek(offset)
-            etag = self._conn().put_object(container, obj, LengthWrapper(fh, length),
-                                           content_length=length, etag=md5, content_type=OCTET)
+            body = LengthWrapper(fh, length, md5=True)
+            try:
+                etag = self._conn().put_object(container, obj, body, content_length=length,
+                                               content_type=OCTET)
+            except Exception:
+                if os.path.getsize(path) < offset + length:  # the body ran out
+                    raise IntegrityError(f"{path} shrank while it was being uploaded") from None
+                raise
         uploaded.append(name)
+        md5 = body.get_md5sum()
         if etag != md5:
             raise IntegrityError(f"segment {name}: server ETag {etag} != md5 {md5}")
         if progress:

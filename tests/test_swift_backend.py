@@ -175,6 +175,28 @@ def test_metadata_is_asked_for_after_the_segments(backend: SwiftBackend, swift_s
     assert seen == [4] and info.sha256 == "ab" * 32 and info.part_size == MiB
 
 
+def test_segment_whose_stored_md5_differs_from_what_was_sent_fails_the_push(
+        backend: SwiftBackend, swift_server: Any, container: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segment md5s are taken while sending; Swift's ETag of what it stored must match."""
+    from registry_client.backends import swift as swift_module
+
+    real_put = swift_module.SwiftConnection.put_object
+
+    def lossy_put(self: Any, container_name: str, obj: str, contents: Any, *args: Any,
+                  **kwargs: Any) -> str:
+        etag = real_put(self, container_name, obj, contents, *args, **kwargs)
+        return "0" * 32 if obj.endswith("00000002") else etag  # as if bytes changed on the way
+
+    monkeypatch.setattr(swift_module.SwiftConnection, "put_object", lossy_put)
+    write_random(tmp_path / "x.sif", 4 * MiB, seed=8)
+    with pytest.raises(IntegrityError, match="segment"):
+        backend.put("lab/x:1.sif", str(tmp_path / "x.sif"), {}, part_size=MiB, concurrency=2)
+    assert segment_names(swift_server, container) == []
+    with pytest.raises(ClientException):
+        admin(swift_server).head_object(container, "lab/x:1.sif")
+
+
 def test_push_of_a_file_not_matching_its_pinned_digest_leaves_nothing(
         ctx: service.Context, swift_server: Any, container: str, tmp_path: Path) -> None:
     write_random(tmp_path / "d.sif", 3 * MiB, seed=7)
