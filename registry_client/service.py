@@ -33,6 +33,8 @@ from registry_client.reporting import Reporter
 from registry_client.settings import TransferSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from registry_client.digests import DigestResult
 
 LAYOUT_VERSION = "1"
@@ -284,29 +286,40 @@ def push(ctx: Context, file: str, ref: ImageRef, *, labels: dict[str, str] | Non
     from concurrent.futures import ThreadPoolExecutor
 
     size = _check_push_file(file)
-    arch = _sif_arch(file, strict, ctx.reporter)
-    backend = open_remote(remote_for(ctx.config, ref))
-    # sha256 runs beside the upload: backends that write metadata last (Swift's manifest,
-    # the file backend's sidecar) wait for it only then; S3 needs it before the first part.
     stop = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="rc-sha256") as pool:
+        # sha256 starts first and runs beside everything else: reading the SIF header,
+        # opening the remote (botocore's import and client take ~0.2 s) and the upload.
+        # Backends that write metadata last (Swift's manifest, the file backend's
+        # sidecar) wait for it only then; S3 needs it before the first part.
         hashing = pool.submit(_hash_push_file, file, stop)
-
-        def metadata() -> dict[str, str]:
-            digest = hashing.result()
-            if ref.digest and ref.digest != digest.sha256:
-                raise IntegrityError(f"{file} has sha256:{digest.sha256}, not the digest in {ref}")
-            return build_metadata(digest, ctx.part_size, arch, labels or {})
-
         try:
-            with ctx.reporter.progress(f"push {ref.short}", size) as advance:
-                info = backend.put(ref.key(), file, metadata, part_size=ctx.part_size,
-                                   concurrency=ctx.push_concurrency, progress=advance)
+            arch = _sif_arch(file, strict, ctx.reporter)
+
+            def metadata() -> dict[str, str]:
+                digest = hashing.result()
+                if ref.digest and ref.digest != digest.sha256:
+                    raise IntegrityError(
+                        f"{file} has sha256:{digest.sha256}, not the digest in {ref}")
+                return build_metadata(digest, ctx.part_size, arch, labels or {})
+
+            key, location = _upload(ctx, file, ref, size, metadata)
         finally:
-            stop.set()  # a failed upload need not wait for the whole file to be hashed
-            backend.close()
+            stop.set()  # a failed push need not wait for the whole file to be hashed
         digest = hashing.result()
-    return PushResult(str(ref), digest.sha256, size, info.key, backend.location)
+    return PushResult(str(ref), digest.sha256, size, key, location)
+
+
+def _upload(ctx: Context, file: str, ref: ImageRef, size: int,
+            metadata: Callable[[], dict[str, str]]) -> tuple[str, str]:
+    backend = open_remote(remote_for(ctx.config, ref))
+    try:
+        with ctx.reporter.progress(f"push {ref.short}", size) as advance:
+            info = backend.put(ref.key(), file, metadata, part_size=ctx.part_size,
+                               concurrency=ctx.push_concurrency, progress=advance)
+    finally:
+        backend.close()
+    return info.key, backend.location
 
 
 def _check_push_file(file: str) -> int:
