@@ -160,6 +160,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"cannot read config {cfg_path}: {exc}") from None
     elif explicit:
         raise ConfigError(f"config file {cfg_path} does not exist")
+    _check_keys(cfg_path, data)
     remotes_table = data.get("remotes", {})
     if not isinstance(remotes_table, dict):
         raise ConfigError(f"{cfg_path}: [remotes] must be a table")
@@ -171,6 +172,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{cfg_path}: default_remote must be a string")
     settings = {k: v for k, v in data.items() if k not in ("remotes", "default_remote")}
     return Config(cfg_path, remotes, default, settings)
+
+
+#: Top-level keys and tables of the config file; anything else is a typo to report, not to
+#: ignore (a misspelt `default_remote` would silently send pushes to the local remote).
+KNOWN_KEYS = ("default_remote", "remotes", "cache_dir", "cache", "transfer", "library", "shub")
+
+
+def _check_keys(cfg_path: Path, data: dict[str, Any]) -> None:
+    unknown = sorted(k for k in data if k not in KNOWN_KEYS)
+    if not unknown:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(unknown[0], KNOWN_KEYS, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KNOWN_KEYS)}"
+    raise ConfigError(f"{cfg_path}: unknown key {unknown[0]!r}", hint=hint)
 
 
 def node_cache(config: Config, cache_dir: str | None = None) -> Cache:

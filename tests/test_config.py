@@ -43,6 +43,18 @@ def test_bad_config_is_config_error(tmp_path: Path, body: str) -> None:
         load_config(cfg)
 
 
+def test_unknown_top_level_key_is_refused_with_a_suggestion(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('default = "lab"\n')  # meant default_remote: silently ignoring it would
+    with pytest.raises(ConfigError) as err:  # push to the local remote instead
+        load_config(cfg)
+    assert "'default'" in str(err.value) and "default_remote" in (err.value.hint or "")
+    result = run_cli("--config", str(cfg), "ls")
+    assert result.returncode == 2 and "did you mean 'default_remote'" in result.stderr
+    cfg.write_text('cache_dir = "/tmp/x"\n[transfer]\nconcurrency = 4\n[library]\nurl = "http://x"\n')
+    assert load_config(cfg).settings["transfer"] == {"concurrency": 4}
+
+
 def test_secret_in_group_readable_file_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[remotes.x]\ntype = "s3"\nbucket = "b"\nsecret_access_key = "s3cr3t"\n')
