@@ -241,7 +241,11 @@ def parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
     workers = max(1, min(workers, len(items)))
     with ThreadPoolExecutor(workers, thread_name_prefix="rc-swift") as pool:
         futures = [pool.submit(fn, item) for item in items]
-        wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C: drop what is queued, let the running calls end
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         for fut in futures:
             if fut.done() and not fut.cancelled() and fut.exception() is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -451,7 +455,7 @@ class SwiftBackend(Backend):
             if "part-size" in meta:
                 meta["part-size"] = str(segment)
             self._put_manifest(key, manifest, {**_meta_headers(meta), "Content-Type": OCTET})
-        except Exception:
+        except BaseException:  # Ctrl-C too: no manifest names these segments, so no one will
             self._remove_segments(set(uploaded), concurrency)
             raise
         flat = [_Entry(n, b, e) for n, b, e in zip(names, lengths, etags, strict=True)]
