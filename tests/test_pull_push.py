@@ -17,7 +17,14 @@ from registry_client.config import RemoteConfig
 from registry_client.errors import IntegrityError, ObjectChanged
 from registry_client.names import parse_image_ref
 from tests.backend_contract import write_random
-from tests.helpers import console_script, make_context, run_cli, s3_client, write_config
+from tests.helpers import (
+    console_script,
+    make_context,
+    push_then_ctrl_c,
+    run_cli,
+    s3_client,
+    write_config,
+)
 
 pytestmark = pytest.mark.servers
 MiB = 1024 * 1024
@@ -230,30 +237,15 @@ def test_eight_concurrent_pulls_download_once(cli_env: dict[str, str], tmp_path:
 
 def test_ctrl_c_mid_push_exits_130_promptly_and_aborts_the_upload(
         s3_server: Any, s3_bucket: str, tmp_path: Path) -> None:
-    import signal
-    import time
-
     write_random(tmp_path / "big.sif", 200 * MiB, seed=17)
     cfg = tmp_path / "c.toml"
     cfg.write_text("[transfer]\npart_size = 5242880\npush_concurrency = 2\n")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": s3_server.access_key,
+    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key,
            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
            "AWS_ENDPOINT_URL": s3_server.s3_endpoint, "REGISTRY_CLIENT_CONFIG": str(cfg)}
     client = s3_client(s3_server)
-    proc = subprocess.Popen([*console_script(), "push", str(tmp_path / "big.sif"),
-                             f"s3://{s3_bucket}/lab/big:1"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"):
-        assert proc.poll() is None and time.monotonic() < deadline, "no upload started"
-        time.sleep(0.05)
-    time.sleep(0.3)  # some parts in flight
-    proc.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    _out, err = proc.communicate(timeout=60)
-    took = time.monotonic() - start
-    print(f"\nCtrl-C mid-push: exit {proc.returncode} after {took:.1f}s")
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    took = push_then_ctrl_c([str(tmp_path / "big.sif"), f"s3://{s3_bucket}/lab/big:1"], env,
+                            lambda: client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"))
     assert took < 10
     assert not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     assert client.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0
