@@ -26,7 +26,7 @@ from registry_client.errors import (
     RemoteUnavailable,
     UsageError,
 )
-from registry_client.hits import PullResult, pull_from_cache
+from registry_client.hits import PullResult, cache_hit, pull_from_cache
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
 from registry_client.remotes import open_remote, remote_for, remote_id
 from registry_client.reporting import Reporter
@@ -131,13 +131,10 @@ def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
 def _cached_version(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo,
                     expected: str | None, version: tuple[str, ...]) -> PullResult | None:
     sha = expected or ctx.cache.resolve_etag(*version)
-    with ctx.cache.using(sha):
-        path = ctx.cache.lookup(sha)
-        if path is None or sha is None:
-            return None
-        ctx.cache.touch(path)
-    _record_ref(ctx, ref, rid, info, sha)
-    return PullResult(str(ref), str(path), sha, info.size, True, ("cache",))
+    hit = cache_hit(ctx.cache, str(ref), sha)
+    if hit is not None:
+        _record_ref(ctx, ref, rid, info, hit.sha256)
+    return hit
 
 
 def _record_ref(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo, sha: str) -> None:
