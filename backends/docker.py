@@ -65,8 +65,10 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 ACCEPT = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
-CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
-                "application/vnd.docker.container.image.v1+json")
+CONFIG_TYPES = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
 LAYER_TYPES = (
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -85,15 +87,26 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPO_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 DIGEST_RE = re.compile(r"sha256:([a-f0-9]{64})\Z")
-HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
-                     r"(?::[0-9]{1,5})?\Z")
+HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?\Z"
+)
 CHALLENGE_RE = re.compile(r'([A-Za-z_]+)\s*=\s*"([^"]*)"')
 # `uname -m` to OCI platform (architecture, variant)
-MACHINES = {"x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64", None),
-            "arm64": ("arm64", None), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-            "i686": ("386", None), "i386": ("386", None), "ppc64le": ("ppc64le", None),
-            "s390x": ("s390x", None), "riscv64": ("riscv64", None)}
+MACHINES = {
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "arm64": ("arm64", None),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i686": ("386", None),
+    "i386": ("386", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None),
+}
 
 
 # -- references --------------------------------------------------------------------------
@@ -146,8 +159,11 @@ def parse(body: str) -> DockerRef:
         if "/" not in repo:
             repo = f"library/{repo}"  # official images live under library/
     if len(repo) > 255 or not REPO_RE.match(repo):
-        raise _bad(text, f"bad repository {repo[:80]!r}: lower-case components "
-                         "[a-z0-9] joined by . _ __ or -, separated by /")
+        raise _bad(
+            text,
+            f"bad repository {repo[:80]!r}: lower-case components "
+            "[a-z0-9] joined by . _ __ or -, separated by /",
+        )
     return DockerRef(registry, repo, tag or (None if at else "latest"), digest or None)
 
 
@@ -168,8 +184,10 @@ def _split_tag(text: str, repo: str) -> tuple[str, str | None]:
 
 
 def _bad(text: str, why: str) -> InvalidReference:
-    return InvalidReference(f"invalid reference {text[:300]}: {why}",
-                            hint="expected docker://[REGISTRY/]REPO[:TAG|@sha256:HEX]")
+    return InvalidReference(
+        f"invalid reference {text[:300]}: {why}",
+        hint="expected docker://[REGISTRY/]REPO[:TAG|@sha256:HEX]",
+    )
 
 
 # -- platforms ----------------------------------------------------------------------------
@@ -233,8 +251,9 @@ class Descriptor:
             raise RegistryClientError(f"{what}: malformed descriptor")
         digest, size = data.get("digest"), data.get("size")
         if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-            raise RegistryClientError(f"{what}: unsupported digest {str(digest)[:80]!r} "
-                                      "(only sha256 is supported)")
+            raise RegistryClientError(
+                f"{what}: unsupported digest {str(digest)[:80]!r} (only sha256 is supported)"
+            )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise RegistryClientError(f"{what}: descriptor without a valid size")
         urls = tuple(u for u in data.get("urls") or () if isinstance(u, str))
@@ -266,10 +285,20 @@ def docker_config_path() -> Path:
 
 def _config_keys(registry: str) -> list[str]:
     if registry == "docker.io":
-        return ["https://index.docker.io/v1/", "index.docker.io", "docker.io",
-                "registry-1.docker.io", "https://registry-1.docker.io"]
-    return [registry, f"https://{registry}", f"http://{registry}", f"https://{registry}/v1/",
-            f"https://{registry}/v2/"]
+        return [
+            "https://index.docker.io/v1/",
+            "index.docker.io",
+            "docker.io",
+            "registry-1.docker.io",
+            "https://registry-1.docker.io",
+        ]
+    return [
+        registry,
+        f"https://{registry}",
+        f"http://{registry}",
+        f"https://{registry}/v1/",
+        f"https://{registry}/v2/",
+    ]
 
 
 def find_credentials(registry: str) -> tuple[str, str] | None:
@@ -352,8 +381,11 @@ class RegistryClient:
         return raise_unless_ok(resp, what)
 
     def _auth_error(self, what: str) -> AuthError:
-        hint = (f"set {ENV_USER} and {ENV_PASSWORD}, or log in with docker" if not self.creds
-                else "the registry refused these credentials")
+        hint = (
+            f"set {ENV_USER} and {ENV_PASSWORD}, or log in with docker"
+            if not self.creds
+            else "the registry refused these credentials"
+        )
         return AuthError(f"{what}: HTTP 401 (authentication required)", hint=hint)
 
     def _authorize(self, challenge: str, what: str) -> dict[str, str]:
@@ -361,8 +393,10 @@ class RegistryClient:
         params = dict(CHALLENGE_RE.findall(rest))
         if scheme.lower() == "basic":
             if not self.creds:
-                raise AuthError(f"{what}: {self.ref.registry} needs a user name and password",
-                                hint=f"set {ENV_USER} and {ENV_PASSWORD}")
+                raise AuthError(
+                    f"{what}: {self.ref.registry} needs a user name and password",
+                    hint=f"set {ENV_USER} and {ENV_PASSWORD}",
+                )
             return {"Authorization": _basic(self.creds)}
         if scheme.lower() == "bearer" and params.get("realm"):
             return {"Authorization": f"Bearer {self._token(params, what)}"}
@@ -386,8 +420,7 @@ class RegistryClient:
             body = get_json(self.session, url, what, basic)
         except AuthError:
             raise self._auth_error(what) from None
-        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) \
-            else None
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise AuthError(f"{what}: the token service answered without a token")
         return token
@@ -419,16 +452,22 @@ class RegistryClient:
             if media not in MANIFEST_TYPES:
                 raise RegistryClientError(f"{self.ref}: nested indexes are not supported")
         config = Descriptor.from_json(data.get("config"), f"{self.ref} config")
-        layers = tuple(Descriptor.from_json(d, f"{self.ref} layer {i}")
-                       for i, d in enumerate(data.get("layers") or []))
+        layers = tuple(
+            Descriptor.from_json(d, f"{self.ref} layer {i}")
+            for i, d in enumerate(data.get("layers") or [])
+        )
         _check_image_types(str(self.ref), config, layers)
         return ResolvedImage(self.ref, digest, index_digest, want, config, layers)
 
     # -- blobs -----------------------------------------------------------------------
     def blob_source(self, desc: Descriptor) -> HttpSource:
         url = f"{self.base}/v2/{self.ref.repository}/blobs/{desc.digest}"
-        return HttpSource(url, session=self.session, credentials=self.credentials,
-                          label=f"{self.ref.name}@{desc.digest[:19]}")
+        return HttpSource(
+            url,
+            session=self.session,
+            credentials=self.credentials,
+            label=f"{self.ref.name}@{desc.digest[:19]}",
+        )
 
     def config_json(self, desc: Descriptor) -> dict[str, Any]:
         """The image config blob (small, read into memory), verified against its digest."""
@@ -439,8 +478,9 @@ class RegistryClient:
         source = RetryingBackend(self.blob_source(desc))
         info = source.stat(desc.digest)
         if info.size != desc.size:
-            raise IntegrityError(f"{self.ref}: image config is {info.size} bytes, "
-                                 f"its descriptor says {desc.size}")
+            raise IntegrityError(
+                f"{self.ref}: image config is {info.size} bytes, its descriptor says {desc.size}"
+            )
         body = b"".join(source.read_range(desc.digest, 0, info.size, info.etag))
         if hashlib.sha256(body).hexdigest() != desc.hex:
             raise IntegrityError(f"{self.ref}: image config does not match {desc.digest}")
@@ -484,8 +524,7 @@ def _guess_media(data: dict[str, Any], what: str) -> str:
         return OCI_INDEX
     if isinstance(data.get("config"), dict) and isinstance(data.get("layers"), list):
         return OCI_MANIFEST
-    raise UsageError(f"{what}: not a container image manifest "
-                     f"({str(data.get('mediaType'))[:80]})")
+    raise UsageError(f"{what}: not a container image manifest ({str(data.get('mediaType'))[:80]})")
 
 
 def _select(index: dict[str, Any], want: Platform, ref: str) -> Descriptor:
@@ -493,11 +532,25 @@ def _select(index: dict[str, Any], want: Platform, ref: str) -> Descriptor:
     for entry in entries:
         if _platform_matches(entry, want):
             return Descriptor.from_json(entry, f"{ref} index entry")
-    offered = sorted({"/".join(str(v) for v in (
-        (e.get("platform") or {}).get("os"), (e.get("platform") or {}).get("architecture"),
-        (e.get("platform") or {}).get("variant")) if v) for e in entries} - {""})
-    raise NotFound(f"{ref} has no {want} image (it has: {', '.join(offered) or 'none'})",
-                   hint="choose one with --arch")
+    offered = sorted(
+        {
+            "/".join(
+                str(v)
+                for v in (
+                    (e.get("platform") or {}).get("os"),
+                    (e.get("platform") or {}).get("architecture"),
+                    (e.get("platform") or {}).get("variant"),
+                )
+                if v
+            )
+            for e in entries
+        }
+        - {""}
+    )
+    raise NotFound(
+        f"{ref} has no {want} image (it has: {', '.join(offered) or 'none'})",
+        hint="choose one with --arch",
+    )
 
 
 def _check_image_types(ref: str, config: Descriptor, layers: tuple[Descriptor, ...]) -> None:
@@ -511,8 +564,14 @@ def _check_image_types(ref: str, config: Descriptor, layers: tuple[Descriptor, .
 # -- blob cache -------------------------------------------------------------------------------
 
 
-def ensure_blob(client: RegistryClient, desc: Descriptor, cache: Any, *,
-                settings: Any = None, progress: Callable[[int], None] | None = None) -> Path:
+def ensure_blob(
+    client: RegistryClient,
+    desc: Descriptor,
+    cache: Any,
+    *,
+    settings: Any = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """The verified blob in the shared cache, downloading it once per node."""
     found = cache.lookup_blob(desc.hex)
     if found is not None:
@@ -522,7 +581,11 @@ def ensure_blob(client: RegistryClient, desc: Descriptor, cache: Any, *,
         if found is not None:
             return found
         with cache.temp_file("blob") as tmp:
-            fetch_verified(client.blob_source(desc), tmp,
-                           Expected(size=desc.size, sha256=desc.hex),
-                           settings=settings, progress=progress)
+            fetch_verified(
+                client.blob_source(desc),
+                tmp,
+                Expected(size=desc.size, sha256=desc.hex),
+                settings=settings,
+                progress=progress,
+            )
             return cache.publish_blob(tmp, desc.hex)

@@ -108,8 +108,16 @@ class FileBackend(Backend):
                     with contextlib.suppress(NotFound):
                         yield self.stat(key)
 
-    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
-            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        path: str,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        concurrency: int,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
         dest = self._path(key)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +146,9 @@ class FileBackend(Backend):
 
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
         info = self.stat(src_key)  # put() writes the copy's own etag and size
-        return self.put(dst_key, str(self._path(src_key)), info.metadata, part_size=0,
-                        concurrency=1)
+        return self.put(
+            dst_key, str(self._path(src_key)), info.metadata, part_size=0, concurrency=1
+        )
 
     @staticmethod
     def _write_json(path: Path, data: dict[str, str]) -> None:

@@ -97,8 +97,10 @@ def check_base_url(url: str, what: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{what} {url!r} is not an http(s) URL")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise UsageError(f"{what} must not hold credentials, a query or a fragment",
-                         hint="give tokens through the environment")
+        raise UsageError(
+            f"{what} must not hold credentials, a query or a fragment",
+            hint="give tokens through the environment",
+        )
     return url.rstrip("/")
 
 
@@ -139,22 +141,42 @@ def error_for(resp: requests.Response, what: str) -> RegistryClientError:
     return RegistryClientError(text)
 
 
-def request(session: requests.Session, method: str, url: str, *, what: str,
-            headers: Mapping[str, str] | None = None, stream: bool = False,
-            allow_redirects: bool = False, **kwargs: Any) -> requests.Response:
+def request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    headers: Mapping[str, str] | None = None,
+    stream: bool = False,
+    allow_redirects: bool = False,
+    **kwargs: Any,
+) -> requests.Response:
     """One HTTP request; network failures become RemoteUnavailable (retryable)."""
     try:
-        return session.request(method, url, headers=dict(headers or {}), stream=stream,
-                               allow_redirects=allow_redirects, timeout=TIMEOUT, **kwargs)
-    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema):
+        return session.request(
+            method,
+            url,
+            headers=dict(headers or {}),
+            stream=stream,
+            allow_redirects=allow_redirects,
+            timeout=TIMEOUT,
+            **kwargs,
+        )
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+    ):
         raise UsageError(f"{what}: invalid URL {safe_url(url)}") from None
     except requests.exceptions.SSLError as exc:
-        raise RemoteUnavailable(f"{what}: TLS error with {safe_url(url)}: "
-                                f"{type(exc).__name__}") from None
+        raise RemoteUnavailable(
+            f"{what}: TLS error with {safe_url(url)}: {type(exc).__name__}"
+        ) from None
     except requests.exceptions.RequestException as exc:
-        raise RemoteUnavailable(f"{what}: cannot reach {safe_url(url)} "
-                                f"({type(exc).__name__})") from None
+        raise RemoteUnavailable(
+            f"{what}: cannot reach {safe_url(url)} ({type(exc).__name__})"
+        ) from None
 
 
 def raise_unless_ok(resp: requests.Response, what: str) -> requests.Response:
@@ -167,9 +189,9 @@ def raise_unless_ok(resp: requests.Response, what: str) -> requests.Response:
     return resp
 
 
-def get_following(session: requests.Session, url: str, what: str,
-                  headers_for: Callable[[str], Mapping[str, str]]
-                  ) -> tuple[requests.Response, str]:
+def get_following(
+    session: requests.Session, url: str, what: str, headers_for: Callable[[str], Mapping[str, str]]
+) -> tuple[requests.Response, str]:
     """GET, following redirects by hand so that each hop gets only the headers meant for
     its origin; return the final response and the URL that gave it."""
     for _ in range(MAX_REDIRECTS + 1):
@@ -186,11 +208,13 @@ def get_following(session: requests.Session, url: str, what: str,
     raise RegistryClientError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
 
-def get_json(session: requests.Session, url: str, what: str,
-             credentials: Credentials | None = None) -> Any:
+def get_json(
+    session: requests.Session, url: str, what: str, credentials: Credentials | None = None
+) -> Any:
     """GET a small JSON document (an API answer); HTTP errors become our exceptions."""
-    resp, _ = get_following(session, url, what,
-                            lambda u: credentials.for_url(u) if credentials else {})
+    resp, _ = get_following(
+        session, url, what, lambda u: credentials.for_url(u) if credentials else {}
+    )
     return read_json(raise_unless_ok(resp, what), what)
 
 
@@ -248,9 +272,15 @@ class HttpSource(Backend):
 
     kind = "http"
 
-    def __init__(self, url: str, *, session: requests.Session | None = None,
-                 credentials: Credentials | None = None, label: str | None = None,
-                 extra_headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        session: requests.Session | None = None,
+        credentials: Credentials | None = None,
+        label: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = url
         self.final_url = url
         self.session = session or new_session()
@@ -268,8 +298,9 @@ class HttpSource(Backend):
         return headers
 
     def _get(self, url: str, extra: Mapping[str, str]) -> tuple[requests.Response, str]:
-        return get_following(self.session, url, f"GET {self.label}",
-                             lambda u: self._headers(u, extra))
+        return get_following(
+            self.session, url, f"GET {self.label}", lambda u: self._headers(u, extra)
+        )
 
     def stat(self, key: str) -> ObjectInfo:
         resp, url = self._get(self.url, {"Range": "bytes=0-0", "Accept-Encoding": "identity"})
@@ -297,8 +328,7 @@ class HttpSource(Backend):
         finally:
             resp.close()
 
-    def _check_range(self, resp: requests.Response, start: int, end: int,
-                     etag: str | None) -> int:
+    def _check_range(self, resp: requests.Response, start: int, end: int, etag: str | None) -> int:
         """Bytes to skip at the front of this response to reach `start`."""
         what = f"GET {self.label} bytes {start}-{end - 1}"
         got = (resp.headers.get("ETag") or "").strip('"') or None
@@ -319,8 +349,16 @@ class HttpSource(Backend):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         raise UsageError(f"{self.location} cannot be listed")
 
-    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
-            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        path: str,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        concurrency: int,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
         raise UsageError(f"{self.location} is read-only")
 
     def delete(self, key: str) -> None:
@@ -368,8 +406,7 @@ def _body(resp: requests.Response, skip: int, want: int, label: str) -> Iterator
             want -= len(chunk)
             yield chunk
     except requests.exceptions.RequestException as exc:
-        raise RemoteUnavailable(f"GET {label}: connection broken "
-                                f"({type(exc).__name__})") from None
+        raise RemoteUnavailable(f"GET {label}: connection broken ({type(exc).__name__})") from None
 
 
 # -- verified download ----------------------------------------------------------------------
@@ -384,9 +421,16 @@ class Expected:
     md5: str | None = None
 
 
-def download_verified(source: Backend, info: ObjectInfo, dest: Path, expected: Expected, *,
-                      ranges: bool, settings: Any = None,
-                      progress: Progress | None = None) -> tuple[DigestResult, tuple[str, ...]]:
+def download_verified(
+    source: Backend,
+    info: ObjectInfo,
+    dest: Path,
+    expected: Expected,
+    *,
+    ranges: bool,
+    settings: Any = None,
+    progress: Progress | None = None,
+) -> tuple[DigestResult, tuple[str, ...]]:
     """Fetch into dest with transfer.download (parallel if ranges) and check every digest.
 
     `source` should be wrapped in RetryingBackend. Raises IntegrityError on any mismatch;
@@ -397,8 +441,10 @@ def download_verified(source: Backend, info: ObjectInfo, dest: Path, expected: E
     if info.size < 0:
         raise RegistryClientError(f"{info.key}: the server did not say how large it is")
     if expected.size is not None and expected.size != info.size:
-        raise IntegrityError(f"{info.key}: server offers {info.size} bytes, the registry "
-                             f"recorded {expected.size}; nothing was published")
+        raise IntegrityError(
+            f"{info.key}: server offers {info.size} bytes, the registry "
+            f"recorded {expected.size}; nothing was published"
+        )
     settings = settings or TransferSettings()
     if not ranges:  # one stream: no range requests the server would ignore
         settings = TransferSettings(chunk_size=max(info.size, 1), concurrency=1)
@@ -407,34 +453,46 @@ def download_verified(source: Backend, info: ObjectInfo, dest: Path, expected: E
     return result, check_digests(info.key, result, expected)
 
 
-def fetch_verified(inner: HttpSource, dest: Path, expected: Expected, *, settings: Any = None,
-                   progress: Progress | None = None) -> tuple[DigestResult, tuple[str, ...]]:
+def fetch_verified(
+    inner: HttpSource,
+    dest: Path,
+    expected: Expected,
+    *,
+    settings: Any = None,
+    progress: Progress | None = None,
+) -> tuple[DigestResult, tuple[str, ...]]:
     """stat + download_verified of one HTTP source, under the retry policy."""
     from registry_client.retry import RetryingBackend
 
     source = RetryingBackend(inner)
     info = source.stat(inner.label)
-    return download_verified(source, info, dest, expected, ranges=inner.ranges,
-                             settings=settings, progress=progress)
+    return download_verified(
+        source, info, dest, expected, ranges=inner.ranges, settings=settings, progress=progress
+    )
 
 
 def check_digests(label: str, result: DigestResult, expected: Expected) -> tuple[str, ...]:
     checks = []
     if expected.size is not None:
         if result.size != expected.size:
-            raise IntegrityError(f"{label}: got {result.size} bytes, expected {expected.size}; "
-                                 "nothing was published")
+            raise IntegrityError(
+                f"{label}: got {result.size} bytes, expected {expected.size}; nothing was published"
+            )
         checks.append("size")
     if expected.sha256:
         if result.sha256 != expected.sha256:
-            raise IntegrityError(f"{label}: sha256 {result.sha256} does not match the "
-                                 f"registry's {expected.sha256}; nothing was published")
+            raise IntegrityError(
+                f"{label}: sha256 {result.sha256} does not match the "
+                f"registry's {expected.sha256}; nothing was published"
+            )
         checks.append("sha256")
     if expected.md5:
         got = result.segment_md5s[0][0].hex() if result.segment_md5s else ""
         if got != expected.md5:
-            raise IntegrityError(f"{label}: md5 {got} does not match the registry's "
-                                 f"{expected.md5}; nothing was published")
+            raise IntegrityError(
+                f"{label}: md5 {got} does not match the registry's "
+                f"{expected.md5}; nothing was published"
+            )
         checks.append("md5")
     return tuple(checks)
 

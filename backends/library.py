@@ -79,17 +79,22 @@ def parse(body: str) -> LibraryRef:
     text = f"library://{body}"
     path, sep, tag = body.partition(":")
     if sep and not TAG_RE.match(tag):
-        raise InvalidReference(f"invalid reference {text}: bad tag {tag[:130]!r}",
-                               hint="tags are letters, digits, _ . - (at most 128)")
+        raise InvalidReference(
+            f"invalid reference {text}: bad tag {tag[:130]!r}",
+            hint="tags are letters, digits, _ . - (at most 128)",
+        )
     parts = path.split("/")
     if len(parts) > 3:
         raise InvalidReference(
             f"invalid reference {text}: expected library://[ENTITY/]COLLECTION/NAME[:TAG]",
-            hint="to use another library host, give --library-url")
+            hint="to use another library host, give --library-url",
+        )
     for part in parts:
         if len(part) > 128 or not NAME_RE.match(part):
-            raise InvalidReference(f"invalid reference {text}: bad name {part[:130]!r}",
-                                   hint="names are lower-case letters, digits and . _ -")
+            raise InvalidReference(
+                f"invalid reference {text}: bad name {part[:130]!r}",
+                hint="names are lower-case letters, digits and . _ -",
+            )
     # NAME -> library/default/NAME; COLLECTION/NAME -> library/COLLECTION/NAME
     parts = [DEFAULT_ENTITY, DEFAULT_COLLECTION][: 3 - len(parts)] + parts
     return LibraryRef(parts[0], parts[1], parts[2], tag if sep else DEFAULT_TAG)
@@ -130,8 +135,9 @@ class LibraryClient:
 
     def source(self, ref: LibraryRef, arch: str) -> HttpSource:
         url = self._url(f"v1/imagefile/{ref.path}", arch=arch)
-        return HttpSource(url, session=self.session, credentials=self.credentials,
-                          label=f"{ref} ({arch})")
+        return HttpSource(
+            url, session=self.session, credentials=self.credentials, label=f"{ref} ({arch})"
+        )
 
     def search(self, query: str, arch: str | None = None) -> dict[str, Any]:
         if len(query) < MIN_QUERY:
@@ -149,9 +155,11 @@ def _record_sha256(ref: LibraryRef, data: dict[str, Any]) -> str:
     value = str(data.get("hash") or "").lower()
     match = HASH_TAG_RE.match(value)
     if not match:
-        raise UnverifiableError(f"{ref}: the library records hash {value[:80]!r}, not a sha256; "
-                                "the download could not be verified",
-                                hint="ask the library's operator to re-upload the image")
+        raise UnverifiableError(
+            f"{ref}: the library records hash {value[:80]!r}, not a sha256; "
+            "the download could not be verified",
+            hint="ask the library's operator to re-upload the image",
+        )
     sha = match.group(1)
     if ref.pinned_sha256 and ref.pinned_sha256 != sha:
         raise IntegrityError(f"{ref}: the library answered with sha256.{sha}")
@@ -173,17 +181,30 @@ def search_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         tags = img.get("tags") or [str(img.get("hash", ""))]
         name = f"{img.get('entityName')}/{img.get('collectionName')}/{img.get('containerName')}"
-        rows.append({"ref": f"library://{name}:{','.join(map(str, tags))}",
-                     "size": img.get("size"), "arch": img.get("arch"),
-                     "description": img.get("description") or ""})
+        rows.append(
+            {
+                "ref": f"library://{name}:{','.join(map(str, tags))}",
+                "size": img.get("size"),
+                "arch": img.get("arch"),
+                "description": img.get("description") or "",
+            }
+        )
     return sorted(rows, key=lambda r: r["ref"])
 
 
-def download(client: LibraryClient, ref: LibraryRef, arch: str, record: ImageRecord,
-             dest: Path, *, settings: Any = None,
-             progress: Any = None) -> tuple[str, tuple[str, ...]]:
+def download(
+    client: LibraryClient,
+    ref: LibraryRef,
+    arch: str,
+    record: ImageRecord,
+    dest: Path,
+    *,
+    settings: Any = None,
+    progress: Any = None,
+) -> tuple[str, tuple[str, ...]]:
     """Fetch the image file into dest, verified against the record; return (sha256, checks)."""
     expected = Expected(size=record.size, sha256=record.sha256)
-    result, checks = fetch_verified(client.source(ref, arch), dest, expected,
-                                    settings=settings, progress=progress)
+    result, checks = fetch_verified(
+        client.source(ref, arch), dest, expected, settings=settings, progress=progress
+    )
     return result.sha256, checks

@@ -50,8 +50,17 @@ if TYPE_CHECKING:
 READ_BLOCK = 1024 * 1024
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
-AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
-              "InvalidToken", "ExpiredToken", "AllAccessDisabled", "403", "401"}
+AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "Forbidden",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+    "403",
+    "401",
+}
 MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchUpload"}
 CHANGED_CODES = {"PreconditionFailed", "412"}
 INTEGRITY_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"}
@@ -79,8 +88,10 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
             return RemoteUnavailable(text, retry_after=retry_after(headers))
         return RegistryClientError(text)
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError)):
-        return AuthError(f"{what}: no S3 credentials found",
-                         hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
+        return AuthError(
+            f"{what}: no S3 credentials found",
+            hint="set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile",
+        )
     if isinstance(exc, bexc.ProfileNotFound):
         return AuthError(f"{what}: AWS profile not found")
     if isinstance(exc, (bexc.BotoCoreError, OSError, ConnectionError)) or is_transport_error(exc):
@@ -148,8 +159,14 @@ class RangeFile(io.RawIOBase):
 class S3Backend(Backend):
     kind = "s3"
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None,
-                 options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        client: Any = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self.options = options or {}
@@ -181,8 +198,11 @@ class S3Backend(Backend):
     def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
         if end <= start:
             return
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key),
-                                "Range": f"bytes={start}-{end - 1}"}
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._key(key),
+            "Range": f"bytes={start}-{end - 1}",
+        }
         if etag:
             args["IfMatch"] = f'"{etag}"'
         try:
@@ -202,14 +222,27 @@ class S3Backend(Backend):
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
                 for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self.prefix):]
-                    yield ObjectInfo(key, int(obj["Size"]), str(obj.get("ETag", "")).strip('"'),
-                                     {}, obj.get("LastModified"))
+                    key = obj["Key"][len(self.prefix) :]
+                    yield ObjectInfo(
+                        key,
+                        int(obj["Size"]),
+                        str(obj.get("ETag", "")).strip('"'),
+                        {},
+                        obj.get("LastModified"),
+                    )
         except Exception as exc:
             raise translate(exc, f"list {self.bucket}/{self.prefix}{prefix}") from None
 
-    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
-            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        path: str,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        concurrency: int,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
         size = os.path.getsize(path)
         part_size = fit_part_size(size, part_size)
         try:
@@ -218,8 +251,7 @@ class S3Backend(Backend):
             if size <= part_size:
                 etag = self._put_single(key, path, meta, progress)
             else:
-                etag = self._put_multipart(key, path, size, meta, part_size, concurrency,
-                                           progress)
+                etag = self._put_multipart(key, path, size, meta, part_size, concurrency, progress)
         except Exception as exc:
             raise translate(exc, f"upload {key}") from None
         info = self.stat(key)
@@ -227,58 +259,97 @@ class S3Backend(Backend):
             raise IntegrityError(f"upload {key}: server ETag {info.etag} != expected {etag}")
         return info
 
-    def _put_single(self, key: str, path: str, metadata: dict[str, str],
-                    progress: Progress | None) -> str:
+    def _put_single(
+        self, key: str, path: str, metadata: dict[str, str], progress: Progress | None
+    ) -> str:
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
             md5_b64, digest = _md5_of_range(fd, 0, size)
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key),
-                                   Body=RangeFile(fd, 0, size), ContentLength=size,
-                                   ContentMD5=md5_b64, Metadata=metadata,
-                                   ContentType="application/octet-stream")
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(key),
+                Body=RangeFile(fd, 0, size),
+                ContentLength=size,
+                ContentMD5=md5_b64,
+                Metadata=metadata,
+                ContentType="application/octet-stream",
+            )
         finally:
             os.close(fd)
         if progress:
             progress(size)
         return digest.hex()
 
-    def _put_multipart(self, key: str, path: str, size: int, metadata: dict[str, str],
-                       part_size: int, concurrency: int, progress: Progress | None) -> str:
+    def _put_multipart(
+        self,
+        key: str,
+        path: str,
+        size: int,
+        metadata: dict[str, str],
+        part_size: int,
+        concurrency: int,
+        progress: Progress | None,
+    ) -> str:
         full_key = self._key(key)
         upload = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=full_key, Metadata=metadata,
-            ContentType="application/octet-stream")
+            Bucket=self.bucket,
+            Key=full_key,
+            Metadata=metadata,
+            ContentType="application/octet-stream",
+        )
         upload_id = upload["UploadId"]
         lengths = segments(size, part_size)
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
                 with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="rc-put") as pool:
-                    results = list(pool.map(
-                        lambda i: self._upload_part(fd, full_key, upload_id, i, part_size,
-                                                    lengths[i], progress),
-                        range(len(lengths))))
+                    results = list(
+                        pool.map(
+                            lambda i: self._upload_part(
+                                fd, full_key, upload_id, i, part_size, lengths[i], progress
+                            ),
+                            range(len(lengths)),
+                        )
+                    )
             finally:
                 os.close(fd)
             parts = [{"PartNumber": i + 1, "ETag": r[0]} for i, r in enumerate(results)]
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full_key, UploadId=upload_id,
-                MultipartUpload={"Parts": parts})
+                Bucket=self.bucket,
+                Key=full_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
         except BaseException:
             with contextlib.suppress(Exception):  # the first error is the one to report
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full_key,
-                                                   UploadId=upload_id)
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id
+                )
             raise
         return s3_multipart_etag([r[1] for r in results])
 
-    def _upload_part(self, fd: int, full_key: str, upload_id: str, index: int, part_size: int,
-                     length: int, progress: Progress | None) -> tuple[str, bytes]:
+    def _upload_part(
+        self,
+        fd: int,
+        full_key: str,
+        upload_id: str,
+        index: int,
+        part_size: int,
+        length: int,
+        progress: Progress | None,
+    ) -> tuple[str, bytes]:
         offset = index * part_size
         md5_b64, digest = _md5_of_range(fd, offset, length)
-        resp = self.client.upload_part(Bucket=self.bucket, Key=full_key, UploadId=upload_id,
-                                       PartNumber=index + 1, Body=RangeFile(fd, offset, length),
-                                       ContentLength=length, ContentMD5=md5_b64)
+        resp = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=full_key,
+            UploadId=upload_id,
+            PartNumber=index + 1,
+            Body=RangeFile(fd, offset, length),
+            ContentLength=length,
+            ContentMD5=md5_b64,
+        )
         if str(resp["ETag"]).strip('"') != digest.hex():
             raise IntegrityError(f"part {index + 1} of {full_key}: server ETag mismatch")
         if progress:
@@ -297,8 +368,12 @@ class S3Backend(Backend):
         source = {"Bucket": self.bucket, "Key": self._key(src_key)}
         try:
             if info.size <= 5 * 1024**3:
-                self.client.copy_object(Bucket=self.bucket, Key=self._key(dst_key),
-                                        CopySource=source, MetadataDirective="COPY")
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self._key(dst_key),
+                    CopySource=source,
+                    MetadataDirective="COPY",
+                )
             else:
                 # Multipart copy (CopyObject stops at 5 GiB): boto3's managed copy, which
                 # works on any botocore client.
@@ -306,8 +381,13 @@ class S3Backend(Backend):
                 from boto3.s3.transfer import TransferConfig
 
                 chunk = info.part_size or 64 * 1024 * 1024
-                managed_copy(self.client, source, self.bucket, self._key(dst_key),
-                             Config=TransferConfig(multipart_chunksize=chunk))
+                managed_copy(
+                    self.client,
+                    source,
+                    self.bucket,
+                    self._key(dst_key),
+                    Config=TransferConfig(multipart_chunksize=chunk),
+                )
         except Exception as exc:
             raise translate(exc, f"copy {src_key} to {dst_key}") from None
         return self.stat(dst_key)
@@ -316,8 +396,13 @@ class S3Backend(Backend):
         if info.etag and "-" in info.etag and info.part_size is None:
             part = self._first_part_size(info.key)
             if part:
-                info = ObjectInfo(info.key, info.size, info.etag,
-                                  {**info.metadata, "part-size": str(part)}, info.modified)
+                info = ObjectInfo(
+                    info.key,
+                    info.size,
+                    info.etag,
+                    {**info.metadata, "part-size": str(part)},
+                    info.modified,
+                )
         return s3_etag_plan(info)
 
     def _first_part_size(self, key: str) -> int | None:
@@ -335,8 +420,9 @@ class S3Backend(Backend):
 def _check_content_range(header: str | None, start: int, end: int, key: str) -> None:
     expected = f"bytes {start}-{end - 1}/"
     if header is None or not header.startswith(expected):
-        raise IntegrityError(f"read {key}: server answered range {header!r}, "
-                             f"asked for {start}-{end - 1}")
+        raise IntegrityError(
+            f"read {key}: server answered range {header!r}, asked for {start}-{end - 1}"
+        )
 
 
 def fit_part_size(size: int, wanted: int) -> int:
@@ -371,9 +457,13 @@ def make_client(options: dict[str, Any]) -> Any:
     try:
         region = options.get("region") or session.get_config_variable("region")
         return session.create_client(
-            "s3", region_name=region or "us-east-1", endpoint_url=endpoint, config=config,
+            "s3",
+            region_name=region or "us-east-1",
+            endpoint_url=endpoint,
+            config=config,
             aws_access_key_id=options.get("access_key_id") or None,
             aws_secret_access_key=options.get("secret_access_key") or None,
-            aws_session_token=options.get("session_token") or None)
+            aws_session_token=options.get("session_token") or None,
+        )
     except Exception as exc:
         raise translate(exc, "S3 client") from None

@@ -75,16 +75,16 @@ def parse(body: str) -> ShubRef:
         raise _bad(text, f"bad tag {tag[:70]!r}")
     parts = path.split("/")
     if len(parts) != 2:
-        raise _bad(text, "expected shub://USER/REPO[:TAG][@VERSION]; for another Hub use "
-                         "--shub-url")
+        raise _bad(
+            text, "expected shub://USER/REPO[:TAG][@VERSION]; for another Hub use --shub-url"
+        )
     user, repo = parts
     if not USER_RE.match(user) or user.endswith("-"):
         raise _bad(text, f"bad user name {user[:50]!r}")
     if not REPO_RE.match(repo) or repo in (".", ".."):
         raise _bad(text, f"bad repository name {repo[:110]!r}")
     # As Apptainer does: no tag and no version means the latest tag.
-    return ShubRef(user, repo, tag if colon else (None if at else "latest"),
-                   version or None)
+    return ShubRef(user, repo, tag if colon else (None if at else "latest"), version or None)
 
 
 def _bad(text: str, why: str) -> InvalidReference:
@@ -122,19 +122,29 @@ def _manifest(ref: ShubRef, data: dict[str, Any]) -> Manifest:
         raise RegistryClientError(f"{ref}: the Hub gave no http(s) image URL")
     md5 = str(data.get("version") or "").lower()
     if not MD5_RE.match(md5):
-        raise UnverifiableError(f"{ref}: the Hub's version {md5[:40]!r} is not an md5; "
-                                "the image could not be verified")
+        raise UnverifiableError(
+            f"{ref}: the Hub's version {md5[:40]!r} is not an md5; the image could not be verified"
+        )
     commit = str(data.get("commit") or "").lower() or None
     if ref.version and ref.version not in (md5, commit):
         raise IntegrityError(f"{ref}: the Hub answered with version {md5} (commit {commit})")
     return Manifest(image, md5, commit, data)
 
 
-def download(client: ShubClient, ref: ShubRef, manifest: Manifest, dest: Path, *,
-             settings: Any = None, progress: Any = None) -> tuple[str, tuple[str, ...]]:
+def download(
+    client: ShubClient,
+    ref: ShubRef,
+    manifest: Manifest,
+    dest: Path,
+    *,
+    settings: Any = None,
+    progress: Any = None,
+) -> tuple[str, tuple[str, ...]]:
     """Fetch the image into dest, verified against the Hub's md5; return (sha256, checks)."""
-    source = HttpSource(manifest.image_url, session=client.session,
-                        label=f"{ref} ({safe_url(manifest.image_url)})")
-    result, checks = fetch_verified(source, dest, Expected(md5=manifest.md5),
-                                    settings=settings, progress=progress)
+    source = HttpSource(
+        manifest.image_url, session=client.session, label=f"{ref} ({safe_url(manifest.image_url)})"
+    )
+    result, checks = fetch_verified(
+        source, dest, Expected(md5=manifest.md5), settings=settings, progress=progress
+    )
     return result.sha256, checks

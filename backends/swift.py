@@ -86,7 +86,6 @@ MAX_NESTING = 10  # Swift's own limit for SLOs inside SLOs
 MAX_MANIFEST_BYTES = 64 * MiB
 
 
-
 # -- SLO manifests --------------------------------------------------------------------
 
 
@@ -120,8 +119,13 @@ def _parse_entry(item: dict[str, Any]) -> _Entry:
     if "data" in item:
         data = base64.b64decode(item["data"])
         return _Entry(None, len(data), "", data=data)
-    return _Entry(str(item["name"]), int(item["bytes"]), str(item["hash"]).strip('"'),
-                  item.get("range") or None, nested=bool(item.get("sub_slo")))
+    return _Entry(
+        str(item["name"]),
+        int(item["bytes"]),
+        str(item["hash"]).strip('"'),
+        item.get("range") or None,
+        nested=bool(item.get("sub_slo")),
+    )
 
 
 def _leaves(entries: Sequence[_Entry]) -> list[_Entry]:
@@ -260,8 +264,10 @@ def fit_segment_size(size: int, wanted: int, max_segments: int, max_object: int)
         segment = -(-size // max_segments)
         segment = -(-segment // MiB) * MiB
     if segment > max_object:
-        raise UsageError(f"{size} bytes do not fit in {max_segments} segments of at most "
-                         f"{max_object} bytes (this Swift cluster's limits)")
+        raise UsageError(
+            f"{size} bytes do not fit in {max_segments} segments of at most "
+            f"{max_object} bytes (this Swift cluster's limits)"
+        )
     return segment
 
 
@@ -271,22 +277,29 @@ def fit_segment_size(size: int, wanted: int, max_segments: int, max_object: int)
 class SwiftBackend(Backend):
     kind = "swift"
 
-    def __init__(self, container: str, prefix: str = "", *,
-                 options: Mapping[str, Any] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        container: str,
+        prefix: str = "",
+        *,
+        options: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         options = dict(options or {})
         env = os.environ if env is None else env
         if not container:
             raise ConfigError("a Swift remote needs a container (bucket = ...)")
         self.container = container
         self.prefix = prefix
-        self.segment_container = str(options.get("segment_container")
-                                     or container + SEGMENTS_SUFFIX)
+        self.segment_container = str(
+            options.get("segment_container") or container + SEGMENTS_SUFFIX
+        )
         self.auth = SwiftAuth.from_sources(options, env)
         self.timeout = float(options.get("timeout", DEFAULT_TIMEOUT))
         insecure = str(options.get("insecure", env.get("SWIFTCLIENT_INSECURE", ""))).lower()
-        self.verify: bool | str = False if insecure in ("1", "true", "yes") else (
-            self.auth.cacert or True)
+        self.verify: bool | str = (
+            False if insecure in ("1", "true", "yes") else (self.auth.cacert or True)
+        )
         self.tokens = TokenStore(self.auth, self.timeout, self.verify)
         endpoint = self.auth.storage_url or self.auth.auth_url
         self.location = f"swift://{container}/{prefix} ({endpoint})"
@@ -308,9 +321,12 @@ class SwiftBackend(Backend):
     def _conn(self) -> SwiftConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = SwiftConnection(self.tokens, timeout=self.timeout,
-                               insecure=self.verify is False,
-                               cacert=self.verify if isinstance(self.verify, str) else None)
+            conn = SwiftConnection(
+                self.tokens,
+                timeout=self.timeout,
+                insecure=self.verify is False,
+                cacert=self.verify if isinstance(self.verify, str) else None,
+            )
             self._local.conn = conn
             with self._lock:
                 self._connections.add(conn)
@@ -345,9 +361,16 @@ class SwiftBackend(Backend):
     @staticmethod
     def _info(key: str, head: Mapping[str, str]) -> ObjectInfo:
         prefix = "x-object-meta-"
-        meta = {k[len(prefix):].lower(): v for k, v in head.items() if k.lower().startswith(prefix)}
-        return ObjectInfo(key, int(head.get("content-length", 0)),
-                          _unquote_etag(head.get("etag")), meta, _parse_modified(head))
+        meta = {
+            k[len(prefix) :].lower(): v for k, v in head.items() if k.lower().startswith(prefix)
+        }
+        return ObjectInfo(
+            key,
+            int(head.get("content-length", 0)),
+            _unquote_etag(head.get("etag")),
+            meta,
+            _parse_modified(head),
+        )
 
     # -- verbs --------------------------------------------------------------------------
     def stat(self, key: str) -> ObjectInfo:
@@ -361,8 +384,9 @@ class SwiftBackend(Backend):
             headers = {"Range": f"bytes={start}-{end - 1}"}
             if etag:
                 headers["If-Match"] = f'"{etag}"'
-            resp, body = self._conn().get_object(self.container, self._full(key),
-                                                 resp_chunk_size=READ_BLOCK, headers=headers)
+            resp, body = self._conn().get_object(
+                self.container, self._full(key), resp_chunk_size=READ_BLOCK, headers=headers
+            )
             _check_content_range(resp, start, end, key)
             try:
                 for chunk in body:
@@ -385,8 +409,13 @@ class SwiftBackend(Backend):
         try:
             for item in self._listing(self.container, self._full(prefix)):
                 etag = _unquote_etag(item.get("slo_etag") or str(item.get("hash", "")))
-                yield ObjectInfo(item["name"][len(self.prefix):], int(item.get("bytes", 0)),
-                                 etag, {}, _parse_iso(item.get("last_modified")))
+                yield ObjectInfo(
+                    item["name"][len(self.prefix) :],
+                    int(item.get("bytes", 0)),
+                    etag,
+                    {},
+                    _parse_iso(item.get("last_modified")),
+                )
         except GeneratorExit:
             raise
         except Exception as exc:
@@ -396,16 +425,23 @@ class SwiftBackend(Backend):
         """Every object under prefix, page by page (marker pagination)."""
         marker = ""
         while True:
-            _, page = self._conn().get_container(container, marker=marker,
-                                                 prefix=prefix or None)
+            _, page = self._conn().get_container(container, marker=marker, prefix=prefix or None)
             items = [item for item in page if "name" in item]
             if not items:
                 return
             yield from items
             marker = items[-1]["name"]
 
-    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
-            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
+    def put(
+        self,
+        key: str,
+        path: str,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        concurrency: int,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
         size = os.path.getsize(path)
         try:
             self._prepare_containers()
@@ -415,8 +451,7 @@ class SwiftBackend(Backend):
                 etag = self._put_whole(key, path, size, metadata_of(metadata), progress)
                 new: set[str] = set()
             else:
-                etag, new = self._put_slo(key, path, size, segment, metadata, concurrency,
-                                          progress)
+                etag, new = self._put_slo(key, path, size, segment, metadata, concurrency, progress)
         except Exception as exc:
             raise translate(exc, f"upload {key}") from None
         info = self.stat(key)
@@ -425,31 +460,52 @@ class SwiftBackend(Backend):
         self._remove_segments(old - new, concurrency)
         return info
 
-    def _put_whole(self, key: str, path: str, size: int, metadata: dict[str, str],
-                   progress: Progress | None) -> str:
+    def _put_whole(
+        self, key: str, path: str, size: int, metadata: dict[str, str], progress: Progress | None
+    ) -> str:
         md5 = _md5_of(path, 0, size)
         with open(path, "rb") as fh:
             etag = self._conn().put_object(
-                self.container, self._full(key), LengthWrapper(fh, size), content_length=size,
-                etag=md5, content_type=OCTET, headers=_meta_headers(metadata))
+                self.container,
+                self._full(key),
+                LengthWrapper(fh, size),
+                content_length=size,
+                etag=md5,
+                content_type=OCTET,
+                headers=_meta_headers(metadata),
+            )
         if etag != md5:  # Swift checked our md5 (422 otherwise); this guards the proxy path
             raise IntegrityError(f"upload {key}: server ETag {etag} != md5 {md5}")
         if progress:
             progress(size)
         return md5
 
-    def _put_slo(self, key: str, path: str, size: int, segment: int, metadata: Metadata,
-                 concurrency: int, progress: Progress | None) -> tuple[str, set[str]]:
+    def _put_slo(
+        self,
+        key: str,
+        path: str,
+        size: int,
+        segment: int,
+        metadata: Metadata,
+        concurrency: int,
+        progress: Progress | None,
+    ) -> tuple[str, set[str]]:
         lengths = segments(size, segment)
         base = f"{self._full(key)}/slo/{_stamp()}/{size}/{segment}/"
         names = [f"/{self.segment_container}/{base}{i:08d}" for i in range(len(lengths))]
         uploaded: list[str] = []
         try:
-            etags = parallel(lambda i: self._put_segment(
-                path, names[i], i * segment, lengths[i], progress, uploaded),
-                range(len(lengths)), concurrency)
-            manifest = [_segment_entry(n, e, n_bytes)
-                        for n, e, n_bytes in zip(names, etags, lengths, strict=True)]
+            etags = parallel(
+                lambda i: self._put_segment(
+                    path, names[i], i * segment, lengths[i], progress, uploaded
+                ),
+                range(len(lengths)),
+                concurrency,
+            )
+            manifest = [
+                _segment_entry(n, e, n_bytes)
+                for n, e, n_bytes in zip(names, etags, lengths, strict=True)
+            ]
             # The metadata goes with the manifest, so it is asked for only now.
             meta = metadata_of(metadata)
             if "part-size" in meta:
@@ -461,8 +517,15 @@ class SwiftBackend(Backend):
         flat = [_Entry(n, b, e) for n, b, e in zip(names, lengths, etags, strict=True)]
         return slo_etag(flat, lambda e: e.hash), set(names)
 
-    def _put_segment(self, path: str, name: str, offset: int, length: int,
-                     progress: Progress | None, uploaded: list[str]) -> str:
+    def _put_segment(
+        self,
+        path: str,
+        name: str,
+        offset: int,
+        length: int,
+        progress: Progress | None,
+        uploaded: list[str],
+    ) -> str:
         # The md5 is taken from the bytes as they are sent, not in a read beforehand: a
         # segment is not live until the manifest names it, and the manifest is written
         # only once every segment's ETag (Swift's md5 of what it stored) matched ours.
@@ -471,8 +534,9 @@ class SwiftBackend(Backend):
             fh.seek(offset)
             body = LengthWrapper(fh, length, md5=True)
             try:
-                etag = self._conn().put_object(container, obj, body, content_length=length,
-                                               content_type=OCTET)
+                etag = self._conn().put_object(
+                    container, obj, body, content_length=length, content_type=OCTET
+                )
             except Exception:
                 if os.path.getsize(path) < offset + length:  # the body ran out
                     raise IntegrityError(f"{path} shrank while it was being uploaded") from None
@@ -485,21 +549,28 @@ class SwiftBackend(Backend):
             progress(length)
         return md5
 
-    def _put_manifest(self, key: str, manifest: list[dict[str, Any]],
-                      headers: dict[str, str]) -> None:
+    def _put_manifest(
+        self, key: str, manifest: list[dict[str, Any]], headers: dict[str, str]
+    ) -> None:
         # Swift HEADs every segment and refuses the manifest (400) if an etag or size
         # differs, so a segment damaged between its PUT and here never goes live.
         try:
-            self._conn().put_object(self.container, self._full(key), json.dumps(manifest),
-                                    query_string="multipart-manifest=put", headers=headers)
+            self._conn().put_object(
+                self.container,
+                self._full(key),
+                json.dumps(manifest),
+                query_string="multipart-manifest=put",
+                headers=headers,
+            )
         except ClientException as exc:
             if exc.http_status != 400:
                 raise
             body = exc.http_response_content
             text = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
             problems = "; ".join(line for line in text.splitlines()[1:4] if line)
-            raise IntegrityError(f"Swift refused the manifest of {key}: {problems or 'HTTP 400'}") \
-                from None
+            raise IntegrityError(
+                f"Swift refused the manifest of {key}: {problems or 'HTTP 400'}"
+            ) from None
 
     def _prepare_containers(self) -> None:
         """The container must exist; its segments container is made on first use."""
@@ -510,9 +581,10 @@ class SwiftBackend(Backend):
             head = conn.head_container(self.container)
         except ClientException as exc:
             if exc.http_status == 404:
-                raise NotFound(f"Swift container {self.container} does not exist",
-                               hint=f"create it first, e.g. `swift post {self.container}`") \
-                    from None
+                raise NotFound(
+                    f"Swift container {self.container} does not exist",
+                    hint=f"create it first, e.g. `swift post {self.container}`",
+                ) from None
             raise
         try:
             conn.head_container(self.segment_container)
@@ -521,8 +593,9 @@ class SwiftBackend(Backend):
                 raise
             # Same storage policy as the images, as the swift CLI does.
             policy = head.get("x-storage-policy")
-            conn.put_container(self.segment_container,
-                               headers={"X-Storage-Policy": policy} if policy else None)
+            conn.put_container(
+                self.segment_container, headers={"X-Storage-Policy": policy} if policy else None
+            )
         self._containers_ready = True
 
     def _cluster_limits(self) -> tuple[int, int]:
@@ -533,9 +606,10 @@ class SwiftBackend(Backend):
             except Exception:  # noqa: BLE001 - /info may be disabled: assume the defaults
                 caps = {}
             slo = caps.get("slo") or {}
-            self._limits = (int(slo.get("max_manifest_segments", DEFAULT_MAX_SEGMENTS)),
-                            int((caps.get("swift") or {}).get("max_file_size",
-                                                              DEFAULT_MAX_OBJECT)))
+            self._limits = (
+                int(slo.get("max_manifest_segments", DEFAULT_MAX_SEGMENTS)),
+                int((caps.get("swift") or {}).get("max_file_size", DEFAULT_MAX_OBJECT)),
+            )
         return self._limits
 
     def delete(self, key: str) -> None:
@@ -558,8 +632,9 @@ class SwiftBackend(Backend):
             if _is_slo(head):
                 keep = self._copy_slo(src_key, dst_key, head)
             else:  # plain objects; a DLO's copy becomes a plain object of its content
-                self._conn().copy_object(self.container, self._full(src_key),
-                                         f"/{self.container}/{self._full(dst_key)}")
+                self._conn().copy_object(
+                    self.container, self._full(src_key), f"/{self.container}/{self._full(dst_key)}"
+                )
                 keep = set()
         except Exception as exc:
             raise translate(exc, f"copy {src_key} to {dst_key}") from None
@@ -572,19 +647,25 @@ class SwiftBackend(Backend):
         `rm` of either tag never breaks the other."""
         leaves = _leaves(self._manifest_entries(src_key, head))
         if any(leaf.nested for leaf in leaves):
-            raise RegistryClientError(f"copy {src_key}: a nested SLO used through a range "
-                                      "cannot be copied server-side")
+            raise RegistryClientError(
+                f"copy {src_key}: a nested SLO used through a range cannot be copied server-side"
+            )
         self._prepare_containers()
         base = f"{self._full(dst_key)}/slo/{_stamp()}/{head.get('content-length')}/copy/"
-        targets = [f"/{self.segment_container}/{base}{i:08d}" if leaf.name else None
-                   for i, leaf in enumerate(leaves)]
+        targets = [
+            f"/{self.segment_container}/{base}{i:08d}" if leaf.name else None
+            for i, leaf in enumerate(leaves)
+        ]
         jobs = [(leaf, dst) for leaf, dst in zip(leaves, targets, strict=True) if dst]
         copied: list[str] = []
         try:
             parallel(lambda job: self._copy_segment(job[0], job[1], copied), jobs, 8)
-            manifest = [_segment_entry(dst, leaf.hash, leaf.bytes, leaf) if dst else
-                        {"data": base64.b64encode(leaf.data or b"").decode()}
-                        for leaf, dst in zip(leaves, targets, strict=True)]
+            manifest = [
+                _segment_entry(dst, leaf.hash, leaf.bytes, leaf)
+                if dst
+                else {"data": base64.b64encode(leaf.data or b"").decode()}
+                for leaf, dst in zip(leaves, targets, strict=True)
+            ]
             self._put_manifest(dst_key, manifest, _copied_headers(head))
         except Exception:
             self._remove_segments(set(copied), 8)
@@ -643,12 +724,17 @@ class SwiftBackend(Backend):
 
         parallel(remove, sorted(names), max(1, concurrency))
         if failed:
-            log.warning("could not remove %d old segment(s) of %s, e.g. %s",
-                        len(failed), self.container, failed[0])
+            log.warning(
+                "could not remove %d old segment(s) of %s, e.g. %s",
+                len(failed),
+                self.container,
+                failed[0],
+            )
 
     # -- manifests and ETag plans -----------------------------------------------------------
-    def _manifest_entries(self, key: str, head: Mapping[str, str],
-                          strict: bool = True) -> list[_Entry]:
+    def _manifest_entries(
+        self, key: str, head: Mapping[str, str], strict: bool = True
+    ) -> list[_Entry]:
         """The manifest of `key`, pinned to the one HEAD saw; nested SLOs opened."""
         pin = head.get("x-manifest-etag")
         items = self._manifest(self.container, self._full(key), pin)
@@ -666,14 +752,21 @@ class SwiftBackend(Backend):
             return entry  # deleting: take what can be read
         entry.children = [self._open_nested(e, strict, depth + 1) for e in map(_parse_entry, items)]
         if strict and not entry.range and slo_etag(entry.children, lambda e: e.md5) != entry.hash:
-            raise IntegrityError(f"nested manifest {entry.name} changed since its parent "
-                                 "was written; the image is damaged")
+            raise IntegrityError(
+                f"nested manifest {entry.name} changed since its parent "
+                "was written; the image is damaged"
+            )
         return entry
 
     def _manifest(self, container: str, obj: str, pin: str | None) -> list[dict[str, Any]]:
         headers = {"If-Match": pin} if pin else {}
-        head, body = self._conn().get_object(container, obj, query_string="multipart-manifest=get",
-                                             headers=headers, resp_chunk_size=READ_BLOCK)
+        head, body = self._conn().get_object(
+            container,
+            obj,
+            query_string="multipart-manifest=get",
+            headers=headers,
+            resp_chunk_size=READ_BLOCK,
+        )
         try:
             if not _is_slo(head) or int(head.get("content-length", 0)) > MAX_MANIFEST_BYTES:
                 raise IntegrityError(f"/{container}/{obj} is not an SLO manifest any more")
@@ -695,12 +788,18 @@ class SwiftBackend(Backend):
     def _slo_plan(self, info: ObjectInfo, head: Mapping[str, str]) -> EtagPlan:
         entries = self._manifest_entries(info.key, head)
         if slo_etag(entries, lambda e: e.md5) != info.etag:
-            raise IntegrityError(f"{info.key}: its SLO manifest does not add up to its ETag "
-                                 f"{info.etag}; the image is damaged")
+            raise IntegrityError(
+                f"{info.key}: its SLO manifest does not add up to its ETag "
+                f"{info.etag}; the image is damaged"
+            )
         leaves = _leaves(entries)
         if any(leaf.range for leaf in leaves):
-            return EtagPlan([], lambda _: False, verifiable=False,
-                            description="SLO made of parts of segments: no md5 of them to check")
+            return EtagPlan(
+                [],
+                lambda _: False,
+                verifiable=False,
+                description="SLO made of parts of segments: no md5 of them to check",
+            )
         expected = [leaf.md5 for leaf in leaves]
 
         def check(md5s: list[list[bytes]]) -> bool:
@@ -710,8 +809,11 @@ class SwiftBackend(Backend):
             downloaded = iter(got)
             return slo_etag(entries, lambda _leaf: next(downloaded)) == info.etag
 
-        return EtagPlan([[leaf.length for leaf in leaves]], check,
-                        description=f"SLO ETag over {len(leaves)} segment md5s")
+        return EtagPlan(
+            [[leaf.length for leaf in leaves]],
+            check,
+            description=f"SLO ETag over {len(leaves)} segment md5s",
+        )
 
     def _dlo_plan(self, info: ObjectInfo, head: Mapping[str, str]) -> EtagPlan:
         """A DLO's ETag is the md5 of its segments' ETags in listing order (dlo.py)."""
@@ -721,14 +823,22 @@ class SwiftBackend(Backend):
         lengths = [int(i["bytes"]) for i in items]
         computed = hashlib.md5("".join(hashes).encode(), usedforsecurity=False).hexdigest()
         if computed != info.etag or sum(lengths) != info.size:
-            return EtagPlan([], lambda _: False, verifiable=False,
-                            description="DLO whose segment listing does not reproduce its ETag")
-        return EtagPlan([lengths], lambda md5s: [d.hex() for d in md5s[0]] == hashes,
-                        description=f"DLO ETag over {len(items)} segment md5s")
+            return EtagPlan(
+                [],
+                lambda _: False,
+                verifiable=False,
+                description="DLO whose segment listing does not reproduce its ETag",
+            )
+        return EtagPlan(
+            [lengths],
+            lambda md5s: [d.hex() for d in md5s[0]] == hashes,
+            description=f"DLO ETag over {len(items)} segment md5s",
+        )
 
     # -- diagnosis ------------------------------------------------------------------------
-    def _diagnose(self, key: str, etag: str | None, start: int, end: int,
-                  error: RegistryClientError) -> RegistryClientError:
+    def _diagnose(
+        self, key: str, etag: str | None, start: int, end: int, error: RegistryClientError
+    ) -> RegistryClientError:
         """Swift cut a read short: a damaged segment (exit 4), a new version, or a hiccup."""
         try:
             head = self._head(key)
@@ -736,13 +846,15 @@ class SwiftBackend(Backend):
                 return ObjectChanged(f"read {key}: the object changed during the transfer")
             if not _is_slo(head):
                 return error
-            damaged = self._damaged_segment(self._manifest_entries(key, head, strict=False),
-                                            start, end)
+            damaged = self._damaged_segment(
+                self._manifest_entries(key, head, strict=False), start, end
+            )
         except Exception:  # noqa: BLE001 - the original error says more than this probe
             return error
         if damaged:
-            return IntegrityError(f"{key}: {damaged}; the image is damaged in the store",
-                                  hint="push the image again")
+            return IntegrityError(
+                f"{key}: {damaged}; the image is damaged in the store", hint="push the image again"
+            )
         return error
 
     def _damaged_segment(self, entries: list[_Entry], start: int, end: int) -> str | None:
@@ -758,8 +870,10 @@ class SwiftBackend(Backend):
                 if exc.http_status == 404:
                     return f"segment {leaf.name} is missing"
                 raise
-            if (_unquote_etag(seg.get("etag")) != leaf.hash
-                    or int(seg.get("content-length", -1)) != leaf.bytes):
+            if (
+                _unquote_etag(seg.get("etag")) != leaf.hash
+                or int(seg.get("content-length", -1)) != leaf.bytes
+            ):
                 return f"segment {leaf.name} no longer matches its manifest"
         return None
 
@@ -776,5 +890,6 @@ def _check_content_range(head: Mapping[str, str], start: int, end: int, key: str
     if header is None and start == 0 and head.get("content-length") == str(end):
         return  # a 200 for a range that covers the whole object
     if header is None or not header.startswith(f"bytes {start}-{end - 1}/"):
-        raise IntegrityError(f"read {key}: server answered range {header!r}, "
-                             f"asked for {start}-{end - 1}")
+        raise IntegrityError(
+            f"read {key}: server answered range {header!r}, asked for {start}-{end - 1}"
+        )

@@ -37,15 +37,17 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
     if isinstance(exc, RegistryClientError):
         return exc
     if isinstance(exc, ClientException):
-        return _from_status(exc.http_status or 0, exc.http_reason or exc.msg, what,
-                            exc.http_response_headers or {})
+        return _from_status(
+            exc.http_status or 0, exc.http_reason or exc.msg, what, exc.http_response_headers or {}
+        )
     if isinstance(exc, (requests.RequestException, OSError)) or is_transport_error(exc):
         return RemoteUnavailable(f"{what}: {type(exc).__name__}: {first_line(exc)}")
     return RegistryClientError(f"{what}: {type(exc).__name__}")
 
 
-def _from_status(status: int, reason: str, what: str,
-                 headers: Mapping[str, str]) -> RegistryClientError:
+def _from_status(
+    status: int, reason: str, what: str, headers: Mapping[str, str]
+) -> RegistryClientError:
     text = f"{what}: HTTP {status} {reason}".strip() if status else f"{what}: {reason}"
     if status == 404:
         return NotFound(text)
@@ -133,8 +135,11 @@ class SwiftAuth:
     def check(self) -> None:
         """Name what is missing (never a value) before any request is sent."""
         if self.version == "1":
-            need = {"auth_url (ST_AUTH)": self.auth_url, "user (ST_USER)": self.user,
-                    "key (ST_KEY)": self.key}
+            need = {
+                "auth_url (ST_AUTH)": self.auth_url,
+                "user (ST_USER)": self.user,
+                "key (ST_KEY)": self.key,
+            }
         elif self.version == "3":
             need = {"auth_url (OS_AUTH_URL)": self.auth_url}
             if not self.application_credential_id:
@@ -143,17 +148,22 @@ class SwiftAuth:
             else:
                 need["application_credential_secret"] = self.application_credential_secret
         else:
-            need = {"storage_url (OS_STORAGE_URL)": self.storage_url,
-                    "auth_token (OS_AUTH_TOKEN)": self.auth_token}
+            need = {
+                "storage_url (OS_STORAGE_URL)": self.storage_url,
+                "auth_token (OS_AUTH_TOKEN)": self.auth_token,
+            }
         missing = [name for name, value in need.items() if not value]
         if missing:
-            raise AuthError(f"Swift credentials incomplete: missing {', '.join(missing)}",
-                            hint="set ST_AUTH/ST_USER/ST_KEY, the OS_* variables of an "
-                                 "openrc file, or the same keys in the remote's config")
+            raise AuthError(
+                f"Swift credentials incomplete: missing {', '.join(missing)}",
+                hint="set ST_AUTH/ST_USER/ST_KEY, the OS_* variables of an "
+                "openrc file, or the same keys in the remote's config",
+            )
 
 
-def _setting(options: Mapping[str, Any], env: Mapping[str, str], name: str,
-             env_names: Sequence[str]) -> str:
+def _setting(
+    options: Mapping[str, Any], env: Mapping[str, str], name: str, env_names: Sequence[str]
+) -> str:
     if options.get(name) not in (None, ""):
         return str(options[name])
     return next((env[n] for n in env_names if env.get(n)), "")
@@ -183,8 +193,10 @@ def _normalize_version(text: str) -> str:
         return "1"
     if value in ("3", "3.0"):
         return "3"
-    raise ConfigError(f"Swift auth_version {text!r} is not supported",
-                      hint="use 1 (tempauth/swauth) or 3 (Keystone v3)")
+    raise ConfigError(
+        f"Swift auth_version {text!r} is not supported",
+        hint="use 1 (tempauth/swauth) or 3 (Keystone v3)",
+    )
 
 
 def authenticate(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[str, str]:
@@ -192,8 +204,13 @@ def authenticate(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[s
     if auth.version == "1":
         try:
             url, token = swift_client.get_auth_1_0(
-                auth.auth_url, auth.user, auth.key, timeout=timeout,
-                insecure=verify is False, cacert=verify if isinstance(verify, str) else None)
+                auth.auth_url,
+                auth.user,
+                auth.key,
+                timeout=timeout,
+                insecure=verify is False,
+                cacert=verify if isinstance(verify, str) else None,
+            )
         except Exception as exc:
             raise translate(exc, f"Swift auth at {auth.auth_url}") from None
     else:
@@ -205,8 +222,13 @@ def keystone_v3(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[st
     """POST /v3/auth/tokens; the object-store endpoint comes from the service catalog."""
     where = f"Keystone at {auth.auth_url}"
     try:
-        resp = requests.post(_tokens_url(auth.auth_url), json=_v3_body(auth), timeout=timeout,
-                             verify=verify, headers={"Accept": "application/json"})
+        resp = requests.post(
+            _tokens_url(auth.auth_url),
+            json=_v3_body(auth),
+            timeout=timeout,
+            verify=verify,
+            headers={"Accept": "application/json"},
+        )
     except requests.RequestException as exc:
         raise RemoteUnavailable(f"{where}: {type(exc).__name__}") from None
     if resp.status_code not in (200, 201):
@@ -218,9 +240,11 @@ def keystone_v3(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[st
         catalog = []
     url = auth.storage_url or _object_store_url(catalog, auth.region_name, auth.interface)
     if not token or not url:
-        raise AuthError(f"{where} returned no token or no {auth.interface} object-store "
-                        f"endpoint{' in ' + auth.region_name if auth.region_name else ''}",
-                        hint="set region_name / OS_REGION_NAME, or storage_url")
+        raise AuthError(
+            f"{where} returned no token or no {auth.interface} object-store "
+            f"endpoint{' in ' + auth.region_name if auth.region_name else ''}",
+            hint="set region_name / OS_REGION_NAME, or storage_url",
+        )
     return url, token
 
 
@@ -231,8 +255,10 @@ def _tokens_url(auth_url: str) -> str:
 
 def _v3_body(auth: SwiftAuth) -> dict[str, Any]:
     if auth.application_credential_id:
-        credential = {"id": auth.application_credential_id,
-                      "secret": auth.application_credential_secret}
+        credential = {
+            "id": auth.application_credential_id,
+            "secret": auth.application_credential_secret,
+        }
         identity = {"methods": ["application_credential"], "application_credential": credential}
         return {"auth": {"identity": identity}}  # an application credential is pre-scoped
     user: dict[str, Any] = {"password": auth.password}
@@ -245,8 +271,12 @@ def _v3_body(auth: SwiftAuth) -> dict[str, Any]:
     if auth.project_id:
         body["scope"] = {"project": {"id": auth.project_id}}
     elif auth.project_name:
-        body["scope"] = {"project": {"name": auth.project_name, "domain": _domain(
-            auth.project_domain_id, auth.project_domain_name)}}
+        body["scope"] = {
+            "project": {
+                "name": auth.project_name,
+                "domain": _domain(auth.project_domain_id, auth.project_domain_name),
+            }
+        }
     return {"auth": body}
 
 
@@ -295,8 +325,10 @@ class TokenStore:
         with self._lock:
             if not self.token or self.generation <= refused:
                 if not self.auth.renewable:
-                    raise AuthError("the Swift token was refused and no credentials are set "
-                                    "to get a new one", hint="refresh OS_AUTH_TOKEN")
+                    raise AuthError(
+                        "the Swift token was refused and no credentials are set to get a new one",
+                        hint="refresh OS_AUTH_TOKEN",
+                    )
                 self._authenticate()
             return self.url, self.token, self.generation
 
@@ -313,8 +345,9 @@ class SwiftConnection(Connection):
         # swiftclient retries a 401 (once) only if it believes it holds credentials; the
         # real ones stay in the store, these markers just say "renewable".
         marker = "registry-client" if tokens.auth.renewable else None
-        super().__init__(authurl=marker, user=marker, key=marker, retries=0,
-                         starting_backoff=0, **kwargs)
+        super().__init__(
+            authurl=marker, user=marker, key=marker, retries=0, starting_backoff=0, **kwargs
+        )
         self._tokens = tokens
         self._generation: int | None = None  # of the token in self.token
 
@@ -331,11 +364,14 @@ class SwiftConnection(Connection):
             self.url, self.token, self._generation = self._tokens.renew(self._generation)
         return self.url, self.token
 
-    def put_object(self, container: str, obj: str, contents: Any,  # type: ignore[override]
-                   **kwargs: Any) -> str:
+    def put_object(
+        self,
+        container: str,
+        obj: str,
+        contents: Any,  # type: ignore[override]
+        **kwargs: Any,
+    ) -> str:
         # swiftclient rewinds a file body only when retries > 0; ours is re-sent once,
         # after a 401 and a new token.
         reset = contents.reset if isinstance(contents, LengthWrapper) else None
         return self._retry(reset, swift_client.put_object, container, obj, contents, **kwargs)
-
-

@@ -57,8 +57,9 @@ class CacheEntry:
 
 
 class Cache:
-    def __init__(self, root: str | os.PathLike[str], *, shared: bool = False,
-                 locking: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, shared: bool = False, locking: bool = True
+    ) -> None:
         self.root = Path(root).absolute()
         self.base = self.root / LAYOUT
         self.shared = shared
@@ -83,17 +84,21 @@ class Cache:
         except PermissionError as exc:
             from registry_client.errors import AuthError
 
-            raise AuthError(f"cannot write the cache at {self.root}: permission denied "
-                            f"({exc.strerror})",
-                            hint="choose another with --cache-dir") from None
+            raise AuthError(
+                f"cannot write the cache at {self.root}: permission denied ({exc.strerror})",
+                hint="choose another with --cache-dir",
+            ) from None
         finally:
             os.umask(old)
         self._ready = True
 
     def _share_folders(self) -> None:
         """mkdir drops the setgid bit and leaves parents at the umask: set modes ourselves."""
-        folders = [self.base, self.base / "sif", *(self.base / d for d in
-                   ("sif/sha256", "refs", "etags", "tmp", "locks"))]
+        folders = [
+            self.base,
+            self.base / "sif",
+            *(self.base / d for d in ("sif/sha256", "refs", "etags", "tmp", "locks")),
+        ]
         for folder in folders:
             st = folder.stat()
             if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) != self._dir_mode:
@@ -165,14 +170,16 @@ class Cache:
     def _ref_path(self, remote_id: str, collection: str, name: str, tag: str) -> Path:
         return self.base / "refs" / remote_id / collection / name / f"{tag}.json"
 
-    def record_ref(self, remote_id: str, collection: str, name: str, tag: str,
-                   record: dict[str, Any]) -> None:
+    def record_ref(
+        self, remote_id: str, collection: str, name: str, tag: str, record: dict[str, Any]
+    ) -> None:
         path = self._ref_path(remote_id, collection, name, tag)
         path.parent.mkdir(parents=True, exist_ok=True, mode=self._dir_mode)
         self._write_atomic(path, json.dumps(record, sort_keys=True).encode())
 
-    def resolve_ref(self, remote_id: str, collection: str, name: str,
-                    tag: str) -> dict[str, Any] | None:
+    def resolve_ref(
+        self, remote_id: str, collection: str, name: str, tag: str
+    ) -> dict[str, Any] | None:
         try:
             data = json.loads(self._ref_path(remote_id, collection, name, tag).read_bytes())
         except (OSError, ValueError):
@@ -203,8 +210,7 @@ class Cache:
         return self.base / "locks" / f"{name}.lock"
 
     @contextlib.contextmanager
-    def lock(self, lock_id: str,
-             on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+    def lock(self, lock_id: str, on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
         """Hold the work lock of one object version; yield whether locking is on."""
         if not self.locking:
             yield False
@@ -273,8 +279,7 @@ class Cache:
             for path in sorted(folder.glob("*.sif" if kind == "sif" else "*")):
                 with contextlib.suppress(FileNotFoundError):
                     st = path.stat()
-                    found.append(CacheEntry(path.stem, path, st.st_size, st.st_atime,
-                                            st.st_mtime))
+                    found.append(CacheEntry(path.stem, path, st.st_size, st.st_atime, st.st_mtime))
         return found
 
     def refs(self) -> Iterator[dict[str, Any]]:
@@ -316,6 +321,8 @@ def raise_for_os_error(exc: OSError, what: str) -> RegistryClientError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return AuthError(f"{what}: permission denied ({exc.strerror})")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return RegistryClientError(f"{what}: no space left on device",
-                                   hint="free space or use --cache-dir on a larger disk")
+        return RegistryClientError(
+            f"{what}: no space left on device",
+            hint="free space or use --cache-dir on a larger disk",
+        )
     return RegistryClientError(f"{what}: {exc.strerror or exc}")

@@ -64,8 +64,12 @@ class Globals:
 
         config = self.config()
         cache = node_cache(config, self.cache_dir)
-        return Context(config=config, cache=cache, reporter=self.reporter(),
-                       **transfer_settings(config.settings.get("transfer")))
+        return Context(
+            config=config,
+            cache=cache,
+            reporter=self.reporter(),
+            **transfer_settings(config.settings.get("transfer")),
+        )
 
 
 def transfer_settings(table: Any) -> dict[str, Any]:
@@ -77,9 +81,12 @@ def transfer_settings(table: Any) -> dict[str, Any]:
     if table is None:
         return {}
     default = TransferSettings()
-    settings: dict[str, Any] = {"transfer": TransferSettings(
-        chunk_size=table.get("chunk_size", default.chunk_size),
-        concurrency=table.get("concurrency", default.concurrency))}
+    settings: dict[str, Any] = {
+        "transfer": TransferSettings(
+            chunk_size=table.get("chunk_size", default.chunk_size),
+            concurrency=table.get("concurrency", default.concurrency),
+        )
+    }
     for key in ("part_size", "push_concurrency"):
         if key in table:
             settings[key] = table[key]
@@ -103,25 +110,30 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_callback(
     ctx: typer.Context,
-    config: str | None = typer.Option(None, "--config", envvar="REGISTRY_CLIENT_CONFIG",
-                                      help="Config file (TOML)."),
+    config: str | None = typer.Option(
+        None, "--config", envvar="REGISTRY_CLIENT_CONFIG", help="Config file (TOML)."
+    ),
     cache_dir: str | None = typer.Option(
-        None, "--cache-dir", help="Node cache root [env REGISTRY_CLIENT_CACHE_DIR]."),
+        None, "--cache-dir", help="Node cache root [env REGISTRY_CLIENT_CACHE_DIR]."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors on stderr."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Logs and tracebacks."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout for every command."),
-    progress: bool | None = typer.Option(None, "--progress/--no-progress",
-                                            help="Progress bars on stderr (default: if a TTY)."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Show the version and exit."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars on stderr (default: if a TTY)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """Push SIF images to S3/Swift buckets and pull them into a verified node cache."""
     ctx.obj = Globals(config, cache_dir, quiet, verbose, as_json, progress)
     if verbose:
         import logging
 
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        )
         for noisy in ("botocore", "urllib3", "boto3", "s3transfer", "swiftclient"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -130,12 +142,17 @@ def main_callback(
 
 
 # docker://, library:// and shub:// (registry_client.fetch); env and config fill the gaps.
-ArchOpt = typer.Option(None, "--arch", help="Architecture for docker:// and library:// "
-                       "(amd64, arm64, arm/v7; default: this node's).")
-LibraryUrlOpt = typer.Option(None, "--library-url", help="Library API for library:// "
-                             "[env REGISTRY_CLIENT_LIBRARY_URL].")
-ShubUrlOpt = typer.Option(None, "--shub-url", help="Singularity Hub API for shub:// "
-                          "[env REGISTRY_CLIENT_SHUB_URL].")
+ArchOpt = typer.Option(
+    None,
+    "--arch",
+    help="Architecture for docker:// and library:// (amd64, arm64, arm/v7; default: this node's).",
+)
+LibraryUrlOpt = typer.Option(
+    None, "--library-url", help="Library API for library:// [env REGISTRY_CLIENT_LIBRARY_URL]."
+)
+ShubUrlOpt = typer.Option(
+    None, "--shub-url", help="Singularity Hub API for shub:// [env REGISTRY_CLIENT_SHUB_URL]."
+)
 
 
 @app.command()
@@ -159,8 +176,14 @@ def pull(
     if isinstance(parsed, FetcherRef):
         from registry_client.fetch import FetchOptions, pull_fetcher
 
-        result = pull_fetcher(context, parsed, output=output, force=force, offline=offline,
-                              options=FetchOptions(arch, library_url, shub_url))
+        result = pull_fetcher(
+            context,
+            parsed,
+            output=output,
+            force=force,
+            offline=offline,
+            options=FetchOptions(arch, library_url, shub_url),
+        )
     else:
         result = do_pull(context, parsed, output=output, force=force, offline=offline)
     _emit(ctx, as_json, result.to_dict(), result.path)
@@ -247,8 +270,12 @@ def rm(ctx: typer.Context, ref: str = typer.Argument(...), as_json: bool = JsonO
 
 
 @app.command()
-def tag(ctx: typer.Context, src: str = typer.Argument(...), dst: str = typer.Argument(...),
-        as_json: bool = JsonOpt) -> None:
+def tag(
+    ctx: typer.Context,
+    src: str = typer.Argument(...),
+    dst: str = typer.Argument(...),
+    as_json: bool = JsonOpt,
+) -> None:
     """New tag for the same content (server-side copy)."""
     from registry_client.names import parse_image_ref
     from registry_client.service import tag as do_tag
@@ -258,8 +285,11 @@ def tag(ctx: typer.Context, src: str = typer.Argument(...), dst: str = typer.Arg
 
 
 @app.command()
-def inspect(ctx: typer.Context, target: str = typer.Argument(..., help="REF or FILE"),
-            as_json: bool = JsonOpt) -> None:
+def inspect(
+    ctx: typer.Context,
+    target: str = typer.Argument(..., help="REF or FILE"),
+    as_json: bool = JsonOpt,
+) -> None:
     """SIF global header, descriptors, labels, digest."""
     from registry_client.describe import describe, format_description
 
@@ -338,8 +368,15 @@ def cache_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     refs: dict[str, list[str]] = {}
     for rec in cache.refs():
         refs.setdefault(str(rec.get("sha256")), []).append(str(rec.get("ref")))
-    rows = [{"digest": f"sha256:{e.sha256}", "size": e.size, "path": str(e.path),
-             "refs": sorted(refs.get(e.sha256, []))} for e in cache.entries()]
+    rows = [
+        {
+            "digest": f"sha256:{e.sha256}",
+            "size": e.size,
+            "path": str(e.path),
+            "refs": sorted(refs.get(e.sha256, [])),
+        }
+        for e in cache.entries()
+    ]
     text_rows = [{**r, "refs": ",".join(r["refs"]) or "-"} for r in rows]
     _emit(ctx, as_json, rows, _table(text_rows, ("digest", "size", "refs", "path")))
 
@@ -362,18 +399,20 @@ def cache_verify(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     lines = [f"{b['digest']}: damaged, moved to {b['moved_to']}" for b in report.bad]
     _emit(ctx, as_json, report.to_dict(), "\n".join(lines) or None)
     if report.bad:
-        raise IntegrityError(f"{len(report.bad)} of {report.checked} cached images were "
-                             "damaged and quarantined")
+        raise IntegrityError(
+            f"{len(report.bad)} of {report.checked} cached images were damaged and quarantined"
+        )
 
 
 @cache_app.command("prune")
 def cache_prune(
     ctx: typer.Context,
-    max_age: str | None = typer.Option(None, "--max-age",
-                                       help="Remove images unused for this long (30d, 12h)."),
-    max_size: str | None = typer.Option(None, "--max-size",
-                                        help="Then remove least-recently used down to this "
-                                             "total (20G, 500M)."),
+    max_age: str | None = typer.Option(
+        None, "--max-age", help="Remove images unused for this long (30d, 12h)."
+    ),
+    max_size: str | None = typer.Option(
+        None, "--max-size", help="Then remove least-recently used down to this total (20G, 500M)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Remove old or excess images (never one a running pull holds) and stale temp files."""
@@ -395,8 +434,9 @@ def cache_prune(
 def remote_add(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Remote name."),
-    url: str = typer.Argument(..., help="s3://BUCKET[/PREFIX], swift://CONTAINER[/PREFIX] "
-                                        "or file:///DIR"),
+    url: str = typer.Argument(
+        ..., help="s3://BUCKET[/PREFIX], swift://CONTAINER[/PREFIX] or file:///DIR"
+    ),
     endpoint_url: str | None = typer.Option(None, "--endpoint-url"),
     region: str | None = typer.Option(None, "--region"),
     profile: str | None = typer.Option(None, "--profile"),
@@ -409,9 +449,19 @@ def remote_add(
     from registry_client.remote_admin import add_remote
 
     extra = _parse_labels(option)
-    remote = add_remote(_g(ctx).config(), name, url, default=default, options={
-        "endpoint_url": endpoint_url, "region": region, "profile": profile,
-        "auth_url": auth_url, **extra})
+    remote = add_remote(
+        _g(ctx).config(),
+        name,
+        url,
+        default=default,
+        options={
+            "endpoint_url": endpoint_url,
+            "region": region,
+            "profile": profile,
+            "auth_url": auth_url,
+            **extra,
+        },
+    )
     _emit(ctx, as_json, remote.public(), None)
 
 
@@ -421,14 +471,14 @@ def remote_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     from registry_client.remote_admin import list_remotes
 
     rows = list_remotes(_g(ctx).config())
-    text_rows = [{**r, "location": r.get("bucket") or r.get("path") or r.get("container")}
-                 for r in rows]
+    text_rows = [
+        {**r, "location": r.get("bucket") or r.get("path") or r.get("container")} for r in rows
+    ]
     _emit(ctx, as_json, rows, _table(text_rows, ("name", "type", "location", "default")))
 
 
 @remote_app.command("rm")
-def remote_rm(ctx: typer.Context, name: str = typer.Argument(...),
-              as_json: bool = JsonOpt) -> None:
+def remote_rm(ctx: typer.Context, name: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
     """Remove a named remote."""
     from registry_client.remote_admin import remove_remote
 
@@ -466,8 +516,11 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print_error(RegistryClientError(f"unexpected {type(exc).__name__}: {exc}",
-                                        hint="run with -v for a traceback"))
+        print_error(
+            RegistryClientError(
+                f"unexpected {type(exc).__name__}: {exc}", hint="run with -v for a traceback"
+            )
+        )
         return 1
     if code == 130:
         print_error(Interrupted("interrupted"))

@@ -196,8 +196,11 @@ def node_cache(config: Config, cache_dir: str | None = None) -> Cache:
     root = cache_dir or os.environ.get(ENV_CACHE) or config.settings.get("cache_dir")
     table = config.settings.get("cache")
     options: dict[str, Any] = table if isinstance(table, dict) else {}
-    return Cache(Path(root).expanduser() if root else default_cache_dir(),
-                 shared=bool(options.get("shared", False)), locking=_locking_enabled(options))
+    return Cache(
+        Path(root).expanduser() if root else default_cache_dir(),
+        shared=bool(options.get("shared", False)),
+        locking=_locking_enabled(options),
+    )
 
 
 def _locking_enabled(cache_options: dict[str, Any]) -> bool:
@@ -210,9 +213,13 @@ def _locking_enabled(cache_options: dict[str, Any]) -> bool:
 def check_transfer(table: Any) -> None:
     """[transfer] holds positive integers (bytes or counts): checked by every command that
     opens the cache, cache hits included, so a bad value fails the same way everywhere."""
-    if table is not None and (not isinstance(table, dict) or not all(
+    if table is not None and (
+        not isinstance(table, dict)
+        or not all(
             isinstance(table.get(k, 1), int) and table.get(k, 1) > 0
-            for k in ("chunk_size", "concurrency", "part_size", "push_concurrency"))):
+            for k in ("chunk_size", "concurrency", "part_size", "push_concurrency")
+        )
+    ):
         raise ConfigError("[transfer] values must be positive integers (bytes or counts)")
 
 

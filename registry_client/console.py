@@ -15,12 +15,12 @@ from registry_client.reporting import Reporter
 
 
 class ConsoleReporter(Reporter):
-    def __init__(self, *, quiet: bool = False, verbose: bool = False,
-                 progress: bool | None = None) -> None:
+    def __init__(
+        self, *, quiet: bool = False, verbose: bool = False, progress: bool | None = None
+    ) -> None:
         self.quiet = quiet
         self.verbose = verbose
-        self.show_progress = (not quiet) and (sys.stderr.isatty() if progress is None
-                                              else progress)
+        self.show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -44,8 +44,11 @@ class ConsoleReporter(Reporter):
         )
 
         columns = (
-            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-            TransferSpeedColumn(), TimeRemainingColumn(),
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
         )
         console = Console(stderr=True, force_terminal=True if self.show_progress else None)
         with Progress(*columns, console=console, transient=False) as bar:

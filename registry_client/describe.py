@@ -62,8 +62,11 @@ def describe_file(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise NotFound(f"{path}: no such file")
     digest = hash_file(path)
-    data: dict[str, Any] = {"source": os.path.abspath(path), "size": digest.size,
-                            "digest": f"sha256:{digest.sha256}"}
+    data: dict[str, Any] = {
+        "source": os.path.abspath(path),
+        "size": digest.size,
+        "digest": f"sha256:{digest.sha256}",
+    }
     return {**data, **_sif_part(path)}
 
 
@@ -75,8 +78,11 @@ def describe_remote(ctx: Any, ref: ImageRef) -> dict[str, Any]:
     try:
         info = stat_image(backend, ref)
         record = image_record(info, ref)
-        data = {"source": f"{backend.location}{info.key}", **record,
-                "metadata": dict(info.metadata)}
+        data = {
+            "source": f"{backend.location}{info.key}",
+            **record,
+            "metadata": dict(info.metadata),
+        }
         return {**data, **_sif_part(RangeReader(backend, info))}
     finally:
         backend.close()
@@ -105,6 +111,8 @@ def format_description(data: dict[str, Any]) -> str:
     lines.append("descriptors:")
     for d in image.get("descriptors", []):
         extra = json.dumps(d.get("extra")) if d.get("extra") else ""
-        lines.append(f"  {d.get('id'):>3}  {d.get('datatype_name', d.get('datatype')):<22} "
-                     f"{d.get('size'):>12}  {d.get('name', '')}  {extra}".rstrip())
+        lines.append(
+            f"  {d.get('id'):>3}  {d.get('datatype_name', d.get('datatype')):<22} "
+            f"{d.get('size'):>12}  {d.get('name', '')}  {extra}".rstrip()
+        )
     return "\n".join(lines)

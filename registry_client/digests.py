@@ -169,17 +169,24 @@ def s3_etag_plan(info: ObjectInfo) -> EtagPlan:
     def check(md5s: list[list[bytes]]) -> bool:
         return any(s3_multipart_etag(m) == etag for m in md5s)
 
-    return EtagPlan([segments(info.size, p) for p in first], check,
-                    description=f"multipart etag over {parts} parts",
-                    more_schemes=[segments(info.size, p) for p in rest])
+    return EtagPlan(
+        [segments(info.size, p) for p in first],
+        check,
+        description=f"multipart etag over {parts} parts",
+        more_schemes=[segments(info.size, p) for p in rest],
+    )
 
 
 def _is_md5_hex(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
-def hash_file(path: str, schemes: Sequence[Sequence[int]] = (), block: int = 4 * MiB,
-              stop: threading.Event | None = None) -> DigestResult:
+def hash_file(
+    path: str,
+    schemes: Sequence[Sequence[int]] = (),
+    block: int = 4 * MiB,
+    stop: threading.Event | None = None,
+) -> DigestResult:
     """One sequential pass over a local file; `stop` abandons it (HashingStopped)."""
     digester = Digester(schemes)
     buf = bytearray(block)

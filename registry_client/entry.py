@@ -87,13 +87,18 @@ def parse_fast_pull(args: list[str]) -> FastPull | None:
         elif args[i] not in _STDERR_FLAGS:
             return None
         i += 1
-    rest = args[i + 1:]
+    rest = args[i + 1 :]
     refs = [a for a in rest if not a.startswith("-")]
     flags = {a for a in rest if a.startswith("-")}
     if i == len(args) or len(refs) != 1 or not flags <= _PULL_FLAGS:
         return None
-    return FastPull(refs[0], "--offline" in flags, as_json or "--json" in flags,
-                    values.get("--config"), values.get("--cache-dir"))
+    return FastPull(
+        refs[0],
+        "--offline" in flags,
+        as_json or "--json" in flags,
+        values.get("--config"),
+        values.get("--cache-dir"),
+    )
 
 
 def _fast_pull(args: list[str]) -> int | None:

@@ -67,8 +67,9 @@ class RemoteUnavailable(RegistryClientError):
     exit_code = 6
     retryable = True
 
-    def __init__(self, message: str, *, hint: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
 

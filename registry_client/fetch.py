@@ -84,9 +84,15 @@ class Fetcher(abc.ABC):
 # -- the pull -----------------------------------------------------------------------------
 
 
-def pull_fetcher(ctx: Context, ref: FetcherRef, *, output: str | None = None,
-                 force: bool = False, offline: bool = False,
-                 options: FetchOptions | None = None) -> PullResult:
+def pull_fetcher(
+    ctx: Context,
+    ref: FetcherRef,
+    *,
+    output: str | None = None,
+    force: bool = False,
+    offline: bool = False,
+    options: FetchOptions | None = None,
+) -> PullResult:
     from registry_client.service import place_output
 
     fetcher = open_fetcher(ctx, ref, options or FetchOptions())
@@ -94,8 +100,9 @@ def pull_fetcher(ctx: Context, ref: FetcherRef, *, output: str | None = None,
         result = None if force else _from_cache(ctx, fetcher, offline)
         if result is None:
             if offline:
-                raise NotFound(f"{fetcher.text} is not in the cache",
-                               hint="pull it once without --offline")
+                raise NotFound(
+                    f"{fetcher.text} is not in the cache", hint="pull it once without --offline"
+                )
             result = _pull(ctx, fetcher, force)
     finally:
         fetcher.close()
@@ -125,21 +132,21 @@ def _pull(ctx: Context, fetcher: Fetcher, force: bool) -> PullResult:
 
     hit = cached()
     if hit is None:
-        with ctx.cache.lock(short_id(*version.key), on_wait=lambda who: ctx.reporter.info(
-                f"waiting for {who} to pull {fetcher.text}")):
+        with ctx.cache.lock(
+            short_id(*version.key),
+            on_wait=lambda who: ctx.reporter.info(f"waiting for {who} to pull {fetcher.text}"),
+        ):
             hit = cached()
             if hit is None:
                 path, sha, checks = _produce(ctx, fetcher, version)
                 # Recorded before the lock goes, so the pulls waiting for it find the image.
                 _remember(ctx, fetcher, version, sha)
-                return PullResult(fetcher.text, str(path), sha, path.stat().st_size, False,
-                                  checks)
+                return PullResult(fetcher.text, str(path), sha, path.stat().st_size, False, checks)
     _remember(ctx, fetcher, version, hit.sha256)
     return hit
 
 
-def _produce(ctx: Context, fetcher: Fetcher,
-             version: Version) -> tuple[Path, str, tuple[str, ...]]:
+def _produce(ctx: Context, fetcher: Fetcher, version: Version) -> tuple[Path, str, tuple[str, ...]]:
     ctx.cache.clean_dead_temps()
     try:
         with ctx.cache.temp_file(fetcher.scheme) as tmp:
@@ -152,8 +159,11 @@ def _produce(ctx: Context, fetcher: Fetcher,
 def _remember(ctx: Context, fetcher: Fetcher, version: Version, sha: str) -> None:
     for key in (version.key, *version.aliases):
         ctx.cache.record_etag(sha, *key)
-    ctx.cache.record_ref(fetcher.remote_id, *fetcher.slot(), {
-        "ref": fetcher.text, "sha256": sha, "pulled": time.time(), **version.record})
+    ctx.cache.record_ref(
+        fetcher.remote_id,
+        *fetcher.slot(),
+        {"ref": fetcher.text, "sha256": sha, "pulled": time.time(), **version.record},
+    )
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -168,8 +178,10 @@ def _setting(ctx: Context, section: str, key: str) -> str | None:
     if value and key == "token":
         mode = stat.S_IMODE(os.stat(ctx.config.path).st_mode)
         if mode & 0o077:
-            raise ConfigError(f"{ctx.config.path} holds a secret but is readable by others",
-                              hint=f"run: chmod 600 {ctx.config.path}")
+            raise ConfigError(
+                f"{ctx.config.path} holds a secret but is readable by others",
+                hint=f"run: chmod 600 {ctx.config.path}",
+            )
     return value or None
 
 
@@ -191,7 +203,10 @@ def _library_client(ctx: Context, options: FetchOptions) -> Any:
 
 def open_fetcher(ctx: Context, ref: FetcherRef, options: FetchOptions) -> Fetcher:
     kinds: dict[str, Callable[[Context, str, FetchOptions], Fetcher]] = {
-        "docker": DockerFetcher, "library": LibraryFetcher, "shub": ShubFetcher}
+        "docker": DockerFetcher,
+        "library": LibraryFetcher,
+        "shub": ShubFetcher,
+    }
     if ref.scheme not in kinds:
         raise UsageError(f"{ref.scheme}:// is not a fetcher")
     return kinds[ref.scheme](ctx, ref.body, options)
@@ -215,8 +230,11 @@ class LibraryFetcher(Fetcher):
         self.record: Any = None
 
     def slot(self) -> tuple[str, str, str]:
-        return (f"{self.ref.entity}+{self.ref.collection}", self.ref.container,
-                f"{self.ref.tag}~{self.arch}")
+        return (
+            f"{self.ref.entity}+{self.ref.collection}",
+            self.ref.container,
+            f"{self.ref.tag}~{self.arch}",
+        )
 
     def pinned(self, cache: Any) -> str | None:
         return self.ref.pinned_sha256
@@ -224,17 +242,28 @@ class LibraryFetcher(Fetcher):
     def resolve(self) -> Version:
         from registry_client.retry import retry_call
 
-        self.record = retry_call(f"library image {self.ref}",
-                                 lambda: self.client.image(self.ref, self.arch))
-        return Version(("library", self.client.base, self.record.sha256), self.record.sha256,
-                       {"arch": self.arch, "size": self.record.size})
+        self.record = retry_call(
+            f"library image {self.ref}", lambda: self.client.image(self.ref, self.arch)
+        )
+        return Version(
+            ("library", self.client.base, self.record.sha256),
+            self.record.sha256,
+            {"arch": self.arch, "size": self.record.size},
+        )
 
     def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
         from registry_client.backends import library
 
         with _progress(ctx, f"pull {self.text}", self.record.size) as advance:
-            return library.download(self.client, self.ref, self.arch, self.record, dest,
-                                    settings=ctx.transfer, progress=advance)
+            return library.download(
+                self.client,
+                self.ref,
+                self.arch,
+                self.record,
+                dest,
+                settings=ctx.transfer,
+                progress=advance,
+            )
 
     def close(self) -> None:
         self.client.close()
@@ -260,23 +289,27 @@ class ShubFetcher(Fetcher):
 
     def pinned(self, cache: Any) -> str | None:
         version = self.ref.version
-        return cache.resolve_etag(*self._key(version)) if version and len(version) == 32 \
-            else None
+        return cache.resolve_etag(*self._key(version)) if version and len(version) == 32 else None
 
     def resolve(self) -> Version:
         from registry_client.retry import retry_call
 
-        self.manifest = retry_call(f"shub manifest {self.ref}",
-                                   lambda: self.client.manifest(self.ref))
-        return Version(self._key(self.manifest.md5), None,
-                       {"version": self.manifest.md5, "commit": self.manifest.commit})
+        self.manifest = retry_call(
+            f"shub manifest {self.ref}", lambda: self.client.manifest(self.ref)
+        )
+        return Version(
+            self._key(self.manifest.md5),
+            None,
+            {"version": self.manifest.md5, "commit": self.manifest.commit},
+        )
 
     def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
         from registry_client.backends import shub
 
         with _progress(ctx, f"pull {self.text}", 0) as advance:
-            return shub.download(self.client, self.ref, self.manifest, dest,
-                                 settings=ctx.transfer, progress=advance)
+            return shub.download(
+                self.client, self.ref, self.manifest, dest, settings=ctx.transfer, progress=advance
+            )
 
     def close(self) -> None:
         self.client.close()
@@ -313,26 +346,36 @@ class DockerFetcher(Fetcher):
         from registry_client.retry import retry_call
 
         self.client = self.client or docker.RegistryClient(self.ref)
-        self.resolved = retry_call(f"manifest of {self.ref}",
-                                   lambda: self.client.resolve(self.platform))
+        self.resolved = retry_call(
+            f"manifest of {self.ref}", lambda: self.client.resolve(self.platform)
+        )
         r = self.resolved
         aliases = (self._key(r.index_digest),) if r.index_digest else ()
-        return Version(self._key(r.manifest_digest), None,
-                       {"manifest": r.manifest_digest, "index": r.index_digest,
-                        "platform": str(self.platform)}, aliases)
+        return Version(
+            self._key(r.manifest_digest),
+            None,
+            {
+                "manifest": r.manifest_digest,
+                "index": r.index_digest,
+                "platform": str(self.platform),
+            },
+            aliases,
+        )
 
     def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
         from registry_client.digests import hash_file
         from registry_client.retry import retry_call
         from registry_client.sifbuild import BuildSpec, build_sif, remove_tree
 
-        image = retry_call(f"config of {self.ref}",
-                           lambda: self.client.config_json(self.resolved.config))
+        image = retry_call(
+            f"config of {self.ref}", lambda: self.client.config_json(self.resolved.config)
+        )
         layers = self._layers(ctx)
         work = _work_dir(ctx)
         try:
-            spec = BuildSpec(layers, image, self.text, self.resolved.pinned_ref,
-                             self.platform.architecture)
+            spec = BuildSpec(
+                layers, image, self.text, self.resolved.pinned_ref, self.platform.architecture
+            )
             build_sif(spec, work, dest, ctx.reporter.warn)
         finally:
             remove_tree(work)
@@ -345,10 +388,18 @@ class DockerFetcher(Fetcher):
 
         layers = self.resolved.layers
         total = sum(d.size for d in layers if ctx.cache.lookup_blob(d.hex) is None)
-        with _progress(ctx, f"pull {self.text}", total) as advance, \
-                ThreadPoolExecutor(BLOB_WORKERS, thread_name_prefix="rc-blob") as pool:
-            paths = list(pool.map(lambda d: ensure_blob(
-                self.client, d, ctx.cache, settings=ctx.transfer, progress=advance), layers))
+        with (
+            _progress(ctx, f"pull {self.text}", total) as advance,
+            ThreadPoolExecutor(BLOB_WORKERS, thread_name_prefix="rc-blob") as pool,
+        ):
+            paths = list(
+                pool.map(
+                    lambda d: ensure_blob(
+                        self.client, d, ctx.cache, settings=ctx.transfer, progress=advance
+                    ),
+                    layers,
+                )
+            )
         return [LayerFile(p, d.digest) for p, d in zip(paths, layers, strict=True)]
 
     def close(self) -> None:
@@ -359,8 +410,9 @@ class DockerFetcher(Fetcher):
 def _work_dir(ctx: Context) -> Path:
     """A private build folder beside the cache's temp files (same filesystem, not /tmp)."""
     ctx.cache.ensure()
-    return Path(tempfile.mkdtemp(prefix=f"build.{os.getpid()}.", suffix=".dir",
-                                 dir=ctx.cache.base / "tmp"))
+    return Path(
+        tempfile.mkdtemp(prefix=f"build.{os.getpid()}.", suffix=".dir", dir=ctx.cache.base / "tmp")
+    )
 
 
 # -- search and copy ---------------------------------------------------------------------------
@@ -374,8 +426,7 @@ def search(ctx: Context, query: str, options: FetchOptions | None = None) -> lis
     options = options or FetchOptions()
     client = _library_client(ctx, options)
     try:
-        found = retry_call(f"library search {query!r}",
-                           lambda: client.search(query, options.arch))
+        found = retry_call(f"library search {query!r}", lambda: client.search(query, options.arch))
     finally:
         client.close()
     return library.search_rows(found)
@@ -400,8 +451,7 @@ def copy(ctx: Context, src: str, dst: str, options: FetchOptions | None = None) 
         present = None
     finally:
         backend.close()
-    result = {"src": pulled.ref, "dst": str(target), "sha256": pulled.sha256,
-              "size": pulled.size}
+    result = {"src": pulled.ref, "dst": str(target), "sha256": pulled.sha256, "size": pulled.size}
     if present == pulled.sha256:
         ctx.reporter.info(f"{target} already holds sha256:{pulled.sha256}; nothing to copy")
         return {**result, "copied": False}

@@ -27,9 +27,15 @@ class PullResult:
     resumed_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref, "path": self.path, "sha256": self.sha256, "size": self.size,
-                "cached": self.cached, "verified": list(self.verified),
-                "resumed_bytes": self.resumed_bytes}
+        return {
+            "ref": self.ref,
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "cached": self.cached,
+            "verified": list(self.verified),
+            "resumed_bytes": self.resumed_bytes,
+        }
 
 
 def pull_from_cache(cache: Cache, ref: ImageRef, rid: str, offline: bool) -> PullResult | None:

@@ -37,8 +37,9 @@ def _open(path: Path, mode: int) -> int | None:
 
 
 @contextlib.contextmanager
-def exclusive(path: Path, mode: int = 0o600,
-              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+def exclusive(
+    path: Path, mode: int = 0o600, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold an exclusive lock; if busy, tell on_wait who holds it, then block."""
     fd = _open(path, mode)
     if fd is None:

@@ -37,8 +37,9 @@ def verify_cache(cache: Cache) -> VerifyReport:
             actual = f"unreadable: {exc.strerror}"
         if actual != entry.sha256:
             moved = _quarantine(cache, entry)
-            report.bad.append({"digest": f"sha256:{entry.sha256}", "actual": actual,
-                               "moved_to": str(moved)})
+            report.bad.append(
+                {"digest": f"sha256:{entry.sha256}", "actual": actual, "moved_to": str(moved)}
+            )
     return report
 
 
@@ -58,12 +59,21 @@ class PruneReport:
     temps_removed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"removed": self.removed, "freed": self.freed, "in_use": self.kept_in_use,
-                "temps_removed": self.temps_removed}
+        return {
+            "removed": self.removed,
+            "freed": self.freed,
+            "in_use": self.kept_in_use,
+            "temps_removed": self.temps_removed,
+        }
 
 
-def prune_cache(cache: Cache, *, max_age: float | None = None,
-                max_size: int | None = None, now: float | None = None) -> PruneReport:
+def prune_cache(
+    cache: Cache,
+    *,
+    max_age: float | None = None,
+    max_size: int | None = None,
+    now: float | None = None,
+) -> PruneReport:
     """Remove images unused for max_age seconds, then least-recently-used ones until the
     total is at most max_size bytes. An image a running pull holds is never removed."""
     now = time.time() if now is None else now

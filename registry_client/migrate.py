@@ -49,16 +49,23 @@ def migrate(ctx: Context, src: str, dst: str) -> list[dict[str, Any]]:
     dst_remote, _ = parse_remote_target(ctx.config, dst)
     source, target = open_remote(src_remote), open_remote(dst_remote)
     try:
-        return [_migrate_one(ctx, target, src_remote, dst_remote, info, ref)
-                for info, ref in list(_images(source, prefix))]
+        return [
+            _migrate_one(ctx, target, src_remote, dst_remote, info, ref)
+            for info, ref in list(_images(source, prefix))
+        ]
     finally:
         source.close()
         target.close()
 
 
-def _migrate_one(ctx: Context, target: Backend, src_remote: RemoteConfig,
-                 dst_remote: RemoteConfig, info: ObjectInfo,
-                 ref: ImageRef) -> dict[str, Any]:
+def _migrate_one(
+    ctx: Context,
+    target: Backend,
+    src_remote: RemoteConfig,
+    dst_remote: RemoteConfig,
+    info: ObjectInfo,
+    ref: ImageRef,
+) -> dict[str, Any]:
     src_ref, dst_ref = _as_ref(src_remote, ref), _as_ref(dst_remote, ref)
     row: dict[str, Any] = {"ref": ref.short, "size": info.size}
     known = info.sha256 or (info.metadata and info.metadata.get("sha256"))
@@ -86,9 +93,11 @@ def search_remotes(ctx: Context, query: str) -> list[dict[str, Any]]:
         try:
             backend = open_remote(remote)
             try:
-                rows += [{"ref": f"{name}:{ref.short}", "size": info.size,
-                          "remote": name} for info, ref in _images(backend, "")
-                         if query.lower() in ref.short]
+                rows += [
+                    {"ref": f"{name}:{ref.short}", "size": info.size, "remote": name}
+                    for info, ref in _images(backend, "")
+                    if query.lower() in ref.short
+                ]
             finally:
                 backend.close()
         except RegistryClientError as exc:

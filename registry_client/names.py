@@ -241,7 +241,9 @@ def ref_from_key(key: str, *, remote: str | None = None) -> ImageRef | None:
     name, _, tag = parts[1].partition(":")
     try:
         return ImageRef(
-            check_segment(parts[0]), check_segment(name), check_tag(tag or DEFAULT_TAG),
+            check_segment(parts[0]),
+            check_segment(name),
+            check_tag(tag or DEFAULT_TAG),
             remote=remote,
         )
     except InvalidReference:

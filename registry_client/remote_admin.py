@@ -12,8 +12,10 @@ from registry_client.names import check_segment
 def _from_url(url: str) -> tuple[str, dict[str, Any]]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("s3", "swift", "file") or not rest:
-        raise UsageError(f"remote URL {url!r}: expected s3://BUCKET[/PREFIX], "
-                         "swift://CONTAINER[/PREFIX] or file:///DIR")
+        raise UsageError(
+            f"remote URL {url!r}: expected s3://BUCKET[/PREFIX], "
+            "swift://CONTAINER[/PREFIX] or file:///DIR"
+        )
     if scheme == "file":
         if not rest.startswith("/"):
             raise UsageError(f"remote URL {url!r}: file:// needs an absolute path")
@@ -25,8 +27,14 @@ def _from_url(url: str) -> tuple[str, dict[str, Any]]:
     return scheme, options
 
 
-def add_remote(config: Config, name: str, url: str, *, default: bool = False,
-               options: dict[str, Any] | None = None) -> RemoteConfig:
+def add_remote(
+    config: Config,
+    name: str,
+    url: str,
+    *,
+    default: bool = False,
+    options: dict[str, Any] | None = None,
+) -> RemoteConfig:
     check_segment(name, "remote name")
     kind, base = _from_url(url)
     extra = {k: v for k, v in (options or {}).items() if v not in (None, "")}
@@ -44,8 +52,10 @@ def list_remotes(config: Config) -> list[dict[str, Any]]:
 
     remotes = dict(config.remotes)
     remotes.setdefault("local", local_remote())
-    return [{**r.public(), "default": name == config.default_remote}
-            for name, r in sorted(remotes.items())]
+    return [
+        {**r.public(), "default": name == config.default_remote}
+        for name, r in sorted(remotes.items())
+    ]
 
 
 def remove_remote(config: Config, name: str) -> None:
@@ -55,4 +65,3 @@ def remove_remote(config: Config, name: str) -> None:
     if config.default_remote == name:
         config.default_remote = "local"
     save_config(config)
-

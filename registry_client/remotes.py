@@ -32,8 +32,12 @@ def remote_id(remote: RemoteConfig) -> str:
     if not endpoint and remote.type == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
     if not endpoint and remote.type == "swift":  # same container name, other cluster
-        endpoint = str(remote.options.get("storage_url") or os.environ.get("OS_STORAGE_URL")
-                       or os.environ.get("ST_AUTH") or os.environ.get("OS_AUTH_URL", ""))
+        endpoint = str(
+            remote.options.get("storage_url")
+            or os.environ.get("OS_STORAGE_URL")
+            or os.environ.get("ST_AUTH")
+            or os.environ.get("OS_AUTH_URL", "")
+        )
     location = remote.location
     if remote.type == "file":
         location = os.path.abspath(os.path.expanduser(location))

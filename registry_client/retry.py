@@ -39,8 +39,12 @@ class RetryPolicy:
 class RetryingBackend(Backend):
     """Adds retries to every verb of an inner backend."""
 
-    def __init__(self, inner: Backend, policy: RetryPolicy | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        inner: Backend,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.inner = inner
         self.policy = policy or RetryPolicy()
         self.kind = inner.kind
@@ -89,11 +93,22 @@ class RetryingBackend(Backend):
             except RemoteUnavailable as exc:
                 attempt = self._backoff(f"list {prefix}", attempt, exc)
 
-    def put(self, key: str, path: str, metadata: Metadata, *, part_size: int,
-            concurrency: int, progress: Progress | None = None) -> ObjectInfo:
-        return self._call(f"upload {key}", lambda: self.inner.put(
-            key, path, metadata, part_size=part_size, concurrency=concurrency,
-            progress=progress))
+    def put(
+        self,
+        key: str,
+        path: str,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        concurrency: int,
+        progress: Progress | None = None,
+    ) -> ObjectInfo:
+        return self._call(
+            f"upload {key}",
+            lambda: self.inner.put(
+                key, path, metadata, part_size=part_size, concurrency=concurrency, progress=progress
+            ),
+        )
 
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
@@ -108,8 +123,13 @@ class RetryingBackend(Backend):
         self.inner.close()
 
 
-def backoff(policy: RetryPolicy, sleep: Callable[[float], None], what: str, attempt: int,
-            exc: RemoteUnavailable) -> int:
+def backoff(
+    policy: RetryPolicy,
+    sleep: Callable[[float], None],
+    what: str,
+    attempt: int,
+    exc: RemoteUnavailable,
+) -> int:
     """Sleep before the next attempt and return its number, or re-raise when out of budget."""
     if not exc.retryable or attempt + 1 >= policy.attempts:
         if exc.retryable:
@@ -121,8 +141,12 @@ def backoff(policy: RetryPolicy, sleep: Callable[[float], None], what: str, atte
     return attempt + 1
 
 
-def retry_call(what: str, fn: Callable[[], T], policy: RetryPolicy | None = None,
-               sleep: Callable[[float], None] = time.sleep) -> T:
+def retry_call(
+    what: str,
+    fn: Callable[[], T],
+    policy: RetryPolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """Run one call that is not a backend verb (a registry API request) under the policy.
 
     Same budget and backoff as RetryingBackend, so fetchers never grow retry loops of their own.

@@ -55,8 +55,14 @@ class Context:
 # -- pull ---------------------------------------------------------------------------
 
 
-def pull(ctx: Context, ref: ImageRef, *, output: str | None = None, force: bool = False,
-         offline: bool = False) -> PullResult:
+def pull(
+    ctx: Context,
+    ref: ImageRef,
+    *,
+    output: str | None = None,
+    force: bool = False,
+    offline: bool = False,
+) -> PullResult:
     remote = remote_for(ctx.config, ref)
     rid = remote_id(remote)
     result = None if force else pull_from_cache(ctx.cache, ref, rid, offline)
@@ -73,8 +79,9 @@ def pull(ctx: Context, ref: ImageRef, *, output: str | None = None, force: bool 
     return result
 
 
-def _pull_remote(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
-                 force: bool) -> PullResult:
+def _pull_remote(
+    ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: bool
+) -> PullResult:
     for attempt in range(PULL_RESTARTS):
         try:
             return _pull_once(ctx, backend, ref, rid, force)
@@ -93,8 +100,7 @@ def stat_image(backend: Backend, ref: ImageRef) -> ObjectInfo:
     raise NotFound(f"{ref} not found in {backend.location}")
 
 
-def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
-               force: bool) -> PullResult:
+def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: bool) -> PullResult:
     info = stat_image(backend, ref)
     expected = _expected_sha(ref, info)
     version = (rid, info.key, info.etag or "", str(info.size))
@@ -111,25 +117,35 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str,
         if hit:
             return hit
         ctx.cache.clean_dead_temps()
-        download = _download_verified(ctx, backend, info, expected, str(ref),
-                                      version_id if locked else None)
+        download = _download_verified(
+            ctx, backend, info, expected, str(ref), version_id if locked else None
+        )
         sha = download.path.stem
         # Before the lock goes: a waiter without a sha256 to look for finds it by ETag.
         ctx.cache.record_etag(sha, *version)
     _record_ref(ctx, ref, rid, info, sha)
-    return PullResult(str(ref), str(download.path), sha, info.size, False, download.checks,
-                      download.resumed)
+    return PullResult(
+        str(ref), str(download.path), sha, info.size, False, download.checks, download.resumed
+    )
 
 
 def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
     if ref.digest and info.sha256 and ref.digest != info.sha256:
-        raise IntegrityError(f"{ref.short} now holds sha256:{info.sha256}, not the pinned digest",
-                             hint="pull the tag without @sha256 to get the current image")
+        raise IntegrityError(
+            f"{ref.short} now holds sha256:{info.sha256}, not the pinned digest",
+            hint="pull the tag without @sha256 to get the current image",
+        )
     return info.sha256 or ref.digest
 
 
-def _cached_version(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo,
-                    expected: str | None, version: tuple[str, ...]) -> PullResult | None:
+def _cached_version(
+    ctx: Context,
+    ref: ImageRef,
+    rid: str,
+    info: ObjectInfo,
+    expected: str | None,
+    version: tuple[str, ...],
+) -> PullResult | None:
     sha = expected or ctx.cache.resolve_etag(*version)
     hit = cache_hit(ctx.cache, str(ref), sha)
     if hit is not None:
@@ -138,9 +154,20 @@ def _cached_version(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo,
 
 
 def _record_ref(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo, sha: str) -> None:
-    ctx.cache.record_ref(rid, ref.collection, ref.name, ref.tag, {
-        "ref": str(ref), "sha256": sha, "etag": info.etag, "size": info.size, "key": info.key,
-        "pulled": time.time()})
+    ctx.cache.record_ref(
+        rid,
+        ref.collection,
+        ref.name,
+        ref.tag,
+        {
+            "ref": str(ref),
+            "sha256": sha,
+            "etag": info.etag,
+            "size": info.size,
+            "key": info.key,
+            "pulled": time.time(),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -150,8 +177,14 @@ class _Downloaded:
     resumed: int  # bytes a previous, interrupted download had already fetched
 
 
-def _download_verified(ctx: Context, backend: Backend, info: ObjectInfo, expected: str | None,
-                       label: str, version_id: str | None) -> _Downloaded:
+def _download_verified(
+    ctx: Context,
+    backend: Backend,
+    info: ObjectInfo,
+    expected: str | None,
+    label: str,
+    version_id: str | None,
+) -> _Downloaded:
     """Download to a temp file, verify, publish. With the version's lock held, the temp
     file is resumable: a later pull of the same object version continues it."""
     from registry_client.transfer import download
@@ -161,8 +194,16 @@ def _download_verified(ctx: Context, backend: Backend, info: ObjectInfo, expecte
         with _temp_for(ctx, version_id) as (tmp, have, on_range):
             resumed = sum(end - start for start, end in have)
             with ctx.reporter.progress(f"pull {label}", info.size - resumed) as advance:
-                result = download(backend, info, tmp, plan.schemes, settings=ctx.transfer,
-                                  progress=advance, have=have, on_range=on_range)
+                result = download(
+                    backend,
+                    info,
+                    tmp,
+                    plan.schemes,
+                    settings=ctx.transfer,
+                    progress=advance,
+                    have=have,
+                    on_range=on_range,
+                )
             checks = verify(info, plan, result, expected, ctx.reporter, tmp)
             return _Downloaded(ctx.cache.publish(tmp, result.sha256), checks, resumed)
     except OSError as exc:
@@ -196,7 +237,8 @@ def _temp_for(ctx: Context, version_id: str | None) -> Any:
         # Keep the bytes only for a retry of the same version: after a network failure
         # or an interrupt. Not after a changed object, a failed check or a full disk.
         resumable = isinstance(exc, KeyboardInterrupt) or (
-            isinstance(exc, RemoteUnavailable) and exc.retryable)
+            isinstance(exc, RemoteUnavailable) and exc.retryable
+        )
         if not resumable:
             tmp.unlink(missing_ok=True)
         raise
@@ -205,23 +247,33 @@ def _temp_for(ctx: Context, version_id: str | None) -> Any:
             state_path.unlink(missing_ok=True)
 
 
-def verify(info: ObjectInfo, plan: EtagPlan, result: DigestResult, expected: str | None,
-           reporter: Reporter, local: Path | None = None) -> tuple[str, ...]:
+def verify(
+    info: ObjectInfo,
+    plan: EtagPlan,
+    result: DigestResult,
+    expected: str | None,
+    reporter: Reporter,
+    local: Path | None = None,
+) -> tuple[str, ...]:
     """Size, ETag (or segment etags) and sha256; IntegrityError on any mismatch."""
     if result.size != info.size:
         raise IntegrityError(f"{info.key}: got {result.size} bytes, expected {info.size}")
     checks = ["size"]
     if plan.verifiable:
         if not _etag_matches(plan, result, local):
-            raise IntegrityError(f"{info.key}: content does not match its ETag {info.etag} "
-                                 f"({plan.description}); nothing was published")
+            raise IntegrityError(
+                f"{info.key}: content does not match its ETag {info.etag} "
+                f"({plan.description}); nothing was published"
+            )
         checks.append("etag")
     else:
         reporter.warn(f"{info.key}: ETag {info.etag!r} cannot be verified ({plan.description})")
     if expected:
         if result.sha256 != expected:
-            raise IntegrityError(f"{info.key}: sha256 {result.sha256} does not match the "
-                                 f"recorded {expected}; nothing was published")
+            raise IntegrityError(
+                f"{info.key}: sha256 {result.sha256} does not match the "
+                f"recorded {expected}; nothing was published"
+            )
         checks.append("sha256")
     elif not plan.verifiable:
         reporter.warn(f"{info.key}: no checksum to verify against; only the size was checked")
@@ -257,8 +309,15 @@ def place_output(result: PullResult, output: str) -> PullResult:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise raise_for_os_error(exc, f"writing {dest}") from None
-    return PullResult(result.ref, str(dest), result.sha256, result.size, result.cached,
-                      result.verified, result.resumed_bytes)
+    return PullResult(
+        result.ref,
+        str(dest),
+        result.sha256,
+        result.size,
+        result.cached,
+        result.verified,
+        result.resumed_bytes,
+    )
 
 
 # -- push ---------------------------------------------------------------------------
@@ -273,12 +332,23 @@ class PushResult:
     location: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ref": self.ref, "sha256": self.sha256, "size": self.size, "key": self.key,
-                "remote": self.location}
+        return {
+            "ref": self.ref,
+            "sha256": self.sha256,
+            "size": self.size,
+            "key": self.key,
+            "remote": self.location,
+        }
 
 
-def push(ctx: Context, file: str, ref: ImageRef, *, labels: dict[str, str] | None = None,
-         strict: bool = False) -> PushResult:
+def push(
+    ctx: Context,
+    file: str,
+    ref: ImageRef,
+    *,
+    labels: dict[str, str] | None = None,
+    strict: bool = False,
+) -> PushResult:
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -297,7 +367,8 @@ def push(ctx: Context, file: str, ref: ImageRef, *, labels: dict[str, str] | Non
                 digest = hashing.result()
                 if ref.digest and ref.digest != digest.sha256:
                     raise IntegrityError(
-                        f"{file} has sha256:{digest.sha256}, not the digest in {ref}")
+                        f"{file} has sha256:{digest.sha256}, not the digest in {ref}"
+                    )
                 return build_metadata(digest, ctx.part_size, arch, labels or {})
 
             key, location = _upload(ctx, file, ref, size, metadata)
@@ -307,13 +378,20 @@ def push(ctx: Context, file: str, ref: ImageRef, *, labels: dict[str, str] | Non
     return PushResult(str(ref), digest.sha256, size, key, location)
 
 
-def _upload(ctx: Context, file: str, ref: ImageRef, size: int,
-            metadata: Callable[[], dict[str, str]]) -> tuple[str, str]:
+def _upload(
+    ctx: Context, file: str, ref: ImageRef, size: int, metadata: Callable[[], dict[str, str]]
+) -> tuple[str, str]:
     backend = open_remote(remote_for(ctx.config, ref))
     try:
         with ctx.reporter.progress(f"push {ref.short}", size) as advance:
-            info = backend.put(ref.key(), file, metadata, part_size=ctx.part_size,
-                               concurrency=ctx.push_concurrency, progress=advance)
+            info = backend.put(
+                ref.key(),
+                file,
+                metadata,
+                part_size=ctx.part_size,
+                concurrency=ctx.push_concurrency,
+                progress=advance,
+            )
     finally:
         backend.close()
     return info.key, backend.location
@@ -338,8 +416,9 @@ def _sif_arch(file: str, strict: bool, reporter: Reporter) -> str:
         return sif.read_sif(file).primary_arch() or "unknown"
     except (sif.SifError, OSError) as exc:
         if strict:
-            raise UsageError(f"{file} is not a SIF image ({exc})",
-                             hint="drop --strict to push it anyway") from None
+            raise UsageError(
+                f"{file} is not a SIF image ({exc})", hint="drop --strict to push it anyway"
+            ) from None
         reporter.warn(f"{file} is not a SIF image ({exc}); pushing it anyway")
         return "unknown"
 
@@ -353,8 +432,9 @@ def _hash_push_file(file: str, stop: Any) -> DigestResult:
         raise raise_for_os_error(exc, f"reading {file}") from None
 
 
-def build_metadata(digest: DigestResult, part_size: int, arch: str,
-                   labels: dict[str, str]) -> dict[str, str]:
+def build_metadata(
+    digest: DigestResult, part_size: int, arch: str, labels: dict[str, str]
+) -> dict[str, str]:
     """Object metadata (docs/bucket-layout.md); S3 and Swift cap its size, so stay small."""
     meta = {
         "sha256": digest.sha256,
@@ -381,10 +461,15 @@ def image_record(info: ObjectInfo, ref: ImageRef) -> dict[str, Any]:
     with contextlib.suppress(TypeError, ValueError):
         labels = json.loads(labels) if labels else {}
     pushed = info.metadata.get("created") or (info.modified.isoformat() if info.modified else None)
-    return {"ref": str(ref), "size": info.size,
-            "digest": f"sha256:{info.sha256}" if info.sha256 else None,
-            "pushed": pushed, "etag": info.etag, "arch": info.metadata.get("arch"),
-            "labels": labels or {}}
+    return {
+        "ref": str(ref),
+        "size": info.size,
+        "digest": f"sha256:{info.sha256}" if info.sha256 else None,
+        "pushed": pushed,
+        "etag": info.etag,
+        "arch": info.metadata.get("arch"),
+        "labels": labels or {},
+    }
 
 
 def list_images(backend: Backend, prefix: str, remote_name: str | None) -> list[dict[str, Any]]:
@@ -392,8 +477,11 @@ def list_images(backend: Backend, prefix: str, remote_name: str | None) -> list[
 
     from registry_client.names import ref_from_key
 
-    found = [(info, ref) for info in backend.list(prefix)
-             if (ref := ref_from_key(info.key, remote=remote_name)) is not None]
+    found = [
+        (info, ref)
+        for info in backend.list(prefix)
+        if (ref := ref_from_key(info.key, remote=remote_name)) is not None
+    ]
     with ThreadPoolExecutor(8) as pool:
         infos = list(pool.map(lambda pair: _stat_or(backend, pair[0]), found))
     return [image_record(info, ref) for info, (_, ref) in zip(infos, found, strict=True)]

@@ -114,10 +114,13 @@ def _zstd(path: Path) -> Iterator[BinaryIO]:
         return
     tool = shutil.which("zstd")
     if not tool:
-        raise UsageError("this image has zstd-compressed layers",
-                         hint="install zstd (apt-get install zstd) or `pip install zstandard`")
-    proc = subprocess.Popen([tool, "-dcq", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+        raise UsageError(
+            "this image has zstd-compressed layers",
+            hint="install zstd (apt-get install zstd) or `pip install zstandard`",
+        )
+    proc = subprocess.Popen(
+        [tool, "-dcq", str(path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     try:
         assert proc.stdout is not None
         yield proc.stdout  # type: ignore[misc]
@@ -169,8 +172,9 @@ class RootfsWriter:
                 continue
             if comp == "..":
                 if not done:
-                    raise UnsafeLayer(f"layer member {member[:200]!r} leads out of the root "
-                                      "through a symlink")
+                    raise UnsafeLayer(
+                        f"layer member {member[:200]!r} leads out of the root through a symlink"
+                    )
                 done.pop()
                 continue
             path = self.root.joinpath(*done, comp)
@@ -227,11 +231,15 @@ class RootfsWriter:
         except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise
-            raise IntegrityError(f"layer {layer.digest[:19]} is not a valid tar archive "
-                                 f"({type(exc).__name__}: {exc})") from None
+            raise IntegrityError(
+                f"layer {layer.digest[:19]} is not a valid tar archive "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
         if layer.diff_id and diff_id != layer.diff_id:
-            raise IntegrityError(f"layer {layer.digest[:19]}: uncompressed content is "
-                                 f"{diff_id}, the image config says {layer.diff_id}")
+            raise IntegrityError(
+                f"layer {layer.digest[:19]}: uncompressed content is "
+                f"{diff_id}, the image config says {layer.diff_id}"
+            )
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         base = member.name.rstrip("/").rpartition("/")[2]
@@ -266,7 +274,7 @@ class RootfsWriter:
         if base == OPAQUE:
             self._hide_lower(folder)
         elif not base.startswith(AUFS_META):
-            victim = folder / base[len(WHITEOUT):]
+            victim = folder / base[len(WHITEOUT) :]
             if victim.name in ("", ".", "..") or "/" in victim.name:
                 raise UnsafeLayer(f"bad whiteout {name[:200]!r}")
             # Whiteouts hide lower layers only, never what this layer itself added.
@@ -306,16 +314,18 @@ class RootfsWriter:
         self._times(path, member.mtime)
 
     def _hardlink(self, path: Path, member: tarfile.TarInfo) -> None:
-        parts = _parts(member.linkname, f"hard link {member.name[:200]!r} -> "
-                                        f"{member.linkname[:200]!r}")
+        parts = _parts(
+            member.linkname, f"hard link {member.name[:200]!r} -> {member.linkname[:200]!r}"
+        )
         if not parts:
             raise UnsafeLayer(f"hard link {member.name[:200]!r} to the root")
         try:
             source = self.resolve_dir(parts[:-1], member.linkname, create=False) / parts[-1]
             st = os.lstat(source)
         except FileNotFoundError:
-            raise UnsafeLayer(f"hard link {member.name[:200]!r} to a missing "
-                              f"{member.linkname[:200]!r}") from None
+            raise UnsafeLayer(
+                f"hard link {member.name[:200]!r} to a missing {member.linkname[:200]!r}"
+            ) from None
         if stat.S_ISDIR(st.st_mode):
             raise UnsafeLayer(f"hard link {member.name[:200]!r} to a directory")
         if source == path:
@@ -335,8 +345,9 @@ class RootfsWriter:
         try:
             if not self.is_root:
                 raise PermissionError
-            os.mknod(path, kind | (member.mode & 0o777),
-                     os.makedev(member.devmajor, member.devminor))
+            os.mknod(
+                path, kind | (member.mode & 0o777), os.makedev(member.devmajor, member.devminor)
+            )
         except PermissionError:
             # Only root may create device nodes; Apptainer mounts its own /dev anyway.
             self.skipped_devices += 1
@@ -349,8 +360,10 @@ class RootfsWriter:
     def finish(self) -> None:
         """Directory modes and times last, deepest first, so nothing disturbs them."""
         if self.skipped_devices:
-            self.warn(f"skipped {self.skipped_devices} device file(s): only root can create "
-                      "them (Apptainer provides /dev at run time)")
+            self.warn(
+                f"skipped {self.skipped_devices} device file(s): only root can create "
+                "them (Apptainer provides /dev at run time)"
+            )
         for dirpath, _dirs, _files in sorted(os.walk(self.root), key=lambda w: -len(w[0])):
             path = Path(dirpath)
             mode, mtime = self.dir_meta.get(self._rel(path), (0o755, self.epoch))
@@ -391,25 +404,37 @@ done
 """
 ACTIONS = {
     "exec": f'#!/bin/sh\n{_SOURCE_ENV}exec "$@"\n',
-    "run": (f"#!/bin/sh\n{_SOURCE_ENV}"
-            'if [ -x /.singularity.d/runscript ]; then exec /.singularity.d/runscript "$@"; fi\n'
-            'echo "no runscript in this image: starting /bin/sh" >&2\nexec /bin/sh "$@"\n'),
-    "shell": (f"#!/bin/sh\n{_SOURCE_ENV}"
-              'if [ -n "${SINGULARITY_SHELL:-}" ] && [ -x "$SINGULARITY_SHELL" ]; then\n'
-              '    exec "$SINGULARITY_SHELL" "$@"\nfi\n'
-              'if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi\nexec /bin/sh "$@"\n'),
-    "start": (f"#!/bin/sh\n{_SOURCE_ENV}"
-              'if [ -x /.singularity.d/startscript ]; then exec /.singularity.d/startscript '
-              '"$@"; fi\n'),
-    "test": (f"#!/bin/sh\n{_SOURCE_ENV}"
-             'if [ -x /.singularity.d/test ]; then exec /.singularity.d/test "$@"; fi\n'
-             'echo "no test script in this image" >&2\n'),
+    "run": (
+        f"#!/bin/sh\n{_SOURCE_ENV}"
+        'if [ -x /.singularity.d/runscript ]; then exec /.singularity.d/runscript "$@"; fi\n'
+        'echo "no runscript in this image: starting /bin/sh" >&2\nexec /bin/sh "$@"\n'
+    ),
+    "shell": (
+        f"#!/bin/sh\n{_SOURCE_ENV}"
+        'if [ -n "${SINGULARITY_SHELL:-}" ] && [ -x "$SINGULARITY_SHELL" ]; then\n'
+        '    exec "$SINGULARITY_SHELL" "$@"\nfi\n'
+        'if [ -x /bin/bash ]; then exec /bin/bash --norc "$@"; fi\nexec /bin/sh "$@"\n'
+    ),
+    "start": (
+        f"#!/bin/sh\n{_SOURCE_ENV}"
+        "if [ -x /.singularity.d/startscript ]; then exec /.singularity.d/startscript "
+        '"$@"; fi\n'
+    ),
+    "test": (
+        f"#!/bin/sh\n{_SOURCE_ENV}"
+        'if [ -x /.singularity.d/test ]; then exec /.singularity.d/test "$@"; fi\n'
+        'echo "no test script in this image" >&2\n'
+    ),
 }
 MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "var/tmp", "home", "root", "etc")
-ROOT_LINKS = {"singularity": ".singularity.d/runscript", ".run": ".singularity.d/actions/run",
-              ".exec": ".singularity.d/actions/exec", ".shell": ".singularity.d/actions/shell",
-              ".test": ".singularity.d/actions/test",
-              "environment": ".singularity.d/env/90-environment.sh"}
+ROOT_LINKS = {
+    "singularity": ".singularity.d/runscript",
+    ".run": ".singularity.d/actions/run",
+    ".exec": ".singularity.d/actions/exec",
+    ".shell": ".singularity.d/actions/shell",
+    ".test": ".singularity.d/actions/test",
+    "environment": ".singularity.d/env/90-environment.sh",
+}
 
 
 def _quoted(words: Any) -> str:
@@ -419,10 +444,12 @@ def _quoted(words: Any) -> str:
 def runscript(config: dict[str, Any]) -> str:
     """ENTRYPOINT + (arguments or CMD), as `docker run IMAGE [ARGS]` would start it."""
     entrypoint, cmd = _quoted(config.get("Entrypoint")), _quoted(config.get("Cmd"))
-    return ("#!/bin/sh\n# From the image's ENTRYPOINT and CMD (registry-client).\n"
-            f"if [ $# -gt 0 ]; then\n    set -- {entrypoint} \"$@\"\n"
-            f"else\n    set -- {entrypoint} {cmd}\nfi\n"
-            'if [ $# -eq 0 ]; then set -- /bin/sh; fi\nexec "$@"\n')
+    return (
+        "#!/bin/sh\n# From the image's ENTRYPOINT and CMD (registry-client).\n"
+        f'if [ $# -gt 0 ]; then\n    set -- {entrypoint} "$@"\n'
+        f"else\n    set -- {entrypoint} {cmd}\nfi\n"
+        'if [ $# -eq 0 ]; then set -- /bin/sh; fi\nexec "$@"\n'
+    )
 
 
 def env_script(config: dict[str, Any], warn: Warn) -> str:
@@ -442,22 +469,31 @@ def env_script(config: dict[str, Any], warn: Warn) -> str:
 
 
 def add_runtime_files(writer: RootfsWriter, config: dict[str, Any], warn: Warn) -> None:
-    for name in (*MOUNT_POINTS, ".singularity.d", ".singularity.d/actions",
-                 ".singularity.d/env", ".singularity.d/libs"):
+    for name in (
+        *MOUNT_POINTS,
+        ".singularity.d",
+        ".singularity.d/actions",
+        ".singularity.d/env",
+        ".singularity.d/libs",
+    ):
         writer.add_dir(name)
     for name in ("etc/hosts", "etc/resolv.conf"):  # Apptainer binds the host's over them
         writer.add_file(name, "", 0o644, replace=False)
     for action, text in ACTIONS.items():
         writer.add_file(f".singularity.d/actions/{action}", text, 0o755)
-    writer.add_file(".singularity.d/env/10-docker2singularity.sh", env_script(config, warn),
-                    0o755)
-    writer.add_file(".singularity.d/env/90-environment.sh",
-                    "#!/bin/sh\n# Custom environment shell code should follow\n", 0o755)
+    writer.add_file(".singularity.d/env/10-docker2singularity.sh", env_script(config, warn), 0o755)
+    writer.add_file(
+        ".singularity.d/env/90-environment.sh",
+        "#!/bin/sh\n# Custom environment shell code should follow\n",
+        0o755,
+    )
     writer.add_file(".singularity.d/runscript", runscript(config), 0o755)
     writer.add_file(".singularity.d/startscript", "#!/bin/sh\n", 0o755)
-    writer.add_file(".singularity.d/labels.json",
-                    json.dumps(config.get("Labels") or {}, indent=1, sort_keys=True) + "\n",
-                    0o644)
+    writer.add_file(
+        ".singularity.d/labels.json",
+        json.dumps(config.get("Labels") or {}, indent=1, sort_keys=True) + "\n",
+        0o644,
+    )
     for name, target in ROOT_LINKS.items():
         writer.add_symlink(name, target)
 
@@ -468,14 +504,27 @@ def add_runtime_files(writer: RootfsWriter, config: dict[str, Any], warn: Warn) 
 def require_mksquashfs() -> str:
     tool = shutil.which("mksquashfs") or shutil.which("mksquashfs", path="/usr/sbin:/sbin")
     if not tool:
-        raise UsageError("mksquashfs is needed to build a SIF from docker:// images",
-                         hint="install squashfs-tools (apt-get install squashfs-tools)")
+        raise UsageError(
+            "mksquashfs is needed to build a SIF from docker:// images",
+            hint="install squashfs-tools (apt-get install squashfs-tools)",
+        )
     return tool
 
 
 def make_squashfs(tool: str, root: Path, out: Path, epoch: int) -> None:
-    argv = [tool, str(root), str(out), "-noappend", "-all-root", "-comp", "gzip",
-            "-no-progress", "-quiet", "-mkfs-time", str(max(epoch, 0))]
+    argv = [
+        tool,
+        str(root),
+        str(out),
+        "-noappend",
+        "-all-root",
+        "-comp",
+        "gzip",
+        "-no-progress",
+        "-quiet",
+        "-mkfs-time",
+        str(max(epoch, 0)),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -502,8 +551,10 @@ def sif_arch(image: dict[str, Any], fallback: str) -> str:
 
 
 def deffile(source: str, pinned: str) -> bytes:
-    return (f"Bootstrap: docker\nFrom: {pinned}\n"
-            f"# Built by registry-client (builder {BUILDER_VERSION}) from {source}\n").encode()
+    return (
+        f"Bootstrap: docker\nFrom: {pinned}\n"
+        f"# Built by registry-client (builder {BUILDER_VERSION}) from {source}\n"
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -520,11 +571,15 @@ def check_diff_ids(spec: BuildSpec) -> list[LayerFile]:
     rootfs = spec.image.get("rootfs") or {}
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list) or len(diff_ids) != len(spec.layers):
-        raise IntegrityError(f"{spec.source}: the image config lists "
-                             f"{len(diff_ids or [])} layers, the manifest "
-                             f"{len(spec.layers)}")
-    return [LayerFile(layer.path, layer.digest, str(diff))
-            for layer, diff in zip(spec.layers, diff_ids, strict=True)]
+        raise IntegrityError(
+            f"{spec.source}: the image config lists "
+            f"{len(diff_ids or [])} layers, the manifest "
+            f"{len(spec.layers)}"
+        )
+    return [
+        LayerFile(layer.path, layer.digest, str(diff))
+        for layer, diff in zip(spec.layers, diff_ids, strict=True)
+    ]
 
 
 def build_sif(spec: BuildSpec, work: Path, dest: Path, warn: Warn) -> sif.SifImage:
@@ -544,10 +599,16 @@ def build_sif(spec: BuildSpec, work: Path, dest: Path, warn: Warn) -> sif.SifIma
     make_squashfs(tool, root, squashfs, epoch)
     objects = [
         sif.SifObject(sif.DataType.DEFFILE, deffile(spec.source, spec.pinned)),
-        sif.SifObject(sif.DataType.GENERIC_JSON, json.dumps(config, sort_keys=True).encode(),
-                      name=CONFIG_OBJECT),
-        sif.SifObject(sif.DataType.PARTITION, squashfs,
-                      partition=(sif.FsType.SQUASHFS, sif.PartType.PRIMARY_SYSTEM, arch)),
+        sif.SifObject(
+            sif.DataType.GENERIC_JSON,
+            json.dumps(config, sort_keys=True).encode(),
+            name=CONFIG_OBJECT,
+        ),
+        sif.SifObject(
+            sif.DataType.PARTITION,
+            squashfs,
+            partition=(sif.FsType.SQUASHFS, sif.PartType.PRIMARY_SYSTEM, arch),
+        ),
     ]
     ident = uuid.uuid5(uuid.NAMESPACE_URL, f"registry-client:{BUILDER_VERSION}:{spec.pinned}")
     return sif.write_sif(dest, objects, arch=arch, created=epoch, uuid=ident)

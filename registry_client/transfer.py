@@ -68,8 +68,15 @@ def _hash_follow(fd: int, size: int, frontier: _Frontier, digester: Digester) ->
             pos += len(data)
 
 
-def _fetch_range(backend: Backend, info: ObjectInfo, fd: int, start: int, end: int,
-                 progress: Progress | None, frontier: _Frontier) -> None:
+def _fetch_range(
+    backend: Backend,
+    info: ObjectInfo,
+    fd: int,
+    start: int,
+    end: int,
+    progress: Progress | None,
+    frontier: _Frontier,
+) -> None:
     pos = start
     for chunk in backend.read_range(info.key, start, end, info.etag):
         if frontier.failed:
@@ -122,8 +129,10 @@ def download(
         workers = max(1, min(settings.concurrency, len(jobs)))
         with ThreadPoolExecutor(workers + 1, thread_name_prefix="rc-get") as pool:
             hasher = pool.submit(_hash_follow, fd, info.size, frontier, digester)
-            futures = [pool.submit(_run_range, backend, info, fd, r, frontier, progress,
-                                   on_range) for r in jobs]
+            futures = [
+                pool.submit(_run_range, backend, info, fd, r, frontier, progress, on_range)
+                for r in jobs
+            ]
             try:
                 _wait_all(futures)
             except BaseException:  # a failed range, or Ctrl-C in this thread
@@ -136,9 +145,15 @@ def download(
     return digester.result()
 
 
-def _run_range(backend: Backend, info: ObjectInfo, fd: int, rng: tuple[int, int],
-               frontier: _Frontier, progress: Progress | None,
-               on_range: Callable[[int, int], None] | None) -> None:
+def _run_range(
+    backend: Backend,
+    info: ObjectInfo,
+    fd: int,
+    rng: tuple[int, int],
+    frontier: _Frontier,
+    progress: Progress | None,
+    on_range: Callable[[int, int], None] | None,
+) -> None:
     if frontier.failed:
         return
     try:
@@ -174,4 +189,3 @@ def _preallocate(fd: int, size: int) -> None:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
         os.ftruncate(fd, size)  # filesystems without fallocate (some NFS): sparse is fine
-

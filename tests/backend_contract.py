@@ -43,8 +43,9 @@ class BackendContract:
     part_size = 5 * MiB
 
     def put(self, backend: Backend, key: str, path: Path, meta: dict[str, str] | None = None):
-        return backend.put(key, str(path), meta or {"sha256": "ab" * 32},
-                           part_size=self.part_size, concurrency=3)
+        return backend.put(
+            key, str(path), meta or {"sha256": "ab" * 32}, part_size=self.part_size, concurrency=3
+        )
 
     def test_stat_missing_is_not_found(self, backend: Backend) -> None:
         with pytest.raises(NotFound):
@@ -70,8 +71,10 @@ class BackendContract:
         data = write_random(tmp_path / "big", size, seed=5)
         info = self.put(backend, "c/big:1.sif", tmp_path / "big")
         assert info.size == size
-        assert hashlib.sha256(read_all(backend, "c/big:1.sif", info.etag)).digest() == \
-            hashlib.sha256(data).digest()
+        assert (
+            hashlib.sha256(read_all(backend, "c/big:1.sif", info.etag)).digest()
+            == hashlib.sha256(data).digest()
+        )
         assert plan_verifies(backend, "c/big:1.sif", tmp_path / "big")
 
     def test_plan_rejects_other_bytes(self, backend: Backend, tmp_path: Path) -> None:

@@ -30,13 +30,22 @@ MiB = 1024 * 1024
 def layers(total_mib: int) -> list:
     """Four layers: many small files, one big file, medium files, compressible text."""
     share = total_mib * MiB // 10
-    small = [directory("data"), *[file(f"data/s{i:05d}", os.urandom(16 * 1024))
-                                  for i in range(3 * share // (16 * 1024))]]
+    small = [
+        directory("data"),
+        *[file(f"data/s{i:05d}", os.urandom(16 * 1024)) for i in range(3 * share // (16 * 1024))],
+    ]
     big = [directory("opt"), file("opt/model.bin", os.urandom(4 * share))]
-    medium = [directory("lib"), *[file(f"lib/m{i:04d}.so", os.urandom(MiB))
-                                  for i in range(2 * share // MiB)]]
-    text = [directory("share"), *[file(f"share/t{i:04d}.txt", (b"line of text %d\n" % i) * 4096)
-                                  for i in range(share // (64 * 1024))]]
+    medium = [
+        directory("lib"),
+        *[file(f"lib/m{i:04d}.so", os.urandom(MiB)) for i in range(2 * share // MiB)],
+    ]
+    text = [
+        directory("share"),
+        *[
+            file(f"share/t{i:04d}.txt", (b"line of text %d\n" % i) * 4096)
+            for i in range(share // (64 * 1024))
+        ],
+    ]
     return [make_layer(m) for m in (small, big, medium, text)]
 
 
@@ -53,15 +62,26 @@ def main(argv: list[str] | None = None) -> int:
             ref = parse_reference(f"docker://{registry.host}/bench/big:1")
             ctx = make_context(work)
             timings = {}
-            for label, force in (("cold", False), ("rebuild_from_blob_cache", True),
-                                 ("cache_hit", False)):
+            for label, force in (
+                ("cold", False),
+                ("rebuild_from_blob_cache", True),
+                ("cache_hit", False),
+            ):
                 start = time.perf_counter()
                 result = pull_fetcher(ctx, ref, force=force, options=FetchOptions("amd64"))
                 timings[label] = round(time.perf_counter() - start, 2)
             blobs = sum(len(la.blob) for la in image.layers)
-            print(json.dumps({"uncompressed_mib": args.mib, "blob_mib": round(blobs / MiB, 1),
-                              "sif_mib": round(result.size / MiB, 1), "seconds": timings,
-                              "cpus": os.cpu_count()}))
+            print(
+                json.dumps(
+                    {
+                        "uncompressed_mib": args.mib,
+                        "blob_mib": round(blobs / MiB, 1),
+                        "sif_mib": round(result.size / MiB, 1),
+                        "seconds": timings,
+                        "cpus": os.cpu_count(),
+                    }
+                )
+            )
         finally:
             registry.stop()
     return 0

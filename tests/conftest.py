@@ -22,8 +22,11 @@ for _var in [v for v in os.environ if v.startswith(("AWS_", "OS_", "ST_", "REGIS
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var, sub in (("XDG_CONFIG_HOME", "cfg"), ("XDG_CACHE_HOME", "cache"),
-                     ("XDG_DATA_HOME", "data")):
+    for var, sub in (
+        ("XDG_CONFIG_HOME", "cfg"),
+        ("XDG_CACHE_HOME", "cache"),
+        ("XDG_DATA_HOME", "data"),
+    ):
         monkeypatch.setenv(var, str(tmp_path / "home" / sub))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "home" / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "home" / "aws-creds"))

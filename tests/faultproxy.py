@@ -117,11 +117,25 @@ class Fault:
     fired: int = field(default=0, compare=False)
 
     @classmethod
-    def status(cls, code: int = 503, times: int | None = 1, *,
-               retry_after: int | float | str | None = None, error_code: str | None = None,
-               body: bytes | None = None, **match: Any) -> Fault:
-        return cls(Kind.STATUS, times, code=code, retry_after=retry_after,
-                   error_code=error_code, body=body, **match)
+    def status(
+        cls,
+        code: int = 503,
+        times: int | None = 1,
+        *,
+        retry_after: int | float | str | None = None,
+        error_code: str | None = None,
+        body: bytes | None = None,
+        **match: Any,
+    ) -> Fault:
+        return cls(
+            Kind.STATUS,
+            times,
+            code=code,
+            retry_after=retry_after,
+            error_code=error_code,
+            body=body,
+            **match,
+        )
 
     @classmethod
     def reset_after(cls, n_bytes: int, times: int | None = 1, **match: Any) -> Fault:
@@ -132,8 +146,7 @@ class Fault:
         return cls(Kind.TRUNCATE, times, n_bytes=n_bytes, **match)
 
     @classmethod
-    def stall(cls, after_bytes: int, seconds: float, times: int | None = 1,
-              **match: Any) -> Fault:
+    def stall(cls, after_bytes: int, seconds: float, times: int | None = 1, **match: Any) -> Fault:
         return cls(Kind.STALL, times, n_bytes=after_bytes, seconds=seconds, **match)
 
     @classmethod
@@ -147,8 +160,9 @@ class Fault:
         return cls(Kind.WRONG_LENGTH, times, delta=delta, **match)
 
     @classmethod
-    def corrupt(cls, offset: int, length: int = 1, times: int | None = 1, *, xor: int = 0xFF,
-                **match: Any) -> Fault:
+    def corrupt(
+        cls, offset: int, length: int = 1, times: int | None = 1, *, xor: int = 0xFF, **match: Any
+    ) -> Fault:
         if not 1 <= xor <= 0xFF:
             raise ValueError("xor must be 1..255 so that every byte really changes")
         return cls(Kind.CORRUPT, times, offset=offset, length=length, xor=xor, **match)
@@ -252,16 +266,20 @@ class Stats:
     def get_bytes_matching(self, fragment: str) -> int:
         """GET body bytes sent for every path that contains ``fragment`` (raw or unquoted)."""
         with self._lock:
-            return sum(n for path, n in self._get_bytes_by_path.items()
-                       if fragment in path or fragment in unquote(path))
+            return sum(
+                n
+                for path, n in self._get_bytes_by_path.items()
+                if fragment in path or fragment in unquote(path)
+            )
 
     def _connection(self) -> None:
         with self._lock:
             self._connections += 1
 
     def _open(self, req: _Request, fault: Fault | None) -> RequestRecord:
-        record = RequestRecord(req.method, req.target, req.header("range"),
-                               fault.kind.value if fault else None)
+        record = RequestRecord(
+            req.method, req.target, req.header("range"), fault.kind.value if fault else None
+        )
         with self._lock:
             self._requests[req.method] += 1
             if fault is not None:
@@ -379,8 +397,9 @@ class _Reader:
                 return
 
 
-def _send(sock: socket.socket, data: bytes | memoryview, stop: threading.Event,
-          idle: float) -> None:
+def _send(
+    sock: socket.socket, data: bytes | memoryview, stop: threading.Event, idle: float
+) -> None:
     """sendall that keeps polling the stop flag (sendall with a timeout loses track)."""
     view = memoryview(data)
     limit = time.monotonic() + idle
@@ -527,8 +546,14 @@ def _unacked_bytes(sock: socket.socket) -> int:
 class _Exchange:
     """One request/response on a client connection, with its fault (if any)."""
 
-    def __init__(self, proxy: FaultProxy, client: socket.socket, reader: _Reader,
-                 req: _Request, fault: Fault | None) -> None:
+    def __init__(
+        self,
+        proxy: FaultProxy,
+        client: socket.socket,
+        reader: _Reader,
+        req: _Request,
+        fault: Fault | None,
+    ) -> None:
         self.proxy = proxy
         self.record = proxy.stats._open(req, fault)
         self.client = client
@@ -584,7 +609,7 @@ class _Exchange:
             due = self.slow_start + self.sent / rate  # self.sent: body bytes already out
             if self.proxy._stop.wait(max(0.0, due - time.monotonic())):
                 raise _Stopped
-            piece = data[i:i + step]
+            piece = data[i : i + step]
             self._count(len(piece))
             self.send_client(piece)
 
@@ -647,8 +672,9 @@ class _Exchange:
 
     def bad_gateway(self) -> bool:
         """Upstream unreachable: say so rather than close silently."""
-        self.send_head(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n"
-                       b"Connection: close\r\n\r\n", 502)
+        self.send_head(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", 502
+        )
         return False
 
     def answer_status(self) -> bool:
@@ -754,7 +780,7 @@ class _Exchange:
             if limit is not None:
                 if self.sent >= limit:
                     return  # the rest is dropped: its connection to upstream closes anyway
-                piece = piece[:limit - self.sent]
+                piece = piece[: limit - self.sent]
             self.feed(piece)
 
 
@@ -764,8 +790,15 @@ class FaultProxy:
     ``with FaultProxy("http://127.0.0.1:9000") as proxy: ...`` or ``start()`` / ``stop()``.
     """
 
-    def __init__(self, upstream: str, *, host: str = LOOPBACK, port: int = 0,
-                 idle_timeout: float = 30.0, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        host: str = LOOPBACK,
+        port: int = 0,
+        idle_timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname or not parts.port:
             raise ValueError(f"upstream must be http://HOST:PORT, not {upstream!r}")
@@ -837,8 +870,12 @@ class FaultProxy:
     def __enter__(self) -> FaultProxy:
         return self.start() if self._listener is None else self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- internals ------------------------------------------------------------------------
@@ -917,8 +954,12 @@ class FaultProxy:
             req = _Request(head)
             req.content_length  # noqa: B018 -- validates it before anything is sent
         except ValueError:
-            _send(client, b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
-                  b"Connection: close\r\n\r\n", self._stop, self.idle_timeout)
+            _send(
+                client,
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self._stop,
+                self.idle_timeout,
+            )
             return False
         fault = self._take_fault(req)
         return _Exchange(self, client, reader, req, fault).run()

@@ -40,8 +40,9 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
 
-def serve_bytes(req: Request, data: bytes, *, ranges: bool = True,
-                etag: str | None = None) -> Response:
+def serve_bytes(
+    req: Request, data: bytes, *, ranges: bool = True, etag: str | None = None
+) -> Response:
     """200 with the whole body, or 206 for a satisfiable `Range: bytes=a-b`."""
     headers = {"Content-Type": "application/octet-stream"}
     if etag:
@@ -56,7 +57,7 @@ def serve_bytes(req: Request, data: bytes, *, ranges: bool = True,
         if start >= len(data):
             return Response(416, b"", {"Content-Range": f"bytes */{len(data)}"})
         headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-        return Response(206, data[start:end + 1], headers)
+        return Response(206, data[start : end + 1], headers)
     return Response(200, data, headers)
 
 
@@ -85,8 +86,7 @@ class FixtureServer:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def _serve(self, h: BaseHTTPRequestHandler, method: str) -> None:
@@ -104,7 +104,7 @@ class FixtureServer:
         if method != "HEAD":
             # The client may stop reading (a one-byte probe of a server without Range).
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                h.wfile.write(resp.body[:resp.cut])
+                h.wfile.write(resp.body[: resp.cut])
         if resp.cut is not None:
             h.close_connection = True
 

@@ -55,10 +55,13 @@ class LibraryFixture:
             return Response(503, b"busy", {"Retry-After": "0"})
         if not self._authorized(req):
             return _error(401, "Unauthorized: invalid or missing token")
-        for prefix, handler in (("/v1/images/", self._image), ("/v1/imagefile/", self._file),
-                                ("/v1/search", self._search)):
+        for prefix, handler in (
+            ("/v1/images/", self._image),
+            ("/v1/imagefile/", self._file),
+            ("/v1/search", self._search),
+        ):
             if req.path.startswith(prefix):
-                return handler(req, unquote(req.path[len(prefix):]))
+                return handler(req, unquote(req.path[len(prefix) :]))
         return _error(404, "no such endpoint")
 
     def _find(self, path: str, arch: str) -> LibraryImage | None:
@@ -73,11 +76,21 @@ class LibraryFixture:
         if image is None:
             return _error(404, f"image {path} not found")
         entity, collection, rest = path.split("/", 2)
-        return json_response({"data": {
-            "id": image.sha256[:24], "hash": f"sha256.{image.sha256}", "size": len(image.data),
-            "arch": image.arch, "entityName": entity, "collectionName": collection,
-            "containerName": rest.partition(":")[0], "uploaded": True,
-            "description": image.description}})
+        return json_response(
+            {
+                "data": {
+                    "id": image.sha256[:24],
+                    "hash": f"sha256.{image.sha256}",
+                    "size": len(image.data),
+                    "arch": image.arch,
+                    "entityName": entity,
+                    "collectionName": collection,
+                    "containerName": rest.partition(":")[0],
+                    "uploaded": True,
+                    "description": image.description,
+                }
+            }
+        )
 
     def _file(self, req: Request, path: str) -> Response:
         image = self._find(path, req.query.get("arch", ""))
@@ -91,13 +104,23 @@ class LibraryFixture:
 
     def _search(self, req: Request, _rest: str) -> Response:
         value = req.query.get("value", "")
-        hits = [{"hash": f"sha256.{img.sha256}", "size": len(img.data), "arch": img.arch,
-                 "entityName": path.split("/")[0], "collectionName": path.split("/")[1],
-                 "containerName": path.split("/")[2].partition(":")[0],
-                 "tags": [path.rpartition(":")[2]], "description": img.description}
-                for path, img in self.images.items() if value in path]
-        return json_response({"data": {"entity": [], "collection": [], "container": [],
-                                        "image": hits}})
+        hits = [
+            {
+                "hash": f"sha256.{img.sha256}",
+                "size": len(img.data),
+                "arch": img.arch,
+                "entityName": path.split("/")[0],
+                "collectionName": path.split("/")[1],
+                "containerName": path.split("/")[2].partition(":")[0],
+                "tags": [path.rpartition(":")[2]],
+                "description": img.description,
+            }
+            for path, img in self.images.items()
+            if value in path
+        ]
+        return json_response(
+            {"data": {"entity": [], "collection": [], "container": [], "image": hits}}
+        )
 
     # -- the object store ---------------------------------------------------------------
     def _store(self, req: Request) -> Response:
@@ -117,7 +140,7 @@ class LibraryFixture:
         if not self.corrupt:
             return image.data
         middle = len(image.data) // 2
-        return image.data[:middle] + bytes([image.data[middle] ^ 0xFF]) + image.data[middle + 1:]
+        return image.data[:middle] + bytes([image.data[middle] ^ 0xFF]) + image.data[middle + 1 :]
 
     def stop(self) -> None:
         self.api.stop()

@@ -31,9 +31,11 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-LAYER_TYPES = {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-               "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-               None: "application/vnd.oci.image.layer.v1.tar"}
+LAYER_TYPES = {
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+    None: "application/vnd.oci.image.layer.v1.tar",
+}
 
 
 def sha256(data: bytes) -> str:
@@ -89,12 +91,12 @@ class Layer:
 
     @property
     def descriptor(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": sha256(self.blob),
-                "size": len(self.blob)}
+        return {"mediaType": self.media_type, "digest": sha256(self.blob), "size": len(self.blob)}
 
 
-def make_layer(members: list[tuple[tarfile.TarInfo, bytes]],
-               compression: str | None = "gzip") -> Layer:
+def make_layer(
+    members: list[tuple[tarfile.TarInfo, bytes]], compression: str | None = "gzip"
+) -> Layer:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for info, data in members:
@@ -103,8 +105,12 @@ def make_layer(members: list[tuple[tarfile.TarInfo, bytes]],
     if compression == "gzip":
         blob = gzip.compress(tar_bytes, compresslevel=1, mtime=0)
     elif compression == "zstd":
-        blob = subprocess.run([shutil.which("zstd") or "zstd", "-q", "-c", "-1"],
-                              input=tar_bytes, capture_output=True, check=True).stdout
+        blob = subprocess.run(
+            [shutil.which("zstd") or "zstd", "-q", "-c", "-1"],
+            input=tar_bytes,
+            capture_output=True,
+            check=True,
+        ).stdout
     else:
         blob = tar_bytes
     return Layer(blob, LAYER_TYPES[compression], sha256(tar_bytes))
@@ -124,11 +130,16 @@ class Image:
 
     @property
     def config_blob(self) -> bytes:
-        return json.dumps({
-            "architecture": self.arch, "os": "linux", "created": "2024-05-01T12:00:00Z",
-            "config": self.config,
-            "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in self.layers]},
-        }, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "architecture": self.arch,
+                "os": "linux",
+                "created": "2024-05-01T12:00:00Z",
+                "config": self.config,
+                "rootfs": {"type": "layers", "diff_ids": [la.diff_id for la in self.layers]},
+            },
+            sort_keys=True,
+        ).encode()
 
     @property
     def manifest(self) -> bytes:
@@ -136,12 +147,18 @@ class Image:
         layers = [la.descriptor for la in self.layers]
         if self.docker_types:
             layers = [{**d, "mediaType": DOCKER_LAYER} for d in layers]
-        return json.dumps({
-            "schemaVersion": 2, "mediaType": self.media_type,
-            "config": {"mediaType": DOCKER_CONFIG if self.docker_types else OCI_CONFIG,
-                       "digest": sha256(config), "size": len(config)},
-            "layers": layers,
-        }).encode()
+        return json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": self.media_type,
+                "config": {
+                    "mediaType": DOCKER_CONFIG if self.docker_types else OCI_CONFIG,
+                    "digest": sha256(config),
+                    "size": len(config),
+                },
+                "layers": layers,
+            }
+        ).encode()
 
     @property
     def platform(self) -> dict[str, str]:
@@ -168,14 +185,22 @@ class Pusher:
         assert start.status_code == 202, start.text
         location = urljoin(f"{self.base}/", start.headers["Location"])
         sep = "&" if "?" in location else "?"
-        put = self.session.put(f"{location}{sep}digest={digest}", data=data, timeout=120,
-                               headers={"Content-Type": "application/octet-stream"})
+        put = self.session.put(
+            f"{location}{sep}digest={digest}",
+            data=data,
+            timeout=120,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert put.status_code == 201, put.text
         return digest
 
     def manifest(self, repo: str, reference: str, body: bytes, media_type: str) -> str:
-        put = self.session.put(f"{self.base}/v2/{repo}/manifests/{reference}", data=body,
-                               headers={"Content-Type": media_type}, timeout=30)
+        put = self.session.put(
+            f"{self.base}/v2/{repo}/manifests/{reference}",
+            data=body,
+            headers={"Content-Type": media_type},
+            timeout=30,
+        )
         assert put.status_code == 201, put.text
         assert put.headers["Docker-Content-Digest"] == sha256(body)
         return sha256(body)
@@ -191,10 +216,17 @@ class Pusher:
         entries = []
         for image in images:
             digest = self.image(repo, image)
-            entries.append({"mediaType": image.media_type, "digest": digest,
-                            "size": len(image.manifest), "platform": image.platform})
-        body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX,
-                           "manifests": entries}).encode()
+            entries.append(
+                {
+                    "mediaType": image.media_type,
+                    "digest": digest,
+                    "size": len(image.manifest),
+                    "platform": image.platform,
+                }
+            )
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+        ).encode()
         return self.manifest(repo, tag, body, OCI_INDEX)
 
 
@@ -209,8 +241,15 @@ class RegistryProxy:
     basic auth and hands out a token. With `corrupt` it flips one byte of every blob.
     """
 
-    PASSED_HEADERS = ("content-type", "docker-content-digest", "content-range",
-                      "accept-ranges", "etag", "location", "docker-distribution-api-version")
+    PASSED_HEADERS = (
+        "content-type",
+        "docker-content-digest",
+        "content-range",
+        "accept-ranges",
+        "etag",
+        "location",
+        "docker-distribution-api-version",
+    )
 
     def __init__(self, registry_url: str) -> None:
         from tests.fixtures_http import FixtureServer
@@ -236,21 +275,30 @@ class RegistryProxy:
                 return json_response({"details": "incorrect username or password"}, 401)
             return json_response({"token": self.token, "expires_in": 300})
         if self.credentials and req.headers.get("authorization") != f"Bearer {self.token}":
-            repo = req.path.split("/manifests/")[0].split("/blobs/")[0][len("/v2/"):]
-            challenge = (f'Bearer realm="{self.url}/token",service="fixture-registry",'
-                         f'scope="repository:{repo}:pull"')
-            body = json.dumps({"errors": [{"code": "UNAUTHORIZED",
-                                           "message": "authentication required"}]}).encode()
-            return Response(401, body, {"WWW-Authenticate": challenge,
-                                        "Content-Type": "application/json"})
+            repo = req.path.split("/manifests/")[0].split("/blobs/")[0][len("/v2/") :]
+            challenge = (
+                f'Bearer realm="{self.url}/token",service="fixture-registry",'
+                f'scope="repository:{repo}:pull"'
+            )
+            body = json.dumps(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}
+            ).encode()
+            return Response(
+                401, body, {"WWW-Authenticate": challenge, "Content-Type": "application/json"}
+            )
         return self._forward(req)
 
     def _forward(self, req: Any) -> Any:
         from tests.fixtures_http import Response
 
         headers = {k: v for k, v in req.headers.items() if k in ("accept", "range")}
-        up = self.session.request(req.method, f"{self.registry}{req.path}", headers=headers,
-                                  allow_redirects=False, timeout=60)
+        up = self.session.request(
+            req.method,
+            f"{self.registry}{req.path}",
+            headers=headers,
+            allow_redirects=False,
+            timeout=60,
+        )
         body = up.content
         if self.corrupt and "/blobs/" in req.path and body:
             body = body[:-1] + bytes([body[-1] ^ 0x55])

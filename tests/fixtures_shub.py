@@ -52,16 +52,24 @@ class ShubFixture:
 
     def _api(self, req: Request) -> Response:
         prefix = "/api/container/"
-        found = self._find(unquote(req.path[len(prefix):])) if req.path.startswith(
-            prefix) else None
+        found = (
+            self._find(unquote(req.path[len(prefix) :])) if req.path.startswith(prefix) else None
+        )
         if found is None:
             return json_response({"detail": "Not found."}, 404)
         key, image = found
         name, _, tag = key.partition(":")
         version = "0" * 32 if self.wrong_version else image.md5
-        return json_response({"image": f"{self.files.url}/files/{image.md5}.simg",
-                              "name": name, "tag": tag, "version": version,
-                              "commit": image.commit, "id": 42})
+        return json_response(
+            {
+                "image": f"{self.files.url}/files/{image.md5}.simg",
+                "name": name,
+                "tag": tag,
+                "version": version,
+                "commit": image.commit,
+                "id": 42,
+            }
+        )
 
     def _file(self, req: Request) -> Response:
         md5 = req.path.rpartition("/")[2].removesuffix(".simg")
@@ -85,6 +93,9 @@ def make_simg(tmp: Path, content: bytes) -> bytes:
     (root / "etc" / "motd").write_bytes(content)
     (root / "singularity").write_text("#!/bin/sh\necho hello\n")
     out = root.with_suffix(".simg")
-    subprocess.run(["mksquashfs", str(root), str(out), "-noappend", "-all-root", "-quiet",
-                    "-no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        ["mksquashfs", str(root), str(out), "-noappend", "-all-root", "-quiet", "-no-progress"],
+        check=True,
+        capture_output=True,
+    )
     return out.read_bytes()

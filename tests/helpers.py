@@ -21,15 +21,24 @@ def console_script() -> list[str]:
     return [str(path)] if path.exists() else CLI
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-            cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([*console_script(), *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*console_script(), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-def make_context(tmp: Path, remotes: dict[str, RemoteConfig] | None = None,
-                 default: str = "local", **kwargs: Any) -> Context:
+def make_context(
+    tmp: Path, remotes: dict[str, RemoteConfig] | None = None, default: str = "local", **kwargs: Any
+) -> Context:
     config = Config(tmp / "config.toml", dict(remotes or {}), default)
     return Context(config=config, cache=Cache(tmp / "cache"), **kwargs)
 
@@ -42,8 +51,13 @@ def write_config(path: Path, remotes: dict[str, RemoteConfig], default: str) -> 
 
 
 def s3_options(server: Any, bucket: str) -> dict[str, Any]:
-    return {"bucket": bucket, "endpoint_url": server.s3_endpoint, "region": "us-east-1",
-            "access_key_id": server.access_key, "secret_access_key": server.secret_key}
+    return {
+        "bucket": bucket,
+        "endpoint_url": server.s3_endpoint,
+        "region": "us-east-1",
+        "access_key_id": server.access_key,
+        "secret_access_key": server.secret_key,
+    }
 
 
 def s3_client(server: Any) -> Any:
@@ -52,11 +66,17 @@ def s3_client(server: Any) -> Any:
     from botocore.config import Config as BotoConfig
 
     return boto3.client(
-        "s3", endpoint_url=server.s3_endpoint, region_name="us-east-1",
-        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
-        config=BotoConfig(s3={"addressing_style": "path"},
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"))
+        "s3",
+        endpoint_url=server.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+        config=BotoConfig(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
 
 
 def push_then_ctrl_c(args: list[str], env: dict[str, str], started: Any) -> float:
@@ -65,8 +85,13 @@ def push_then_ctrl_c(args: list[str], env: dict[str, str], started: Any) -> floa
     import signal
     import time
 
-    proc = subprocess.Popen([*console_script(), "push", *args], env={**os.environ, **env},
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*console_script(), "push", *args],
+        env={**os.environ, **env},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while not started():
         assert proc.poll() is None and time.monotonic() < deadline, "the upload never started"
@@ -78,4 +103,3 @@ def push_then_ctrl_c(args: list[str], env: dict[str, str], started: Any) -> floa
     print(f"\nCtrl-C mid-push: exit {proc.returncode} after {took:.1f}s")
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     return took
-

@@ -27,8 +27,9 @@ MiB = 1024 * 1024
 @pytest.fixture
 def ctx(tmp_path: Path) -> service.Context:
     remote = RemoteConfig("local", "file", {"path": str(tmp_path / "bucket")})
-    return make_context(tmp_path, {"local": remote},
-                        transfer=TransferSettings(chunk_size=MiB, concurrency=4))
+    return make_context(
+        tmp_path, {"local": remote}, transfer=TransferSettings(chunk_size=MiB, concurrency=4)
+    )
 
 
 def test_cache_layout_and_modes(ctx: service.Context, tmp_path: Path) -> None:
@@ -66,8 +67,13 @@ def test_download_hashes_in_order_across_many_ranges(tmp_path: Path) -> None:
     backend = FileBackend(tmp_path / "b")
     data = write_random(tmp_path / "f", 7 * MiB + 123, seed=4)
     info = backend.put("c/n:1.sif", str(tmp_path / "f"), {}, part_size=0, concurrency=1)
-    result = download(backend, info, tmp_path / "out", [[info.size]],
-                      settings=TransferSettings(chunk_size=256 * 1024, concurrency=6))
+    result = download(
+        backend,
+        info,
+        tmp_path / "out",
+        [[info.size]],
+        settings=TransferSettings(chunk_size=256 * 1024, concurrency=6),
+    )
     import hashlib
 
     assert result.sha256 == hashlib.sha256(data).hexdigest()
@@ -166,8 +172,9 @@ def test_cli_shared_cache_from_config(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(pulled.stdout.strip()).st_mode) == 0o444
 
 
-def test_push_not_matching_its_pinned_digest_writes_nothing(ctx: service.Context,
-                                                            tmp_path: Path) -> None:
+def test_push_not_matching_its_pinned_digest_writes_nothing(
+    ctx: service.Context, tmp_path: Path
+) -> None:
     write_random(tmp_path / "a.sif", 3 * MiB)
     with pytest.raises(IntegrityError, match="not the digest"):
         service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref(f"lab/a:1@sha256:{'0' * 64}"))

@@ -41,12 +41,15 @@ def moto_env(moto_server: Any, tmp_path: Path) -> dict[str, str]:
     cfg = write_config(tmp_path / "config.toml", {"lab": remote}, "lab")
     with open(cfg, "a") as fh:  # small ranges: many points at which a kill can land
         fh.write("\n[transfer]\nchunk_size = 1048576\nconcurrency = 2\n")
-    return {"REGISTRY_CLIENT_CONFIG": str(cfg),
-            "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "nodecache")}
+    return {
+        "REGISTRY_CLIENT_CONFIG": str(cfg),
+        "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "nodecache"),
+    }
 
 
-def test_kill_9_at_random_moments_never_publishes_partial(moto_env: dict[str, str],
-                                                          tmp_path: Path) -> None:
+def test_kill_9_at_random_moments_never_publishes_partial(
+    moto_env: dict[str, str], tmp_path: Path
+) -> None:
     image = tmp_path / "img.sif"
     data = write_random(image, 40 * MiB, seed=21)
     assert run_cli("push", str(image), "lab/crash:1", env=moto_env).returncode == 0
@@ -55,9 +58,12 @@ def test_kill_9_at_random_moments_never_publishes_partial(moto_env: dict[str, st
     outcomes = {"killed": 0, "finished": 0}
     for _ in range(KILL_TRIALS):
         run_cli("cache", "clean", env=moto_env) if rng.random() < 0.5 else None
-        proc = subprocess.Popen([*console_script(), "pull", "lab/crash:1"],
-                                env={**os.environ, **moto_env}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*console_script(), "pull", "lab/crash:1"],
+            env={**os.environ, **moto_env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         time.sleep(rng.uniform(0.05, 1.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -72,15 +78,23 @@ def test_kill_9_at_random_moments_never_publishes_partial(moto_env: dict[str, st
     assert leftovers == []  # dead writers' temps were cleaned by the next pull
 
 
-def test_locks_off_concurrent_pulls_publish_only_whole_files(moto_env: dict[str, str],
-                                                             tmp_path: Path) -> None:
+def test_locks_off_concurrent_pulls_publish_only_whole_files(
+    moto_env: dict[str, str], tmp_path: Path
+) -> None:
     image = tmp_path / "img.sif"
     data = write_random(image, 16 * MiB, seed=22)
     assert run_cli("push", str(image), "lab/nolock:1", env=moto_env).returncode == 0
     env = {**os.environ, **moto_env, "REGISTRY_CLIENT_CACHE_LOCKING": "0"}
-    procs = [subprocess.Popen([*console_script(), "pull", "--json", "lab/nolock:1"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [*console_script(), "pull", "--json", "lab/nolock:1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [o[1] for o in outs]
     results = [json.loads(o[0]) for o in outs]

@@ -36,15 +36,21 @@ class Rig:
     def __init__(self, server: Any, tmp: Path, proxy: FaultProxy) -> None:
         self.proxy = proxy
         self.bucket = new_bucket(server)
-        options = {**s3_options(server, self.bucket), "endpoint_url": proxy.url,
-                   "read_timeout": 2, "connect_timeout": 2}
-        cfg = write_config(tmp / "config.toml", {"lab": RemoteConfig("lab", "s3", options)},
-                           "lab")
+        options = {
+            **s3_options(server, self.bucket),
+            "endpoint_url": proxy.url,
+            "read_timeout": 2,
+            "connect_timeout": 2,
+        }
+        cfg = write_config(tmp / "config.toml", {"lab": RemoteConfig("lab", "s3", options)}, "lab")
         with open(cfg, "a") as fh:
             fh.write("\n[transfer]\nchunk_size = 1048576\nconcurrency = 4\n")
         self.cache = tmp / "nodecache"
-        self.env = {**os.environ, "REGISTRY_CLIENT_CONFIG": str(cfg),
-                    "REGISTRY_CLIENT_CACHE_DIR": str(self.cache)}
+        self.env = {
+            **os.environ,
+            "REGISTRY_CLIENT_CONFIG": str(cfg),
+            "REGISTRY_CLIENT_CACHE_DIR": str(self.cache),
+        }
         self.tmp = tmp
 
     def push(self, size: int, seed: int = 0, ref: str = "lab/app:1") -> bytes:
@@ -58,9 +64,13 @@ class Rig:
         return run_cli("pull", "--json", *args, "lab/app:1", env=self.env, timeout=timeout)
 
     def spawn(self, *args: str, stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
-        return subprocess.Popen([*console_script(), "pull", "--json", *args, "lab/app:1"],
-                                env=self.env, stdout=subprocess.PIPE, stderr=stderr,
-                                text=True)
+        return subprocess.Popen(
+            [*console_script(), "pull", "--json", *args, "lab/app:1"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
 
     def served(self) -> int:
         return self.proxy.stats.get_bytes_matching("lab/app")
@@ -105,8 +115,10 @@ def test_thundering_herd_downloads_once(rig: Rig, n: int) -> None:
     assert rig.pull().returncode == 0
     cold = time.perf_counter() - t0
     _, _, warm = run_herd(rig, n)
-    print(f"\nherd N={n}: served {served / size:.2f}x image; wall {wall:.2f}s vs cold+warm "
-          f"{cold:.2f}+{warm:.2f}s = ratio {wall / (cold + warm):.2f}")
+    print(
+        f"\nherd N={n}: served {served / size:.2f}x image; wall {wall:.2f}s vs cold+warm "
+        f"{cold:.2f}+{warm:.2f}s = ratio {wall / (cold + warm):.2f}"
+    )
 
 
 def wait_for(predicate: Any, timeout: float = 30, what: str = "") -> None:
@@ -132,8 +144,10 @@ def test_waiter_takes_over_when_holder_dies(rig: Rig, tmp_path: Path) -> None:
     wait_for(lambda: len(resume_state(rig)) >= 1, what="the holder's first range")
     log = open(tmp_path / "waiter.err", "w")  # noqa: SIM115 - closed below
     waiter = rig.spawn(stderr=log)
-    wait_for(lambda: "waiting for pid" in (tmp_path / "waiter.err").read_text(),
-             what="the waiter's message")
+    wait_for(
+        lambda: "waiting for pid" in (tmp_path / "waiter.err").read_text(),
+        what="the waiter's message",
+    )
     assert f"pid {holder.pid}" in (tmp_path / "waiter.err").read_text()
     holder.send_signal(signal.SIGKILL)
     holder.wait(10)
@@ -192,8 +206,7 @@ RECOVERABLE = {
     "slow body": Fault.slow(8 * MiB, times=None, path="lab/app", has_range=True),
     "truncated body": Fault.truncate(200_000, times=2, path="lab/app", has_range=True),
     "content-length too long": Fault.wrong_length(100, times=2, path="lab/app", has_range=True),
-    "content-length too short": Fault.wrong_length(-100, times=2, path="lab/app",
-                                                   has_range=True),
+    "content-length too short": Fault.wrong_length(-100, times=2, path="lab/app", has_range=True),
 }
 
 
@@ -235,8 +248,7 @@ def test_stall_every_time_is_exit_6_not_a_hang(rig: Rig) -> None:
 @pytest.mark.parametrize("times", [1, None])
 def test_corrupted_bytes_are_never_published(rig: Rig, times: int | None) -> None:
     rig.push(3 * MiB, seed=8)
-    rig.proxy.add_fault(Fault.corrupt(5000, length=4, times=times, path="lab/app",
-                                      has_range=True))
+    rig.proxy.add_fault(Fault.corrupt(5000, length=4, times=times, path="lab/app", has_range=True))
     result = rig.pull()
     assert result.returncode == 4, result.stderr
     assert "nothing was published" in result.stderr
@@ -258,13 +270,18 @@ def test_offline_and_pinned_pulls_send_no_request(rig: Rig) -> None:
 def test_disk_full_is_exit_1_and_leaves_nothing(rig: Rig, tmp_path: Path) -> None:
     small = tmp_path / "small"
     small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here")
     try:
         rig.push(8 * MiB, seed=10)
-        result = run_cli("pull", "lab/app:1", env={**rig.env,
-                                                   "REGISTRY_CLIENT_CACHE_DIR": str(small)})
+        result = run_cli(
+            "pull", "lab/app:1", env={**rig.env, "REGISTRY_CLIENT_CACHE_DIR": str(small)}
+        )
         assert result.returncode == 1, result.stderr
         assert "no space left" in result.stderr and "Traceback" not in result.stderr
         assert list((small / "v1" / "sif" / "sha256").iterdir()) == []

@@ -12,8 +12,18 @@ import pytest
 from tests.helpers import CLI, run_cli
 
 
-@pytest.mark.parametrize("ref", ["../etc/passwd", "lab/app\x01", "Lab/App", "lab/app:",
-                                 "x" * 5000, "lab/../app", "s3://bucket/../lab/app"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "../etc/passwd",
+        "lab/app\x01",
+        "Lab/App",
+        "lab/app:",
+        "x" * 5000,
+        "lab/../app",
+        "s3://bucket/../lab/app",
+    ],
+)
 def test_bad_reference_exit_2_one_line(ref: str) -> None:
     result = run_cli("pull", ref)
     assert result.returncode == 2
@@ -68,11 +78,12 @@ def test_zero_config_round_trip_and_json(sample_sif: Path, tmp_path: Path) -> No
 def test_cache_hit_by_digest_or_offline_does_not_import_boto3(sample_sif: Path) -> None:
     sha = run_cli("push", str(sample_sif), "lab/app:1").stdout.strip()
     assert run_cli("pull", "lab/app:1").returncode == 0
-    code = ("import sys; from registry_client.cli import main; "
-            "rc = main(sys.argv[1:]); print('boto3' in sys.modules, rc, file=sys.stderr)")
+    code = (
+        "import sys; from registry_client.cli import main; "
+        "rc = main(sys.argv[1:]); print('boto3' in sys.modules, rc, file=sys.stderr)"
+    )
     for args in (["pull", f"lab/app:1@{sha}"], ["pull", "--offline", "lab/app:1"]):
-        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True,
-                                text=True)
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
         assert result.stderr.strip().endswith("False 0"), result.stderr
 
 
@@ -81,10 +92,18 @@ def test_interrupt_exit_130() -> None:
     import signal
     import time
 
-    proc = subprocess.Popen([*CLI, "pull", "s3://rc-none/lab/app:1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-                                 "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    proc = subprocess.Popen(
+        [*CLI, "pull", "s3://rc-none/lab/app:1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "y",
+        },
+    )
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=30)

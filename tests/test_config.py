@@ -22,8 +22,10 @@ def test_zero_config_default_is_local_file_remote(tmp_path: Path) -> None:
 
 def test_named_remotes_and_default(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text('default_remote = "lab"\n[remotes.lab]\ntype = "s3"\nbucket = "img"\n'
-                   'prefix = "/site/"\nendpoint_url = "http://127.0.0.1:1"\n')
+    cfg.write_text(
+        'default_remote = "lab"\n[remotes.lab]\ntype = "s3"\nbucket = "img"\n'
+        'prefix = "/site/"\nendpoint_url = "http://127.0.0.1:1"\n'
+    )
     config = load_config(cfg)
     assert config.remote(None).name == "lab"
     assert config.remote("lab").prefix == "site/"
@@ -31,11 +33,18 @@ def test_named_remotes_and_default(tmp_path: Path) -> None:
         config.remote("nope")
 
 
-@pytest.mark.parametrize("body", [
-    "not toml [", '[remotes.x]\ntype = "ftp"\n', '[remotes.x]\ntype = "s3"\n',
-    '[remotes.x]\ntype = "file"\n', 'remotes = 3\n', '[remotes."Bad Name"]\ntype="file"\npath="/x"',
-    "default_remote = 5\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "not toml [",
+        '[remotes.x]\ntype = "ftp"\n',
+        '[remotes.x]\ntype = "s3"\n',
+        '[remotes.x]\ntype = "file"\n',
+        "remotes = 3\n",
+        '[remotes."Bad Name"]\ntype="file"\npath="/x"',
+        "default_remote = 5\n",
+    ],
+)
 def test_bad_config_is_config_error(tmp_path: Path, body: str) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(body)
@@ -51,7 +60,9 @@ def test_unknown_top_level_key_is_refused_with_a_suggestion(tmp_path: Path) -> N
     assert "'default'" in str(err.value) and "default_remote" in (err.value.hint or "")
     result = run_cli("--config", str(cfg), "ls")
     assert result.returncode == 2 and "did you mean 'default_remote'" in result.stderr
-    cfg.write_text('cache_dir = "/tmp/x"\n[transfer]\nconcurrency = 4\n[library]\nurl = "http://x"\n')
+    cfg.write_text(
+        'cache_dir = "/tmp/x"\n[transfer]\nconcurrency = 4\n[library]\nurl = "http://x"\n'
+    )
     assert load_config(cfg).settings["transfer"] == {"concurrency": 4}
 
 
@@ -73,9 +84,18 @@ def test_cli_remote_add_ls_rm(tmp_path: Path) -> None:
     assert env_missing.returncode == 2  # an explicit config path that does not exist
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "config.toml").write_text("")
-    added = run_cli("remote", "add", "lab", "s3://images/site", "--endpoint-url",
-                    "http://127.0.0.1:9", "--option", "secret_access_key=hush-123",
-                    "--default", env=env)
+    added = run_cli(
+        "remote",
+        "add",
+        "lab",
+        "s3://images/site",
+        "--endpoint-url",
+        "http://127.0.0.1:9",
+        "--option",
+        "secret_access_key=hush-123",
+        "--default",
+        env=env,
+    )
     assert added.returncode == 0, added.stderr
     assert "hush-123" not in added.stdout + added.stderr
     assert os.stat(tmp_path / "cfg" / "config.toml").st_mode & 0o777 == 0o600

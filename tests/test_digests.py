@@ -18,7 +18,7 @@ MiB = 1024 * 1024
 
 
 def multipart_etag(data: bytes, part: int) -> str:
-    md5s = [hashlib.md5(data[i:i + part]).digest() for i in range(0, len(data), part)]
+    md5s = [hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)]
     return s3_multipart_etag(md5s)
 
 
@@ -26,7 +26,7 @@ def run_plan(info: ObjectInfo, data: bytes, feed: int = 777_777) -> bool:
     plan = s3_etag_plan(info)
     digester = Digester(plan.schemes)
     for i in range(0, len(data), feed):
-        digester.update(data[i:i + feed])
+        digester.update(data[i : i + feed])
     result = digester.result()
     assert result.sha256 == hashlib.sha256(data).hexdigest()
     if plan.verifiable and plan.check(result.segment_md5s):

@@ -72,12 +72,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         start, end = self._head()
-        self.wfile.write(PAYLOAD[start:end + 1])
+        self.wfile.write(PAYLOAD[start : end + 1])
 
     def do_PUT(self) -> None:
         self.server.seen.append((self.command, self.path))
-        body = self._read_chunked() if "chunked" in self.headers.get(
-            "Transfer-Encoding", "") else self.rfile.read(int(self.headers["Content-Length"]))
+        body = (
+            self._read_chunked()
+            if "chunked" in self.headers.get("Transfer-Encoding", "")
+            else self.rfile.read(int(self.headers["Content-Length"]))
+        )
         answer = hashlib.sha256(body).hexdigest().encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(answer)))
@@ -142,8 +145,9 @@ def session() -> Iterator[requests.Session]:
         yield sess
 
 
-def raw_exchange(proxy: FaultProxy, request: bytes, timeout: float = 5.0) -> tuple[bytes, bytes,
-                                                                                 Exception | None]:
+def raw_exchange(
+    proxy: FaultProxy, request: bytes, timeout: float = 5.0
+) -> tuple[bytes, bytes, Exception | None]:
     """Send raw bytes; read until EOF or error; return (head, body, error or None)."""
     data, error = b"", None
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout) as sock:
@@ -165,11 +169,15 @@ def get_request(path: str = "/obj") -> bytes:
 def test_passthrough_ranges_and_keepalive(proxy: FaultProxy, session: requests.Session) -> None:
     whole = session.get(f"{proxy.url}/obj")
     assert whole.status_code == 200 and whole.content == PAYLOAD
-    for spec, span in (("bytes=0-0", (0, 1)), ("bytes=1000-65535", (1000, 65536)),
-                       ("bytes=199990-", (199990, SIZE)), ("bytes=-7", (SIZE - 7, SIZE))):
+    for spec, span in (
+        ("bytes=0-0", (0, 1)),
+        ("bytes=1000-65535", (1000, 65536)),
+        ("bytes=199990-", (199990, SIZE)),
+        ("bytes=-7", (SIZE - 7, SIZE)),
+    ):
         part = session.get(f"{proxy.url}/obj", headers={"Range": spec})
         assert part.status_code == 206
-        assert part.content == PAYLOAD[span[0]:span[1]]
+        assert part.content == PAYLOAD[span[0] : span[1]]
     assert session.head(f"{proxy.url}/obj").headers["Content-Length"] == str(SIZE)
     assert session.get(f"{proxy.url}/chunked").content == PAYLOAD  # chunked response
     assert proxy.stats.connections == 1  # six requests, one kept-alive client connection
@@ -179,10 +187,12 @@ def test_request_bytes_reach_upstream_unchanged() -> None:
     """Odd header spelling, order and a chunked body with extensions and trailers survive."""
     with socket.create_server(("127.0.0.1", 0)) as capture:
         captured = bytearray()
-        request = (b"PUT /b/k%2Fx?partNumber=1&uploadId=a%20b HTTP/1.1\r\nhost: Example:1\r\n"
-                   b"X-Amz-Date:20240101T000000Z\r\nauthorization:  AWS4-HMAC-SHA256 x \r\n"
-                   b"TRANSFER-encoding: chunked\r\n\r\n"
-                   b"5;chunk-signature=ab\r\nhello\r\n0\r\nx-amz-trailer: 1\r\n\r\n")
+        request = (
+            b"PUT /b/k%2Fx?partNumber=1&uploadId=a%20b HTTP/1.1\r\nhost: Example:1\r\n"
+            b"X-Amz-Date:20240101T000000Z\r\nauthorization:  AWS4-HMAC-SHA256 x \r\n"
+            b"TRANSFER-encoding: chunked\r\n\r\n"
+            b"5;chunk-signature=ab\r\nhello\r\n0\r\nx-amz-trailer: 1\r\n\r\n"
+        )
 
         def serve() -> None:
             conn, _ = capture.accept()
@@ -193,8 +203,10 @@ def test_request_bytes_reach_upstream_unchanged() -> None:
 
         thread = threading.Thread(target=serve)
         thread.start()
-        with FaultProxy(f"http://127.0.0.1:{capture.getsockname()[1]}") as proxy, \
-                socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
+        with (
+            FaultProxy(f"http://127.0.0.1:{capture.getsockname()[1]}") as proxy,
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock,
+        ):
             sock.sendall(request)
             answer = b""
             while not answer.endswith(b"ok"):
@@ -208,7 +220,7 @@ def test_request_bodies(proxy: FaultProxy, session: requests.Session) -> None:
     data = PAYLOAD[:150_000]
     digest = hashlib.sha256(data).hexdigest()
     assert session.put(f"{proxy.url}/up/1", data=data).text == digest  # Content-Length
-    pieces = (data[i:i + 40_000] for i in range(0, len(data), 40_000))
+    pieces = (data[i : i + 40_000] for i in range(0, len(data), 40_000))
     assert session.put(f"{proxy.url}/up/2", data=pieces).text == digest  # chunked
     assert proxy.stats.connections == 1
 
@@ -216,8 +228,9 @@ def test_request_bodies(proxy: FaultProxy, session: requests.Session) -> None:
 def test_expect_100_continue_is_relayed(proxy: FaultProxy) -> None:
     body = b"x" * 1000
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as sock:
-        sock.sendall(b"PUT /up/3 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                     b"Content-Length: 1000\r\n\r\n")
+        sock.sendall(
+            b"PUT /up/3 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
+        )
         assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n")
         sock.sendall(body)
         answer = b""
@@ -245,10 +258,12 @@ def test_stats(proxy: FaultProxy, session: requests.Session) -> None:
 
 
 # -- faults -------------------------------------------------------------------------------
-@pytest.mark.parametrize(("code", "error_code"),
-                         [(503, "SlowDown"), (500, "InternalError"), (429, "SlowDown")])
-def test_status_fault(proxy: FaultProxy, upstream: _Upstream, http: urllib3.PoolManager,
-                      code: int, error_code: str) -> None:
+@pytest.mark.parametrize(
+    ("code", "error_code"), [(503, "SlowDown"), (500, "InternalError"), (429, "SlowDown")]
+)
+def test_status_fault(
+    proxy: FaultProxy, upstream: _Upstream, http: urllib3.PoolManager, code: int, error_code: str
+) -> None:
     proxy.add_fault(Fault.status(code, times=1, retry_after=3))
     answer = http.request("GET", f"{proxy.url}/obj")
     assert answer.status == code
@@ -260,8 +275,9 @@ def test_status_fault(proxy: FaultProxy, upstream: _Upstream, http: urllib3.Pool
     assert proxy.stats.faults == {"status": 1}
 
 
-def test_status_fault_on_put_keeps_connection_usable(proxy: FaultProxy, upstream: _Upstream,
-                                                    session: requests.Session) -> None:
+def test_status_fault_on_put_keeps_connection_usable(
+    proxy: FaultProxy, upstream: _Upstream, session: requests.Session
+) -> None:
     proxy.add_fault(Fault.status(500, method="PUT"))
     assert session.put(f"{proxy.url}/up/4", data=PAYLOAD[:70_000]).status_code == 500
     assert session.get(f"{proxy.url}/obj").content == PAYLOAD  # body was drained
@@ -274,12 +290,14 @@ def test_budgets_order_and_matching(proxy: FaultProxy, http: urllib3.PoolManager
     special = proxy.add_fault(Fault.status(429, times=1, path="/special"))
     ranged = proxy.add_fault(Fault.status(500, times=2, has_range=True))
     always = proxy.add_fault(Fault.status(503, times=None, method="HEAD"))
-    codes = [http.request("GET", f"{proxy.url}/special").status,
-             http.request("GET", f"{proxy.url}/special").status,
-             http.request("GET", url, headers={"Range": "bytes=0-9"}).status,
-             http.request("GET", url).status,
-             http.request("GET", url, headers={"Range": "bytes=0-9"}).status,
-             http.request("GET", url, headers={"Range": "bytes=0-9"}).status]
+    codes = [
+        http.request("GET", f"{proxy.url}/special").status,
+        http.request("GET", f"{proxy.url}/special").status,
+        http.request("GET", url, headers={"Range": "bytes=0-9"}).status,
+        http.request("GET", url).status,
+        http.request("GET", url, headers={"Range": "bytes=0-9"}).status,
+        http.request("GET", url, headers={"Range": "bytes=0-9"}).status,
+    ]
     assert codes == [429, 200, 500, 200, 500, 206]
     assert [http.request("HEAD", url).status for _ in range(3)] == [503] * 3
     assert (special.remaining, ranged.remaining, always.remaining) == (0, 0, None)
@@ -314,8 +332,12 @@ def test_truncate(proxy: FaultProxy, http: urllib3.PoolManager) -> None:
 def test_stall_hits_client_read_timeout(proxy: FaultProxy, http: urllib3.PoolManager) -> None:
     proxy.add_fault(Fault.stall(after_bytes=1000, seconds=5))
     started = time.monotonic()
-    answer = http.request("GET", f"{proxy.url}/obj", preload_content=False,
-                          timeout=urllib3.Timeout(connect=2, read=0.3))
+    answer = http.request(
+        "GET",
+        f"{proxy.url}/obj",
+        preload_content=False,
+        timeout=urllib3.Timeout(connect=2, read=0.3),
+    )
     assert answer.read(1000) == PAYLOAD[:1000]
     with pytest.raises(ReadTimeoutError):
         answer.read()
@@ -411,11 +433,20 @@ def _s3(endpoint: str, server: Any) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required", retries={"max_attempts": 1})
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", config=config,
-                        aws_access_key_id=server.access_key,
-                        aws_secret_access_key=server.secret_key)
+    config = Config(
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 1},
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        config=config,
+        aws_access_key_id=server.access_key,
+        aws_secret_access_key=server.secret_key,
+    )
 
 
 @pytest.mark.servers

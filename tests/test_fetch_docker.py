@@ -40,27 +40,45 @@ from tests.helpers import make_context, run_cli
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("docker-registry") or os.path.exists("/usr/bin/docker-registry"))
-    or not shutil.which("mksquashfs") or not shutil.which("unsquashfs"),
-    reason="needs docker-registry and squashfs-tools (.ci/install-system-deps)")
+    or not shutil.which("mksquashfs")
+    or not shutil.which("unsquashfs"),
+    reason="needs docker-registry and squashfs-tools (.ci/install-system-deps)",
+)
 
 COMPRESSION = "zstd" if shutil.which("zstd") else "gzip"
-CONFIG = {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello world"],
-          "Entrypoint": ["/bin/tool"], "Cmd": ["--help", "it's"],
-          "Labels": {"org.example.team": "hpc"}, "WorkingDir": "/opt"}
+CONFIG = {
+    "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello world"],
+    "Entrypoint": ["/bin/tool"],
+    "Cmd": ["--help", "it's"],
+    "Labels": {"org.example.team": "hpc"},
+    "WorkingDir": "/opt",
+}
 HOST_CANARY = "/tmp/registry-client-escape-canary"
 
 
 def base_layer(flavour: str) -> Any:
-    return make_layer([
-        directory("etc"), file("etc/motd", "base\n"), file("etc/arch", flavour),
-        directory("bin"), file("bin/tool", "#!/bin/sh\necho tool \"$@\"\n", 0o755),
-        hardlink("bin/tool-link", "bin/tool"),
-        directory("usr"), directory("usr/lib"), file("usr/lib/libx.so", b"\x7fELF" * 64),
-        symlink("lib", "usr/lib"), symlink("hostroot", "/"),
-        file("remove-me", "x"), directory("gone"), file("gone/old", "old"),
-        directory("gone/sub"), file("gone/sub/deep", "deep"),
-        directory("locked", 0o555), file("locked/inside", "in a read-only dir"),
-    ])
+    return make_layer(
+        [
+            directory("etc"),
+            file("etc/motd", "base\n"),
+            file("etc/arch", flavour),
+            directory("bin"),
+            file("bin/tool", '#!/bin/sh\necho tool "$@"\n', 0o755),
+            hardlink("bin/tool-link", "bin/tool"),
+            directory("usr"),
+            directory("usr/lib"),
+            file("usr/lib/libx.so", b"\x7fELF" * 64),
+            symlink("lib", "usr/lib"),
+            symlink("hostroot", "/"),
+            file("remove-me", "x"),
+            directory("gone"),
+            file("gone/old", "old"),
+            directory("gone/sub"),
+            file("gone/sub/deep", "deep"),
+            directory("locked", 0o555),
+            file("locked/inside", "in a read-only dir"),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,26 +94,39 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def push_images(pusher: Pusher) -> None:
-    upper = make_layer([
-        whiteout("remove-me"), opaque("gone"), file("gone/new", "new"),
-        file("etc/motd", "layer two\n"),
-        file("lib/through-symlink.txt", "written through lib -> usr/lib"),
-        file("hostroot/etc/via-absolute-link", "stays inside the root"),
-        file("added-and-whited", "kept"), whiteout("added-and-whited"),
-    ], compression=None)
-    top = make_layer([file("secret", "0600", 0o600), directory("opt"),
-                      file("opt/data.bin", os.urandom(300_000))], compression=COMPRESSION)
+    upper = make_layer(
+        [
+            whiteout("remove-me"),
+            opaque("gone"),
+            file("gone/new", "new"),
+            file("etc/motd", "layer two\n"),
+            file("lib/through-symlink.txt", "written through lib -> usr/lib"),
+            file("hostroot/etc/via-absolute-link", "stays inside the root"),
+            file("added-and-whited", "kept"),
+            whiteout("added-and-whited"),
+        ],
+        compression=None,
+    )
+    top = make_layer(
+        [
+            file("secret", "0600", 0o600),
+            directory("opt"),
+            file("opt/data.bin", os.urandom(300_000)),
+        ],
+        compression=COMPRESSION,
+    )
     amd64 = Image([base_layer("amd64"), upper, top], "amd64", CONFIG)
     arm64 = Image([base_layer("arm64")], "arm64", {"Cmd": ["/bin/sh"]}, variant="v8")
     pusher.index("lab/multi", "1", [amd64, arm64])
-    docker_typed = Image([base_layer("docker")], "amd64", {"Cmd": ["/bin/tool"]},
-                         docker_types=True)
+    docker_typed = Image([base_layer("docker")], "amd64", {"Cmd": ["/bin/tool"]}, docker_types=True)
     pusher.image("lab/docker-types", docker_typed, "1")
     evil = {
         "traversal": [file("../../escape.txt", "x")],
         "absolute": [file("/tmp/registry-client-abs", "x")],
-        "symlink": [symlink("esc", "../" * 30 + "tmp"),  # deep enough to reach the host /tmp
-                    file("esc/registry-client-escape-canary", "x")],
+        "symlink": [
+            symlink("esc", "../" * 30 + "tmp"),  # deep enough to reach the host /tmp
+            file("esc/registry-client-escape-canary", "x"),
+        ],
         "hardlink": [hardlink("passwd", "../../../../etc/passwd")],
     }
     for tag, members in evil.items():
@@ -105,8 +136,7 @@ def push_images(pusher: Pusher) -> None:
 
 @pytest.fixture
 def ctx(tmp_path: Path) -> Any:
-    return make_context(tmp_path, transfer=TransferSettings(chunk_size=64 * 1024,
-                                                            concurrency=4))
+    return make_context(tmp_path, transfer=TransferSettings(chunk_size=64 * 1024, concurrency=4))
 
 
 @pytest.fixture
@@ -131,25 +161,54 @@ def published(ctx: Any) -> list[Path]:
 
 def read_sif_independently(path: str) -> dict[str, Any]:
     raw = Path(path).read_bytes()
-    (launch, magic, version, arch, _uuid, _ct, _mt, dfree, dtotal, descoff, _dlen, _doff,
-     _dsize) = struct.unpack_from("<32s10s3s3s16s8q", raw, 0)
+    (
+        launch,
+        magic,
+        version,
+        arch,
+        _uuid,
+        _ct,
+        _mt,
+        dfree,
+        dtotal,
+        descoff,
+        _dlen,
+        _doff,
+        _dsize,
+    ) = struct.unpack_from("<32s10s3s3s16s8q", raw, 0)
     objects = []
     for i in range(dtotal):
-        (dtype, used, ident, _g, _l, off, size, _sp, _c, _m, _u, _gi, name,
-         extra) = struct.unpack_from("<i?III7q128s384s", raw, descoff + i * 585)
+        (dtype, used, ident, _g, _l, off, size, _sp, _c, _m, _u, _gi, name, extra) = (
+            struct.unpack_from("<i?III7q128s384s", raw, descoff + i * 585)
+        )
         if used:
-            objects.append({"type": dtype, "id": ident, "offset": off, "size": size,
-                            "name": name.rstrip(b"\0").decode(), "extra": extra,
-                            "data": raw[off:off + size]})
-    return {"launch": launch.rstrip(b"\0"), "magic": magic, "version": version,
-            "arch": arch, "free": dfree, "objects": objects}
+            objects.append(
+                {
+                    "type": dtype,
+                    "id": ident,
+                    "offset": off,
+                    "size": size,
+                    "name": name.rstrip(b"\0").decode(),
+                    "extra": extra,
+                    "data": raw[off : off + size],
+                }
+            )
+    return {
+        "launch": launch.rstrip(b"\0"),
+        "magic": magic,
+        "version": version,
+        "arch": arch,
+        "free": dfree,
+        "objects": objects,
+    }
 
 
 def squashfs_tree(tmp: Path, data: bytes) -> Path:
     image = tmp / "partition.squashfs"
     image.write_bytes(data)
-    listing = subprocess.run(["unsquashfs", "-l", str(image)], capture_output=True, text=True,
-                             check=True).stdout
+    listing = subprocess.run(
+        ["unsquashfs", "-l", str(image)], capture_output=True, text=True, check=True
+    ).stdout
     assert "squashfs-root/.singularity.d/runscript" in listing
     out = tmp / "unpacked"
     subprocess.run(["unsquashfs", "-d", str(out), str(image)], capture_output=True, check=True)
@@ -161,8 +220,11 @@ def squashfs_tree(tmp: Path, data: bytes) -> Path:
 
 def test_index_to_sif_for_amd64(ctx, registry, tmp_path):
     result = pull(ctx, f"docker://{registry.host}/lab/multi:1")
-    assert not result.cached and set(result.verified) == {"manifest-digest", "blob-sha256",
-                                                          "diff-id"}
+    assert not result.cached and set(result.verified) == {
+        "manifest-digest",
+        "blob-sha256",
+        "diff-id",
+    }
     parsed = read_sif_independently(result.path)
     assert parsed["magic"] == b"SIF_MAGIC\0" and parsed["arch"] == b"02\0"
     assert parsed["launch"] == b"#!/usr/bin/env run-singularity\n"
@@ -196,12 +258,25 @@ def check_root(root: Path) -> None:
     assert os.stat(root / "locked").st_mode & 0o777 == 0o555
     assert (root / "locked/inside").exists() and (root / "opt/data.bin").stat().st_size == 300_000
     assert json.loads((root / ".singularity.d/labels.json").read_text()) == CONFIG["Labels"]
-    for script in ("runscript", "actions/run", "actions/exec", "actions/shell",
-                   "env/10-docker2singularity.sh"):
+    for script in (
+        "runscript",
+        "actions/run",
+        "actions/exec",
+        "actions/shell",
+        "env/10-docker2singularity.sh",
+    ):
         subprocess.run(["sh", "-n", str(root / ".singularity.d" / script)], check=True)
-    env = subprocess.run(["sh", "-c", f'. "{root}/.singularity.d/env/10-docker2singularity.sh";'
-                          ' echo "$GREETING|$PATH"'], capture_output=True, text=True,
-                         env={"PATH": "/usr/bin:/bin"}, check=True).stdout
+    env = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'. "{root}/.singularity.d/env/10-docker2singularity.sh"; echo "$GREETING|$PATH"',
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
     assert env == "hello world|/usr/local/bin:/usr/bin:/bin\n"
     runscript = (root / ".singularity.d/runscript").read_text()
     assert "set -- /bin/tool --help 'it'\"'\"'s'" in runscript
@@ -249,8 +324,11 @@ def test_concurrent_pulls_build_once(ctx, proxy):
         results = list(pool.map(lambda _: pull(ctx, ref), range(3)))
     assert len({r.path for r in results}) == 1
     assert sorted(r.cached for r in results) == [False, True, True]
-    probes = [r for r in proxy.server.requests_to("/v2/lab/multi/blobs/")
-                   if r.headers.get("range") == "bytes=0-0"]
+    probes = [
+        r
+        for r in proxy.server.requests_to("/v2/lab/multi/blobs/")
+        if r.headers.get("range") == "bytes=0-0"
+    ]
     assert len(probes) == 4  # config + 3 layers, probed once each: one build only
 
 
@@ -300,16 +378,14 @@ def test_token_auth_with_credentials_from_docker_config(ctx, proxy, tmp_path, mo
     ref = f"docker://{proxy.host}/lab/multi:1"
     with pytest.raises(AuthError):
         pull(ctx, ref)  # anonymous: the token service refuses
-    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path, proxy.host, "alice",
-                                                          "pa55")))
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path, proxy.host, "alice", "pa55")))
     result = pull(ctx, ref)
     assert sif.read_sif(result.path).primary_arch() == "amd64"
     tokens = proxy.server.requests_to("/token")
     assert tokens[-1].query["scope"] == "repository:lab/multi:pull"
     assert tokens[-1].query["service"] == "fixture-registry"
     served = [r for r in proxy.server.requests_to("/v2/") if r.headers.get("authorization")]
-    assert served and all(r.headers["authorization"] == f"Bearer {proxy.token}"
-                          for r in served)
+    assert served and all(r.headers["authorization"] == f"Bearer {proxy.token}" for r in served)
     monkeypatch.setenv("REGISTRY_CLIENT_DOCKER_USERNAME", "alice")
     monkeypatch.setenv("REGISTRY_CLIENT_DOCKER_PASSWORD", "wrong")
     with pytest.raises(AuthError) as err:
@@ -336,8 +412,15 @@ def test_cli_pull_inspect_and_exit_codes(tmp_path, registry, proxy):
     assert ok.stdout == f"{path}\n" and os.path.isabs(path)
     shown = run_cli("inspect", path)
     assert shown.returncode == 0, shown.stderr
-    for word in ("deffile", "generic_json", "oci-config.json", "partition", "squashfs",
-                 "primary_system", "amd64"):
+    for word in (
+        "deffile",
+        "generic_json",
+        "oci-config.json",
+        "partition",
+        "squashfs",
+        "primary_system",
+        "amd64",
+    ):
         assert word in shown.stdout
     as_json = json.loads(run_cli("--json", "inspect", path).stdout)
     assert len(as_json["sif"]["descriptors"]) == 3
@@ -361,7 +444,8 @@ def test_copy_docker_image_to_a_bucket(ctx, registry, tmp_path):
     first = copy(ctx, f"docker://{registry.host}/lab/multi:1", dst, FetchOptions(arch="amd64"))
     assert first["copied"] and (bucket / "lab" / "multi:1.sif").exists()
     assert (bucket / "lab" / "multi:1.sif").read_bytes() == Path(
-        ctx.cache.lookup(first["sha256"])).read_bytes()
+        ctx.cache.lookup(first["sha256"])
+    ).read_bytes()
     again = copy(ctx, f"docker://{registry.host}/lab/multi:1", dst, FetchOptions(arch="amd64"))
     assert not again["copied"] and again["sha256"] == first["sha256"]
     with pytest.raises(InvalidReference):

@@ -92,8 +92,11 @@ def test_not_found_and_bad_token(ctx, library, monkeypatch):
     with pytest.raises(NotFound, match="not found"):
         pull(ctx, library, "library://lab/tools/missing:1.0")
     with pytest.raises(NotFound):  # there is no arm64 build of this tag
-        pull_fetcher(ctx, parse_reference("library://lab/tools/app:1.0"),
-                     options=FetchOptions(arch="arm64", library_url=library.url))
+        pull_fetcher(
+            ctx,
+            parse_reference("library://lab/tools/app:1.0"),
+            options=FetchOptions(arch="arm64", library_url=library.url),
+        )
     monkeypatch.setenv("REGISTRY_CLIENT_LIBRARY_TOKEN", "wrong")
     with pytest.raises(AuthError) as err:
         pull(ctx, library, "library://lab/tools/app:1.0")
@@ -119,8 +122,9 @@ def test_servers_without_redirect_or_ranges(ctx, library, mode):
 
 
 def test_retries_503_and_resumes_broken_reads(tmp_path, ctx, library):
-    ctx = make_context(tmp_path / "big-chunks",
-                       transfer=TransferSettings(chunk_size=3 * MiB, concurrency=2))
+    ctx = make_context(
+        tmp_path / "big-chunks", transfer=TransferSettings(chunk_size=3 * MiB, concurrency=2)
+    )
     library.unavailable = 2
     library.broken_reads = 3
     image = library.images["lab/tools/app:1.0"]
@@ -133,8 +137,12 @@ def test_retries_503_and_resumes_broken_reads(tmp_path, ctx, library):
 
 
 def test_invalid_references_fail_before_any_request(ctx, library):
-    for ref in ("library://a/b/c/d", "library://Lab/app", "library://lab/app:bad tag!",
-                "library://lab//app"):
+    for ref in (
+        "library://a/b/c/d",
+        "library://Lab/app",
+        "library://lab/app:bad tag!",
+        "library://lab//app",
+    ):
         with pytest.raises(InvalidReference):
             pull(ctx, library, ref)
     assert library.api.log == []
@@ -165,12 +173,20 @@ def test_cli_pull_prints_only_the_path_and_maps_exit_codes(tmp_path, library):
 
     missing = cli(tmp_path, library, "pull", "--arch", "amd64", "library://lab/tools/nope")
     assert missing.returncode == 3 and missing.stdout == ""
-    denied = cli(tmp_path, library, "pull", "--arch", "amd64", "library://lab/tools/app:1.0",
-                 token="bad-token")
+    denied = cli(
+        tmp_path,
+        library,
+        "pull",
+        "--arch",
+        "amd64",
+        "library://lab/tools/app:1.0",
+        token="bad-token",
+    )
     assert denied.returncode == 5 and "bad-token" not in denied.stderr
     library.corrupt = True
-    corrupt = cli(tmp_path, library, "pull", "--force", "--arch", "amd64",
-                  "library://lab/tools/app:1.0")
+    corrupt = cli(
+        tmp_path, library, "pull", "--force", "--arch", "amd64", "library://lab/tools/app:1.0"
+    )
     assert corrupt.returncode == 4 and corrupt.stdout == ""
     assert corrupt.stderr.startswith("error: ")
     assert cli(tmp_path, library, "pull", "library://../etc").returncode == 2

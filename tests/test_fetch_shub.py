@@ -24,8 +24,9 @@ pytestmark = pytest.mark.skipif(not shutil.which("mksquashfs"), reason="needs sq
 def hub(tmp_path: Path) -> Iterator[ShubFixture]:
     server = ShubFixture()
     server.images["vsoch/hello-world:latest"] = HubImage(make_simg(tmp_path, b"hello"))
-    server.images["vsoch/hello-world:v2"] = HubImage(make_simg(tmp_path, os.urandom(50_000)),
-                                                     commit="f" * 40)
+    server.images["vsoch/hello-world:v2"] = HubImage(
+        make_simg(tmp_path, os.urandom(50_000)), commit="f" * 40
+    )
     try:
         yield server
     finally:
@@ -38,8 +39,7 @@ def ctx(tmp_path: Path):
 
 
 def pull(ctx, hub: ShubFixture, ref: str, **kwargs):
-    return pull_fetcher(ctx, parse_reference(ref), options=FetchOptions(shub_url=hub.url),
-                        **kwargs)
+    return pull_fetcher(ctx, parse_reference(ref), options=FetchOptions(shub_url=hub.url), **kwargs)
 
 
 def published(ctx) -> list[Path]:
@@ -94,8 +94,13 @@ def test_errors(ctx, hub):
     with pytest.raises(IntegrityError, match="answered with version"):
         pull(ctx, hub, f"shub://vsoch/hello-world@{md5}")
     hub.wrong_version = False
-    for bad in ("shub://vsoch", "shub://a/b/c", "shub://vsoch/x@123", "shub://-x/y",
-                "shub://vsoch/x:"):
+    for bad in (
+        "shub://vsoch",
+        "shub://a/b/c",
+        "shub://vsoch/x@123",
+        "shub://-x/y",
+        "shub://vsoch/x:",
+    ):
         with pytest.raises(InvalidReference):
             pull(ctx, hub, bad)
 

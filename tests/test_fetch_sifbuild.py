@@ -33,10 +33,25 @@ def writer(tmp_path: Path) -> RootfsWriter:
 
 
 def test_layers_in_order_with_whiteouts(tmp_path, writer):
-    writer.apply(layer_file(tmp_path, [directory("a"), file("a/one", "1"), file("a/two", "2"),
-                                       directory("keep"), file("keep/x", "x")]))
-    writer.apply(layer_file(tmp_path, [whiteout("a/one"), opaque("keep"), file("keep/y", "y"),
-                                       whiteout("never/existed")], None))
+    writer.apply(
+        layer_file(
+            tmp_path,
+            [
+                directory("a"),
+                file("a/one", "1"),
+                file("a/two", "2"),
+                directory("keep"),
+                file("keep/x", "x"),
+            ],
+        )
+    )
+    writer.apply(
+        layer_file(
+            tmp_path,
+            [whiteout("a/one"), opaque("keep"), file("keep/y", "y"), whiteout("never/existed")],
+            None,
+        )
+    )
     root = writer.root
     assert sorted(os.listdir(root / "a")) == ["two"]
     assert sorted(os.listdir(root / "keep")) == ["y"]
@@ -45,8 +60,11 @@ def test_layers_in_order_with_whiteouts(tmp_path, writer):
 
 def test_later_layer_replaces_kinds(tmp_path, writer):
     writer.apply(layer_file(tmp_path, [directory("d"), file("d/f", "x"), file("f", "file")]))
-    writer.apply(layer_file(tmp_path, [file("d", "now a file"), directory("f"),
-                                       file("f/inner", "now a dir")]))
+    writer.apply(
+        layer_file(
+            tmp_path, [file("d", "now a file"), directory("f"), file("f/inner", "now a dir")]
+        )
+    )
     assert (writer.root / "d").read_text() == "now a file"
     assert (writer.root / "f/inner").read_text() == "now a dir"
 
@@ -69,11 +87,15 @@ def test_unreadable_modes_stay_buildable_without_root(tmp_path, writer):
     assert os.stat(writer.root / "ro/f").st_mode & 0o400
 
 
-@pytest.mark.parametrize("members", [
-    [symlink("loop", "loop"), file("loop/x", "x")],
-    [file("plain", "x"), file("plain/child", "x")],
-    [symlink("up", "a/../.."), file("up/x", "x")],
-], ids=["symlink-loop", "file-as-dir", "dotdot-in-link"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [symlink("loop", "loop"), file("loop/x", "x")],
+        [file("plain", "x"), file("plain/child", "x")],
+        [symlink("up", "a/../.."), file("up/x", "x")],
+    ],
+    ids=["symlink-loop", "file-as-dir", "dotdot-in-link"],
+)
 def test_unsafe_or_broken_members(tmp_path, writer, members):
     with pytest.raises(UnsafeLayer):
         writer.apply(layer_file(tmp_path, members))
@@ -91,8 +113,13 @@ def test_diff_id_mismatch_and_garbage(tmp_path, writer):
 
 def test_missing_tools_say_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
-    spec = BuildSpec([], {"architecture": "amd64", "rootfs": {"diff_ids": []}}, "docker://x",
-                     "x@sha256:0", "amd64")
+    spec = BuildSpec(
+        [],
+        {"architecture": "amd64", "rootfs": {"diff_ids": []}},
+        "docker://x",
+        "x@sha256:0",
+        "amd64",
+    )
     with pytest.raises(UsageError) as err:
         sifbuild.build_sif(spec, tmp_path, tmp_path / "out.sif", print)
     assert "squashfs-tools" in (err.value.hint or "")

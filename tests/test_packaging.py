@@ -11,8 +11,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_layout(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("registry_client-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "registry_client/backends/s3.py" in names

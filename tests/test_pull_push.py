@@ -63,16 +63,20 @@ def test_push_then_pull_multipart(ctx: service.Context, tmp_path: Path) -> None:
     assert info.part_size == 5 * MiB and info.etag.endswith("-3")
 
 
-def test_foreign_multipart_object_with_unusual_part_size(ctx: service.Context, tmp_path: Path,
-                                                         s3_server: Any) -> None:
+def test_foreign_multipart_object_with_unusual_part_size(
+    ctx: service.Context, tmp_path: Path, s3_server: Any
+) -> None:
     """Uploaded by plain boto3 with a 6 MiB part size and no metadata: verified by ETag."""
     from boto3.s3.transfer import TransferConfig
 
     data = write_random(tmp_path / "foreign.sif", 20 * MiB + 17, seed=9)
     bucket = ctx.config.remote("lab").location
     s3_client(s3_server).upload_file(
-        str(tmp_path / "foreign.sif"), bucket, "other/img:v1.sif",
-        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB))
+        str(tmp_path / "foreign.sif"),
+        bucket,
+        "other/img:v1.sif",
+        Config=TransferConfig(multipart_threshold=6 * MiB, multipart_chunksize=6 * MiB),
+    )
     result = service.pull(ctx, parse_image_ref("lab:other/img:v1"))
     assert "etag" in result.verified and "sha256" not in result.verified
     assert Path(result.path).read_bytes() == data
@@ -80,9 +84,9 @@ def test_foreign_multipart_object_with_unusual_part_size(ctx: service.Context, t
     assert service.pull(ctx, parse_image_ref("lab:other/img:v1")).cached
 
 
-def test_corrupted_object_is_refused_and_nothing_published(ctx: service.Context,
-                                                           tmp_path: Path,
-                                                           s3_server: Any) -> None:
+def test_corrupted_object_is_refused_and_nothing_published(
+    ctx: service.Context, tmp_path: Path, s3_server: Any
+) -> None:
     image = tmp_path / "a.sif"
     write_random(image, 3 * MiB, seed=1)
     service.push(ctx, str(image), parse_image_ref("lab/app:1"))
@@ -90,16 +94,18 @@ def test_corrupted_object_is_refused_and_nothing_published(ctx: service.Context,
     remote = ctx.config.remote("lab")
     client = s3_client(s3_server)
     meta = client.head_object(Bucket=remote.location, Key="lab/app:1.sif")["Metadata"]
-    client.put_object(Bucket=remote.location, Key="lab/app:1.sif", Metadata=meta,
-                      Body=os.urandom(3 * MiB))
+    client.put_object(
+        Bucket=remote.location, Key="lab/app:1.sif", Metadata=meta, Body=os.urandom(3 * MiB)
+    )
     with pytest.raises(IntegrityError):
         service.pull(ctx, parse_image_ref("lab/app:1"))
     assert ctx.cache.entries() == []
     assert list((ctx.cache.base / "tmp").iterdir()) == []
 
 
-def test_repush_during_download_restarts_cleanly(ctx: service.Context, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_repush_during_download_restarts_cleanly(
+    ctx: service.Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     old, new = tmp_path / "old.sif", tmp_path / "new.sif"
     write_random(old, 11 * MiB, seed=1)
     write_random(new, 11 * MiB, seed=2)
@@ -121,8 +127,9 @@ def test_repush_during_download_restarts_cleanly(ctx: service.Context, tmp_path:
     assert Path(result.path).read_bytes() == new.read_bytes()
 
 
-def test_object_changed_every_time_gives_up(ctx: service.Context, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_object_changed_every_time_gives_up(
+    ctx: service.Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_random(tmp_path / "a", 1000)
     service.push(ctx, str(tmp_path / "a"), parse_image_ref("lab/app:x"))
 
@@ -152,8 +159,10 @@ def test_pull_output_path(ctx: service.Context, tmp_path: Path) -> None:
 @pytest.fixture
 def cli_env(tmp_path: Path, s3_remote: RemoteConfig) -> dict[str, str]:
     cfg = write_config(tmp_path / "config.toml", {"lab": s3_remote}, "lab")
-    return {"REGISTRY_CLIENT_CONFIG": str(cfg),
-            "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "nodecache")}
+    return {
+        "REGISTRY_CLIENT_CONFIG": str(cfg),
+        "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "nodecache"),
+    }
 
 
 def test_cli_push_pull_ls_rm(cli_env: dict[str, str], sample_sif: Path) -> None:
@@ -175,12 +184,16 @@ def test_cli_push_pull_ls_rm(cli_env: dict[str, str], sample_sif: Path) -> None:
     assert gone.returncode == 3 and gone.stderr.startswith("error: ")
 
 
-def test_cli_direct_s3_url_with_aws_env(s3_server: Any, s3_bucket: str, tmp_path: Path,
-                                        sample_sif: Path) -> None:
-    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key,
-           "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-           "AWS_ENDPOINT_URL": s3_server.s3_endpoint, "AWS_DEFAULT_REGION": "us-east-1",
-           "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")}
+def test_cli_direct_s3_url_with_aws_env(
+    s3_server: Any, s3_bucket: str, tmp_path: Path, sample_sif: Path
+) -> None:
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_ENDPOINT_URL": s3_server.s3_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c"),
+    }
     url = f"s3://{s3_bucket}/site/lab/app:2"
     assert run_cli("push", str(sample_sif), url, env=env).returncode == 0
     pulled = run_cli("pull", url, env=env)
@@ -189,15 +202,21 @@ def test_cli_direct_s3_url_with_aws_env(s3_server: Any, s3_bucket: str, tmp_path
     assert s3_server.secret_key not in pulled.stdout + pulled.stderr
 
 
-def test_cli_aws_profile_from_shared_files(s3_server: Any, s3_bucket: str, tmp_path: Path,
-                                           sample_sif: Path) -> None:
+def test_cli_aws_profile_from_shared_files(
+    s3_server: Any, s3_bucket: str, tmp_path: Path, sample_sif: Path
+) -> None:
     """AWS_PROFILE picks the keys from the shared credentials file; a missing one is exit 5."""
     creds = tmp_path / "home" / "aws-creds"  # where the autouse fixture points the AWS SDKs
     creds.parent.mkdir(parents=True, exist_ok=True)
-    creds.write_text(f"[site]\naws_access_key_id = {s3_server.access_key}\n"
-                     f"aws_secret_access_key = {s3_server.secret_key}\n")
-    env = {"AWS_PROFILE": "site", "AWS_ENDPOINT_URL": s3_server.s3_endpoint,
-           "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")}
+    creds.write_text(
+        f"[site]\naws_access_key_id = {s3_server.access_key}\n"
+        f"aws_secret_access_key = {s3_server.secret_key}\n"
+    )
+    env = {
+        "AWS_PROFILE": "site",
+        "AWS_ENDPOINT_URL": s3_server.s3_endpoint,
+        "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c"),
+    }
     url = f"s3://{s3_bucket}/lab/app:3"
     assert run_cli("push", str(sample_sif), url, env=env).returncode == 0
     assert run_cli("pull", url, env=env).returncode == 0
@@ -205,16 +224,29 @@ def test_cli_aws_profile_from_shared_files(s3_server: Any, s3_bucket: str, tmp_p
     assert missing.returncode == 5 and "profile not found" in missing.stderr
 
 
-def test_cli_wrong_secret_is_exit_5_without_the_secret(s3_server: Any, s3_bucket: str,
-                                                       tmp_path: Path) -> None:
+def test_cli_wrong_secret_is_exit_5_without_the_secret(
+    s3_server: Any, s3_bucket: str, tmp_path: Path
+) -> None:
     if type(s3_server).__name__.lower().startswith("moto"):
         pytest.skip("moto accepts any secret")
-    remote = RemoteConfig("lab", "s3", {
-        "bucket": s3_bucket, "endpoint_url": s3_server.s3_endpoint,
-        "access_key_id": s3_server.access_key, "secret_access_key": "not-the-secret-xyz"})
+    remote = RemoteConfig(
+        "lab",
+        "s3",
+        {
+            "bucket": s3_bucket,
+            "endpoint_url": s3_server.s3_endpoint,
+            "access_key_id": s3_server.access_key,
+            "secret_access_key": "not-the-secret-xyz",
+        },
+    )
     cfg = write_config(tmp_path / "c.toml", {"lab": remote}, "lab")
-    result = run_cli("--config", str(cfg), "pull", "lab/app:1", env={
-        "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")})
+    result = run_cli(
+        "--config",
+        str(cfg),
+        "pull",
+        "lab/app:1",
+        env={"REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")},
+    )
     assert result.returncode == 5, result.stderr
     assert "not-the-secret-xyz" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -224,9 +256,16 @@ def test_eight_concurrent_pulls_download_once(cli_env: dict[str, str], tmp_path:
     image = tmp_path / "herd.sif"
     write_random(image, 24 * MiB, seed=3)
     assert run_cli("push", str(image), "lab/herd:1", env=cli_env).returncode == 0
-    procs = [subprocess.Popen([*console_script(), "pull", "--json", "lab/herd:1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, **cli_env}) for _ in range(8)]
+    procs = [
+        subprocess.Popen(
+            [*console_script(), "pull", "--json", "lab/herd:1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **cli_env},
+        )
+        for _ in range(8)
+    ]
     outs = [p.communicate(timeout=180) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [o[1] for o in outs]
     results = [json.loads(o[0]) for o in outs]
@@ -236,16 +275,23 @@ def test_eight_concurrent_pulls_download_once(cli_env: dict[str, str], tmp_path:
 
 
 def test_ctrl_c_mid_push_exits_130_promptly_and_aborts_the_upload(
-        s3_server: Any, s3_bucket: str, tmp_path: Path) -> None:
+    s3_server: Any, s3_bucket: str, tmp_path: Path
+) -> None:
     write_random(tmp_path / "big.sif", 200 * MiB, seed=17)
     cfg = tmp_path / "c.toml"
     cfg.write_text("[transfer]\npart_size = 5242880\npush_concurrency = 2\n")
-    env = {"AWS_ACCESS_KEY_ID": s3_server.access_key,
-           "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-           "AWS_ENDPOINT_URL": s3_server.s3_endpoint, "REGISTRY_CLIENT_CONFIG": str(cfg)}
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_ENDPOINT_URL": s3_server.s3_endpoint,
+        "REGISTRY_CLIENT_CONFIG": str(cfg),
+    }
     client = s3_client(s3_server)
-    took = push_then_ctrl_c([str(tmp_path / "big.sif"), f"s3://{s3_bucket}/lab/big:1"], env,
-                            lambda: client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"))
+    took = push_then_ctrl_c(
+        [str(tmp_path / "big.sif"), f"s3://{s3_bucket}/lab/big:1"],
+        env,
+        lambda: client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads"),
+    )
     assert took < 10
     assert not client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     assert client.list_objects_v2(Bucket=s3_bucket).get("KeyCount") == 0

@@ -398,8 +398,9 @@ object_strategy = st.builds(
     SifObject,
     datatype=st.sampled_from([t for t in DataType if t != DataType.PARTITION]) | st.integers(0, 9),
     data=st.binary(max_size=300),
-    name=st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
-                 max_size=32),
+    name=st.text(
+        st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=32
+    ),
     group_id=st.integers(0, 0x0FFFFFFF),
     link=st.integers(0, 50),
     alignment=st.none() | st.integers(0, 5000),

@@ -69,8 +69,13 @@ def remote(swift_server: Any, container: str) -> RemoteConfig:
 def ctx(tmp_path: Path, remote: RemoteConfig) -> service.Context:
     # 1 MiB segments and 3 MiB ranges: our SLOs are fetched segment by segment, objects of
     # unknown layout in ranges that span several segments.
-    return make_context(tmp_path, {"lab": remote}, default="lab", part_size=MiB,
-                        transfer=TransferSettings(chunk_size=3 * MiB, concurrency=4))
+    return make_context(
+        tmp_path,
+        {"lab": remote},
+        default="lab",
+        part_size=MiB,
+        transfer=TransferSettings(chunk_size=3 * MiB, concurrency=4),
+    )
 
 
 @pytest.fixture
@@ -136,8 +141,9 @@ class TestSwiftBackendContract(BackendContract):
 # -- push and pull through the service ------------------------------------------------------
 
 
-def test_slo_with_many_segments_round_trip(ctx: service.Context, swift_server: Any,
-                                           container: str, tmp_path: Path) -> None:
+def test_slo_with_many_segments_round_trip(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     from registry_client import sif
 
     image = tmp_path / "big.sif"
@@ -156,12 +162,14 @@ def test_slo_with_many_segments_round_trip(ctx: service.Context, swift_server: A
     assert info.metadata["arch"] == "amd64" and info.metadata["layout"] == "1"
     assert json.loads(info.metadata["labels"]) == {"k": "v"} and info.part_size == MiB
     listed = service.list_images(SwiftBackend.from_remote(ctx.config.remote("lab")), "", "lab")
-    assert [(r["ref"], r["size"], r["digest"]) for r in listed] == \
-        [("lab:lab/app:1.2", image.stat().st_size, f"sha256:{pushed.sha256}")]
+    assert [(r["ref"], r["size"], r["digest"]) for r in listed] == [
+        ("lab:lab/app:1.2", image.stat().st_size, f"sha256:{pushed.sha256}")
+    ]
 
 
-def test_metadata_is_asked_for_after_the_segments(backend: SwiftBackend, swift_server: Any,
-                                                   container: str, tmp_path: Path) -> None:
+def test_metadata_is_asked_for_after_the_segments(
+    backend: SwiftBackend, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     """So a push hashes the file while the segments upload (Swift takes metadata last)."""
     write_random(tmp_path / "m.sif", 3 * MiB + 5, seed=6)
     seen: list[int] = []
@@ -170,21 +178,27 @@ def test_metadata_is_asked_for_after_the_segments(backend: SwiftBackend, swift_s
         seen.append(len(segment_names(swift_server, container)))
         return {"sha256": "ab" * 32, "part-size": str(MiB)}
 
-    info = backend.put("lab/m:1.sif", str(tmp_path / "m.sif"), metadata, part_size=MiB,
-                       concurrency=2)
+    info = backend.put(
+        "lab/m:1.sif", str(tmp_path / "m.sif"), metadata, part_size=MiB, concurrency=2
+    )
     assert seen == [4] and info.sha256 == "ab" * 32 and info.part_size == MiB
 
 
 def test_segment_whose_stored_md5_differs_from_what_was_sent_fails_the_push(
-        backend: SwiftBackend, swift_server: Any, container: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    backend: SwiftBackend,
+    swift_server: Any,
+    container: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Segment md5s are taken while sending; Swift's ETag of what it stored must match."""
     from registry_client.backends import swift as swift_module
 
     real_put = swift_module.SwiftConnection.put_object
 
-    def lossy_put(self: Any, container_name: str, obj: str, contents: Any, *args: Any,
-                  **kwargs: Any) -> str:
+    def lossy_put(
+        self: Any, container_name: str, obj: str, contents: Any, *args: Any, **kwargs: Any
+    ) -> str:
         etag = real_put(self, container_name, obj, contents, *args, **kwargs)
         return "0" * 32 if obj.endswith("00000002") else etag  # as if bytes changed on the way
 
@@ -198,7 +212,8 @@ def test_segment_whose_stored_md5_differs_from_what_was_sent_fails_the_push(
 
 
 def test_push_of_a_file_not_matching_its_pinned_digest_leaves_nothing(
-        ctx: service.Context, swift_server: Any, container: str, tmp_path: Path) -> None:
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     write_random(tmp_path / "d.sif", 3 * MiB, seed=7)
     with pytest.raises(IntegrityError, match="not the digest"):
         service.push(ctx, str(tmp_path / "d.sif"), parse_image_ref(f"lab/d:1@sha256:{'0' * 64}"))
@@ -207,8 +222,9 @@ def test_push_of_a_file_not_matching_its_pinned_digest_leaves_nothing(
         admin(swift_server).head_object(container, "lab/d:1.sif")
 
 
-def test_small_image_is_one_object(ctx: service.Context, swift_server: Any, container: str,
-                                   tmp_path: Path) -> None:
+def test_small_image_is_one_object(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     write_random(tmp_path / "s.sif", 300_000, seed=2)
     service.push(ctx, str(tmp_path / "s.sif"), parse_image_ref("lab/small:1"))
     head = admin(swift_server).head_object(container, "lab/small:1.sif")
@@ -219,8 +235,9 @@ def test_small_image_is_one_object(ctx: service.Context, swift_server: Any, cont
     assert set(result.verified) == {"size", "etag", "sha256"}
 
 
-def test_repush_replaces_and_removes_old_segments(ctx: service.Context, swift_server: Any,
-                                                  container: str, tmp_path: Path) -> None:
+def test_repush_replaces_and_removes_old_segments(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     ref = parse_image_ref("lab/app:moving")
     write_random(tmp_path / "a", 3 * MiB + 5, seed=1)
     write_random(tmp_path / "b", 2 * MiB + 7, seed=2)
@@ -237,8 +254,9 @@ def test_repush_replaces_and_removes_old_segments(ctx: service.Context, swift_se
     assert segment_names(swift_server, container) == []
 
 
-def test_rm_and_tag_keep_segments_consistent(ctx: service.Context, swift_server: Any,
-                                             container: str, tmp_path: Path) -> None:
+def test_rm_and_tag_keep_segments_consistent(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     write_random(tmp_path / "a", 4 * MiB + 1, seed=5)
     src, dst = parse_image_ref("lab/app:1"), parse_image_ref("lab/app:stable")
     service.push(ctx, str(tmp_path / "a"), src)
@@ -256,8 +274,9 @@ def test_rm_and_tag_keep_segments_consistent(ctx: service.Context, swift_server:
 
 
 @pytest.mark.parametrize("index", [0, 5])  # 409 before any byte / a read cut short
-def test_segment_damaged_in_place_is_exit_4(ctx: service.Context, swift_server: Any,
-                                            container: str, tmp_path: Path, index: int) -> None:
+def test_segment_damaged_in_place_is_exit_4(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path, index: int
+) -> None:
     write_random(tmp_path / "a", 8 * MiB + 3, seed=6)
     ref = parse_image_ref("lab/app:1")
     service.push(ctx, str(tmp_path / "a"), ref)
@@ -270,8 +289,9 @@ def test_segment_damaged_in_place_is_exit_4(ctx: service.Context, swift_server: 
     assert nothing_published(ctx)
 
 
-def test_tag_of_a_damaged_image_is_refused(ctx: service.Context, swift_server: Any,
-                                           container: str, tmp_path: Path) -> None:
+def test_tag_of_a_damaged_image_is_refused(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     write_random(tmp_path / "a", 3 * MiB, seed=16)
     src = parse_image_ref("lab/app:1")
     service.push(ctx, str(tmp_path / "a"), src)
@@ -283,15 +303,33 @@ def test_tag_of_a_damaged_image_is_refused(ctx: service.Context, swift_server: A
     assert set(segment_names(swift_server, container)) == before  # its copies are gone
 
 
-def test_object_from_the_swift_cli_pulls_verified(ctx: service.Context, swift_server: Any,
-                                                  container: str, tmp_path: Path) -> None:
+def test_object_from_the_swift_cli_pulls_verified(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     data = write_random(tmp_path / "cli.sif", 5 * MiB + 333, seed=7)
-    env = {**os.environ, "ST_AUTH": swift_server.auth_url, "ST_USER": swift_server.user,
-           "ST_KEY": swift_server.key}
-    done = subprocess.run(["swift", "upload", "--use-slo", "-S", str(MiB + 4096),
-                           "--object-name", "other/cli:v1.sif", container,
-                           str(tmp_path / "cli.sif")], env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = {
+        **os.environ,
+        "ST_AUTH": swift_server.auth_url,
+        "ST_USER": swift_server.user,
+        "ST_KEY": swift_server.key,
+    }
+    done = subprocess.run(
+        [
+            "swift",
+            "upload",
+            "--use-slo",
+            "-S",
+            str(MiB + 4096),
+            "--object-name",
+            "other/cli:v1.sif",
+            container,
+            str(tmp_path / "cli.sif"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert len(manifest(swift_server, container, "other/cli:v1.sif")) == 5
     result = service.pull(ctx, parse_image_ref("lab:other/cli:v1"))
@@ -299,8 +337,9 @@ def test_object_from_the_swift_cli_pulls_verified(ctx: service.Context, swift_se
     assert Path(result.path).read_bytes() == data
 
 
-def test_object_from_s3_multipart_pulls_verified(ctx: service.Context, swift_server: Any,
-                                                 container: str, tmp_path: Path) -> None:
+def test_object_from_s3_multipart_pulls_verified(
+    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     """s3api stores a multipart upload as an SLO whose segments are in BUCKET+segments."""
     data = write_random(tmp_path / "s3.sif", 3 * MiB + 10, seed=8)
     s3 = s3_client(swift_server)
@@ -308,11 +347,17 @@ def test_object_from_s3_multipart_pulls_verified(ctx: service.Context, swift_ser
     upload = s3.create_multipart_upload(Bucket=container, Key=key)["UploadId"]
     parts = []
     for number, start in enumerate(range(0, len(data), MiB), 1):
-        etag = s3.upload_part(Bucket=container, Key=key, UploadId=upload, PartNumber=number,
-                              Body=data[start:start + MiB])["ETag"]
+        etag = s3.upload_part(
+            Bucket=container,
+            Key=key,
+            UploadId=upload,
+            PartNumber=number,
+            Body=data[start : start + MiB],
+        )["ETag"]
         parts.append({"PartNumber": number, "ETag": etag})
-    s3.complete_multipart_upload(Bucket=container, Key=key, UploadId=upload,
-                                 MultipartUpload={"Parts": parts})
+    s3.complete_multipart_upload(
+        Bucket=container, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+    )
     segs = manifest(swift_server, container, key)
     assert len(segs) == 4 and segs[0]["name"].startswith(f"/{container}+segments/")
     result = service.pull(ctx, parse_image_ref("lab:other/s3:v1"))
@@ -336,13 +381,15 @@ class _RevokeAfterFirstBytes(Reporter):
                 if not self.revoked:
                     self.revoked = True
                     self.revoke()
+
             yield moved
 
         return advance()
 
 
-def test_token_revoked_mid_pull_is_renewed(ctx: service.Context, swift_server: Any,
-                                           tmp_path: Path) -> None:
+def test_token_revoked_mid_pull_is_renewed(
+    ctx: service.Context, swift_server: Any, tmp_path: Path
+) -> None:
     write_random(tmp_path / "a", 6 * MiB, seed=9)
     ref = parse_image_ref("lab/app:tok")
     service.push(ctx, str(tmp_path / "a"), ref)
@@ -355,8 +402,9 @@ def test_token_revoked_mid_pull_is_renewed(ctx: service.Context, swift_server: A
     assert Path(result.path).read_bytes() == (tmp_path / "a").read_bytes()
 
 
-def test_token_store_renews_once_for_all_threads(backend: SwiftBackend, swift_server: Any,
-                                                 tmp_path: Path) -> None:
+def test_token_store_renews_once_for_all_threads(
+    backend: SwiftBackend, swift_server: Any, tmp_path: Path
+) -> None:
     write_random(tmp_path / "a", 4 * MiB, seed=10)
     info = backend.put("c/t:1.sif", str(tmp_path / "a"), {}, part_size=MiB, concurrency=4)
     assert backend.tokens.renewals == 1
@@ -376,8 +424,9 @@ def test_token_store_renews_once_for_all_threads(backend: SwiftBackend, swift_se
     assert backend.stat("c/t:3.sif").etag == hashlib.md5((tmp_path / "a").read_bytes()).hexdigest()
 
 
-def test_premade_token_from_env(swift_server: Any, container: str, tmp_path: Path,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_premade_token_from_env(
+    swift_server: Any, container: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, token = admin(swift_server).get_auth()
     monkeypatch.setenv("OS_STORAGE_URL", url)
     monkeypatch.setenv("OS_AUTH_TOKEN", token)
@@ -398,8 +447,12 @@ def test_dlo_pulls_verified(ctx: service.Context, swift_server: Any, container: 
     parts = [os.urandom(MiB + i) for i in range(3)]
     for i, part in enumerate(parts):
         conn.put_object(f"{container}_segments", f"dlo/img/{i:03d}", part)
-    conn.put_object(container, "other/dlo:1.sif", b"",
-                    headers={"X-Object-Manifest": f"{container}_segments/dlo/img/"})
+    conn.put_object(
+        container,
+        "other/dlo:1.sif",
+        b"",
+        headers={"X-Object-Manifest": f"{container}_segments/dlo/img/"},
+    )
     result = service.pull(ctx, parse_image_ref("lab:other/dlo:1"))
     assert set(result.verified) == {"size", "etag"}
     assert Path(result.path).read_bytes() == b"".join(parts)
@@ -407,17 +460,21 @@ def test_dlo_pulls_verified(ctx: service.Context, swift_server: Any, container: 
     assert segment_names(swift_server, container) == []
 
 
-def test_nested_and_ranged_slos(backend: SwiftBackend, swift_server: Any,
-                                container: str, tmp_path: Path) -> None:
+def test_nested_and_ranged_slos(
+    backend: SwiftBackend, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     data = write_random(tmp_path / "a", 3 * MiB, seed=12)
     inner = backend.put("c/inner:1.sif", str(tmp_path / "a"), {}, part_size=MiB, concurrency=2)
     tail = os.urandom(1000)
     conn = admin(swift_server)
     conn.put_object(container, "tail", tail)
-    outer = [{"path": f"/{container}/c/inner:1.sif", "etag": inner.etag},
-             {"path": f"/{container}/tail", "etag": None}]
-    conn.put_object(container, "c/outer:1.sif", json.dumps(outer),
-                    query_string="multipart-manifest=put")
+    outer = [
+        {"path": f"/{container}/c/inner:1.sif", "etag": inner.etag},
+        {"path": f"/{container}/tail", "etag": None},
+    ]
+    conn.put_object(
+        container, "c/outer:1.sif", json.dumps(outer), query_string="multipart-manifest=put"
+    )
     (tmp_path / "outer").write_bytes(data + tail)
     info = backend.stat("c/outer:1.sif")
     plan = backend.etag_plan(info)
@@ -425,8 +482,9 @@ def test_nested_and_ranged_slos(backend: SwiftBackend, swift_server: Any,
     assert plan.check(hash_file(str(tmp_path / "outer"), plan.schemes).segment_md5s)
     # A slice of an object: Swift's ETag then covers bytes we never download.
     ranged = [{"path": f"/{container}/tail", "etag": None, "range": "10-99"}]
-    conn.put_object(container, "c/ranged:1.sif", json.dumps(ranged),
-                    query_string="multipart-manifest=put")
+    conn.put_object(
+        container, "c/ranged:1.sif", json.dumps(ranged), query_string="multipart-manifest=put"
+    )
     assert not backend.etag_plan(backend.stat("c/ranged:1.sif")).verifiable
     # rm of the outer SLO removes its nested manifest and that one's segments as well.
     backend.delete("c/outer:1.sif")
@@ -448,20 +506,33 @@ class _Keystone(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append(body)
         identity = body["auth"]["identity"]
-        ok = (identity["methods"] == ["password"]
-              and identity["password"]["user"] == {"name": "demo", "password": "s3cret-pw",
-                                                   "domain": {"name": "Default"}}
-              and body["auth"]["scope"]["project"]["name"] == "images") or \
-             (identity["methods"] == ["application_credential"]
-              and identity["application_credential"] == {"id": "ac1", "secret": "ac-s3cret"})
+        ok = (
+            identity["methods"] == ["password"]
+            and identity["password"]["user"]
+            == {"name": "demo", "password": "s3cret-pw", "domain": {"name": "Default"}}
+            and body["auth"]["scope"]["project"]["name"] == "images"
+        ) or (
+            identity["methods"] == ["application_credential"]
+            and identity["application_credential"] == {"id": "ac1", "secret": "ac-s3cret"}
+        )
         if not ok:
             self.send_response(401)
             self.end_headers()
             return
         url, token = admin(self.swift).get_auth()
-        catalog = [{"type": "object-store", "endpoints": [
-            {"interface": "public", "region_id": "other", "url": "http://127.0.0.1:9/nowhere"},
-            {"interface": "public", "region_id": "RegionOne", "url": url}]}]
+        catalog = [
+            {
+                "type": "object-store",
+                "endpoints": [
+                    {
+                        "interface": "public",
+                        "region_id": "other",
+                        "url": "http://127.0.0.1:9/nowhere",
+                    },
+                    {"interface": "public", "region_id": "RegionOne", "url": url},
+                ],
+            }
+        ]
         payload = json.dumps({"token": {"catalog": catalog}}).encode()
         self.send_response(201)
         self.send_header("X-Subject-Token", token)
@@ -487,29 +558,46 @@ def keystone(swift_server: Any) -> Iterator[str]:
         httpd.server_close()
 
 
-KEYSTONE_PASSWORD_ENV = {"OS_USERNAME": "demo", "OS_PASSWORD": "s3cret-pw",
-                         "OS_PROJECT_NAME": "images", "OS_USER_DOMAIN_NAME": "Default",
-                         "OS_PROJECT_DOMAIN_NAME": "Default", "OS_REGION_NAME": "RegionOne"}
+KEYSTONE_PASSWORD_ENV = {
+    "OS_USERNAME": "demo",
+    "OS_PASSWORD": "s3cret-pw",
+    "OS_PROJECT_NAME": "images",
+    "OS_USER_DOMAIN_NAME": "Default",
+    "OS_PROJECT_DOMAIN_NAME": "Default",
+    "OS_REGION_NAME": "RegionOne",
+}
 
 
-def test_keystone_v3_password_from_openrc_env(keystone: str, swift_server: Any, container: str,
-                                             tmp_path: Path) -> None:
+def test_keystone_v3_password_from_openrc_env(
+    keystone: str, swift_server: Any, container: str, tmp_path: Path
+) -> None:
     env = {"OS_AUTH_URL": keystone, **KEYSTONE_PASSWORD_ENV}
     backend = SwiftBackend(container, options={}, env=env)
     write_random(tmp_path / "a", 2 * MiB + 3, seed=13)
     info = backend.put("c/k:1.sif", str(tmp_path / "a"), {}, part_size=MiB, concurrency=2)
     flush_tokens(swift_server)
-    assert b"".join(backend.read_range("c/k:1.sif", 0, info.size, info.etag)) == \
-        (tmp_path / "a").read_bytes()
+    assert (
+        b"".join(backend.read_range("c/k:1.sif", 0, info.size, info.etag))
+        == (tmp_path / "a").read_bytes()
+    )
     assert backend.tokens.renewals == 2 and len(_Keystone.requests) == 2
     assert "s3cret-pw" not in repr(backend) + repr(backend.auth)
 
 
-def test_keystone_v3_application_credential_in_remote(keystone: str, container: str,
-                                                      tmp_path: Path) -> None:
-    remote = RemoteConfig("lab", "swift", {
-        "bucket": container, "auth_url": keystone + "/v3", "region_name": "RegionOne",
-        "application_credential_id": "ac1", "application_credential_secret": "ac-s3cret"})
+def test_keystone_v3_application_credential_in_remote(
+    keystone: str, container: str, tmp_path: Path
+) -> None:
+    remote = RemoteConfig(
+        "lab",
+        "swift",
+        {
+            "bucket": container,
+            "auth_url": keystone + "/v3",
+            "region_name": "RegionOne",
+            "application_credential_id": "ac1",
+            "application_credential_secret": "ac-s3cret",
+        },
+    )
     ctx = make_context(tmp_path, {"lab": remote}, default="lab", part_size=MiB)
     write_random(tmp_path / "a", 1500, seed=14)
     service.push(ctx, str(tmp_path / "a"), parse_image_ref("lab/app:1"))
@@ -525,13 +613,18 @@ def test_wrong_key_is_auth_error_without_the_key(swift_server: Any, container: s
     assert caught.value.exit_code == 5 and "not-the-key-xyz" not in str(caught.value)
 
 
-def test_cli_direct_swift_url_with_st_env(swift_server: Any, container: str,
-                                          tmp_path: Path) -> None:
+def test_cli_direct_swift_url_with_st_env(
+    swift_server: Any, container: str, tmp_path: Path
+) -> None:
     from registry_client import sif
 
     sif.make_test_sif(tmp_path / "a.sif", 2 * MiB, seed=15)
-    env = {"ST_AUTH": swift_server.auth_url, "ST_USER": swift_server.user,
-           "ST_KEY": swift_server.key, "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")}
+    env = {
+        "ST_AUTH": swift_server.auth_url,
+        "ST_USER": swift_server.user,
+        "ST_KEY": swift_server.key,
+        "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c"),
+    }
     url = f"swift://{container}/site/app:2"
     pushed = run_cli("push", str(tmp_path / "a.sif"), url, env=env)
     assert pushed.returncode == 0, pushed.stderr
@@ -553,16 +646,24 @@ def test_cli_direct_swift_url_with_st_env(swift_server: Any, container: str,
 
 
 def test_ctrl_c_mid_push_exits_130_promptly_and_leaves_no_segments(
-        swift_server: Any, container: str, tmp_path: Path) -> None:
+    swift_server: Any, container: str, tmp_path: Path
+) -> None:
     from tests.helpers import push_then_ctrl_c
 
     write_random(tmp_path / "big.sif", 96 * MiB, seed=16)
     cfg = tmp_path / "c.toml"
     cfg.write_text("[transfer]\npart_size = 1048576\npush_concurrency = 2\n")
-    env = {"ST_AUTH": swift_server.auth_url, "ST_USER": swift_server.user,
-           "ST_KEY": swift_server.key, "REGISTRY_CLIENT_CONFIG": str(cfg)}
-    took = push_then_ctrl_c([str(tmp_path / "big.sif"), f"swift://{container}/lab/big:1"], env,
-                            lambda: len(segment_names(swift_server, container)) >= 4)
+    env = {
+        "ST_AUTH": swift_server.auth_url,
+        "ST_USER": swift_server.user,
+        "ST_KEY": swift_server.key,
+        "REGISTRY_CLIENT_CONFIG": str(cfg),
+    }
+    took = push_then_ctrl_c(
+        [str(tmp_path / "big.sif"), f"swift://{container}/lab/big:1"],
+        env,
+        lambda: len(segment_names(swift_server, container)) >= 4,
+    )
     assert took < 10
     assert segment_names(swift_server, container) == []
     with pytest.raises(ClientException):
@@ -573,8 +674,13 @@ def test_ctrl_c_mid_push_exits_130_promptly_and_leaves_no_segments(
 
 
 def test_auth_precedence_and_missing_settings() -> None:
-    env = {"ST_AUTH": "http://h/auth/v1.0", "ST_USER": "a:b", "ST_KEY": "k-secret",
-           "OS_AUTH_URL": "http://ks/v3", "OS_PASSWORD": "pw"}
+    env = {
+        "ST_AUTH": "http://h/auth/v1.0",
+        "ST_USER": "a:b",
+        "ST_KEY": "k-secret",
+        "OS_AUTH_URL": "http://ks/v3",
+        "OS_PASSWORD": "pw",
+    }
     assert SwiftAuth.from_sources({}, env).version == "1"
     # The remote's options win, key by key; secrets may stay in the environment.
     auth = SwiftAuth.from_sources({"auth_url": "http://other/auth/v1.0"}, env)
@@ -588,8 +694,9 @@ def test_auth_precedence_and_missing_settings() -> None:
         SwiftAuth.from_sources({}, {})
     with pytest.raises(ConfigError):
         SwiftAuth.from_sources({"auth_version": "2.0", "username": "u"}, {})
-    token_only = SwiftAuth.from_sources({}, {"OS_STORAGE_URL": "http://s/v1/AUTH_x",
-                                             "OS_AUTH_TOKEN": "tk"})
+    token_only = SwiftAuth.from_sources(
+        {}, {"OS_STORAGE_URL": "http://s/v1/AUTH_x", "OS_AUTH_TOKEN": "tk"}
+    )
     assert token_only.version is None and not token_only.renewable
 
 

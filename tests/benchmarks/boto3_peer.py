@@ -16,9 +16,12 @@ from botocore.config import Config
 
 
 def client() -> object:
-    config = Config(s3={"addressing_style": "path"}, signature_version="s3v4",
-                    request_checksum_calculation="when_required",
-                    response_checksum_validation="when_required")
+    config = Config(
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
     return boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], config=config)
 
 

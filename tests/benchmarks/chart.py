@@ -17,8 +17,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _bars(ax: Any, labels: list[str], stats: list[dict[str, float]], goal: float | None,
-          title: str, log: bool = False) -> None:
+def _bars(
+    ax: Any,
+    labels: list[str],
+    stats: list[dict[str, float]],
+    goal: float | None,
+    title: str,
+    log: bool = False,
+) -> None:
     meds = [s["median"] for s in stats]
     lo = [s["median"] - s["min"] for s in stats]
     hi = [s["max"] - s["median"] for s in stats]
@@ -35,8 +41,13 @@ def _bars(ax: Any, labels: list[str], stats: list[dict[str, float]], goal: float
 
 def _transfer(ax: Any, results: list[dict[str, Any]], title: str) -> None:
     rows = [r for r in results if r.get("ratio_vs_fastest_peer")]
-    _bars(ax, [f"{r['target']} {r['label']}" for r in rows],
-          [r["ratio_vs_fastest_peer"] for r in rows], 1.0, title)
+    _bars(
+        ax,
+        [f"{r['target']} {r['label']}" for r in rows],
+        [r["ratio_vs_fastest_peer"] for r in rows],
+        1.0,
+        title,
+    )
 
 
 def _warm(ax: Any, results: list[dict[str, Any]]) -> None:
@@ -49,18 +60,27 @@ def _warm(ax: Any, results: list[dict[str, Any]]) -> None:
 
 
 def _herd(ax: Any, results: list[dict[str, Any]]) -> None:
-    tools = [("registry-client",), ("aws s3 cp to one path", "swift download to one path"),
-             ("sregistry pull",)]
+    tools = [
+        ("registry-client",),
+        ("aws s3 cp to one path", "swift download to one path"),
+        ("sregistry pull",),
+    ]
     labels = ["registry-client", "naive: N downloads to one path", "sregistry pull"]
     width = 0.27
     for i, names in enumerate(tools):
-        vals = [next((r["tools"][n]["bytes_ratio"]["median"] for n in names if n in r["tools"]),
-                     0) for r in results]
+        vals = [
+            next((r["tools"][n]["bytes_ratio"]["median"] for n in names if n in r["tools"]), 0)
+            for r in results
+        ]
         ax.bar([x + i * width for x in range(len(results))], vals, width, label=labels[i])
     ax.axhline(1.0, color="#e45756", linestyle="--", linewidth=1)
-    ax.set_xticks([x + width for x in range(len(results))],
-                  [f"{r['target']} N={r['n']}" for r in results], rotation=30, ha="right",
-                  fontsize=7)
+    ax.set_xticks(
+        [x + width for x in range(len(results))],
+        [f"{r['target']} N={r['n']}" for r in results],
+        rotation=30,
+        ha="right",
+        fontsize=7,
+    )
     ax.set_yscale("log")
     ax.set_title("herd: bytes served / image size", fontsize=9)
     ax.legend(fontsize=6)
@@ -92,10 +112,14 @@ def main(argv: list[str]) -> int:
     with open(src) as fh:
         res = json.load(fh)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
-    panels = [(res.get("pull"), lambda ax, r: _transfer(ax, r, "cold pull: ours / fastest peer")),
-              (res.get("push"), lambda ax, r: _transfer(ax, r, "push: ours / fastest peer")),
-              (res.get("warm"), _warm), (res.get("herd"), _herd), (res.get("rss"), _rss),
-              (res.get("cpu"), _cpu)]
+    panels = [
+        (res.get("pull"), lambda ax, r: _transfer(ax, r, "cold pull: ours / fastest peer")),
+        (res.get("push"), lambda ax, r: _transfer(ax, r, "push: ours / fastest peer")),
+        (res.get("warm"), _warm),
+        (res.get("herd"), _herd),
+        (res.get("rss"), _rss),
+        (res.get("cpu"), _cpu),
+    ]
     for ax, (data, draw) in zip(axes.flat, panels, strict=True):
         if data:
             draw(ax, data)

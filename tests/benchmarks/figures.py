@@ -75,25 +75,33 @@ def _rotate(items: list[Any], by: int) -> list[Any]:
 
 def _stats(samples: list[Sample]) -> dict[str, Any]:
     server = [s.server_cpu for s in samples if s.server_cpu is not None]
-    return {"wall": summary([s.wall for s in samples]), "cpu": summary([s.cpu for s in samples]),
-            "rss_mb": summary([s.rss_mb for s in samples]), "server_cpu": summary(server),
-            "fs_in_mb": summary([s.fs_in_mb for s in samples]),
-            "fs_out_mb": summary([s.fs_out_mb for s in samples]),
-            "walls": [round(s.wall, 4) for s in samples]}
+    return {
+        "wall": summary([s.wall for s in samples]),
+        "cpu": summary([s.cpu for s in samples]),
+        "rss_mb": summary([s.rss_mb for s in samples]),
+        "server_cpu": summary(server),
+        "fs_in_mb": summary([s.fs_in_mb for s in samples]),
+        "fs_out_mb": summary([s.fs_out_mb for s in samples]),
+        "walls": [round(s.wall, 4) for s in samples],
+    }
 
 
-def _peer_ok(bench: Bench, target: Target, tool: str, sample: Sample, dest: Path | None,
-             want: int) -> bool:
+def _peer_ok(
+    bench: Bench, target: Target, tool: str, sample: Sample, dest: Path | None, want: int
+) -> bool:
     size = file_size(dest) if dest else want
     if sample.rc == 0 and size == want:
         return True
     bench.broken.add((target.name, tool))
-    bench.note(f"{tool} on {target.name} failed (exit {sample.rc}, {size} of {want} bytes): "
-               f"{sample.stderr[-300:]!r}; left out from then on")
+    bench.note(
+        f"{tool} on {target.name} failed (exit {sample.rc}, {size} of {want} bytes): "
+        f"{sample.stderr[-300:]!r}; left out from then on"
+    )
     return False
 
 
 # -- push ------------------------------------------------------------------------------------
+
 
 def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     """Our push of the image's ref (the object the pull figures read) vs peers' uploads."""
@@ -101,8 +109,11 @@ def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     want = image.path.stat().st_size
     env_rc = world.rc_env(target, bench.scratch("push-cache"))
     env_peer = world.peers_env(target)
-    uploaders = {name: b for name, b in peers.UPLOADERS.items()
-                 if bench.wants(name) and b(tools, target, "k", image.path) is not None}
+    uploaders = {
+        name: b
+        for name, b in peers.UPLOADERS.items()
+        if bench.wants(name) and b(tools, target, "k", image.path) is not None
+    }
     builds = bench.builds()
     samples: dict[str, list[Sample]] = {**{n: [] for n in builds}, **{n: [] for n in uploaders}}
     for rep in range(bench.repeats):
@@ -110,9 +121,14 @@ def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
             if (target.name, tool) in bench.broken:
                 continue
             if tool in builds:
-                sample = checked(run_timed([builds[tool], "push", str(image.path), image.ref],
-                                           env_rc, watch=target.server.pids),
-                                 f"{tool}: push {image.ref} to {target.name}")
+                sample = checked(
+                    run_timed(
+                        [builds[tool], "push", str(image.path), image.ref],
+                        env_rc,
+                        watch=target.server.pids,
+                    ),
+                    f"{tool}: push {image.ref} to {target.name}",
+                )
                 image.sha256 = sample.stdout.strip().removeprefix("sha256:")
             else:
                 key = f"peers/{tool.split()[0]}-{image.label}.sif"
@@ -128,78 +144,114 @@ def push_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
 
 # -- cold pull -------------------------------------------------------------------------------
 
+
 def pull_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     """Cold `registry-client pull` vs each peer's download, curl to /dev/null, and the disk."""
     world, tools = bench.world, bench.tools
     want = image.path.stat().st_size
     env_peer = world.peers_env(target)
-    downloaders = {name: b for name, b in peers.DOWNLOADERS.items()
-                   if bench.wants(name) and b(tools, target, image.key, Path("x")) is not None}
+    downloaders = {
+        name: b
+        for name, b in peers.DOWNLOADERS.items()
+        if bench.wants(name) and b(tools, target, image.key, Path("x")) is not None
+    }
     url, headers = object_url(target, image.key)
-    extra = [n for n in ("curl", "write+fsync") if bench.wants(n) and (n != "curl"
-                                                                     or tools.get("curl"))]
+    extra = [
+        n for n in ("curl", "write+fsync") if bench.wants(n) and (n != "curl" or tools.get("curl"))
+    ]
     tools_run = [*bench.builds(), *downloaders, *extra]
     samples: dict[str, list[Sample]] = {n: [] for n in tools_run}
     for rep in range(bench.repeats):
         for tool in _rotate(tools_run, rep):
             if (target.name, tool) in bench.broken:
                 continue
-            sample = _pull_one(bench, target, image, tool, downloaders, env_peer, url,
-                               headers, want)
+            sample = _pull_one(
+                bench, target, image, tool, downloaders, env_peer, url, headers, want
+            )
             if sample is not None:
                 samples[tool].append(sample)
     return _compare(target, image, samples, want, baseline="curl")
 
 
-def _pull_one(bench: Bench, target: Target, image: Image, tool: str,
-              downloaders: dict[str, peers.Builder], env_peer: dict[str, str], url: str,
-              headers: list[str], want: int) -> Sample | None:
+def _pull_one(
+    bench: Bench,
+    target: Target,
+    image: Image,
+    tool: str,
+    downloaders: dict[str, peers.Builder],
+    env_peer: dict[str, str],
+    url: str,
+    headers: list[str],
+    want: int,
+) -> Sample | None:
     builds = bench.builds()
     if tool in builds:
         cache = bench.scratch("pull-cache")
         env = bench.world.rc_env(target, cache)
-        sample = checked(run_timed([builds[tool], "pull", image.ref], env,
-                                   watch=target.server.pids),
-                         f"{tool}: pull {image.ref} from {target.name}")
+        sample = checked(
+            run_timed([builds[tool], "pull", image.ref], env, watch=target.server.pids),
+            f"{tool}: pull {image.ref} from {target.name}",
+        )
         if file_size(Path(sample.stdout)) != want:
             raise RuntimeError(f"pull {image.ref}: {sample.stdout} is not {want} bytes")
         shutil.rmtree(cache, ignore_errors=True)
         return sample
     if tool == "curl":
-        sample = run_timed(peers.curl_get(bench.tools, url, headers) or [],
-                           bench.world.base_env(), watch=target.server.pids)
+        sample = run_timed(
+            peers.curl_get(bench.tools, url, headers) or [],
+            bench.world.base_env(),
+            watch=target.server.pids,
+        )
         return sample if _peer_ok(bench, target, tool, sample, None, want) else None
     dest = bench.scratch("pull-peer") / "image.sif"
     if tool == "write+fsync":
-        cmd = ["dd", "if=/dev/zero", f"of={dest}", "bs=16M", f"count={-(-want // (16 << 20))}",
-               "conv=fsync", "status=none"]
+        cmd = [
+            "dd",
+            "if=/dev/zero",
+            f"of={dest}",
+            "bs=16M",
+            f"count={-(-want // (16 << 20))}",
+            "conv=fsync",
+            "status=none",
+        ]
         sample = run_timed(cmd, bench.world.base_env())
         dest.unlink(missing_ok=True)
         return sample
-    sample = run_timed(downloaders[tool](bench.tools, target, image.key, dest) or [], env_peer,
-                       watch=target.server.pids)
+    sample = run_timed(
+        downloaders[tool](bench.tools, target, image.key, dest) or [],
+        env_peer,
+        watch=target.server.pids,
+    )
     ok = _peer_ok(bench, target, tool, sample, dest, want)
     shutil.rmtree(dest.parent, ignore_errors=True)
     return sample if ok else None
 
 
-def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], want: int,
-             baseline: str | None) -> dict[str, Any]:
+def _compare(
+    target: Target, image: Image, samples: dict[str, list[Sample]], want: int, baseline: str | None
+) -> dict[str, Any]:
     ours = [s.wall for s in samples[OURS]]
+
     def median_wall(name: str) -> float:
         return summary([s.wall for s in samples[name]])["median"]
 
     others = [n for n in samples if n not in (OURS, BASELINE, "curl", "write+fsync") and samples[n]]
-    fastest = min((n for n in others if not n.endswith(peers.VERIFIED)), key=median_wall,
-                  default=None)
-    checked_peer = min((n for n in others if n.endswith(peers.VERIFIED)), key=median_wall,
-                       default=None)
+    fastest = min(
+        (n for n in others if not n.endswith(peers.VERIFIED)), key=median_wall, default=None
+    )
+    checked_peer = min(
+        (n for n in others if n.endswith(peers.VERIFIED)), key=median_wall, default=None
+    )
     result: dict[str, Any] = {
-        "target": target.name, "size": image.size, "label": image.label, "bytes": want,
+        "target": target.name,
+        "size": image.size,
+        "label": image.label,
+        "bytes": want,
         "tools": {n: _stats(s) for n, s in samples.items() if s},
         "fastest_peer": fastest,
         "ratio_vs_fastest_peer": ratios(ours, [s.wall for s in samples[fastest]])
-        if fastest else None,
+        if fastest
+        else None,
         "ours_MBps": summary([want / 1e6 / w for w in ours]),
     }
     if checked_peer:
@@ -212,15 +264,21 @@ def _compare(target: Target, image: Image, samples: dict[str, list[Sample]], wan
         result["throughput_vs_curl"] = ratios([s.wall for s in samples[baseline]], ours)
         result["curl_MBps"] = summary([want / 1e6 / s.wall for s in samples[baseline]])
     gib = want / GiB
-    result["cpu_s_per_gib"] = {n: summary([s.cpu / gib for s in v]) for n, v in samples.items()
-                               if v and n not in ("write+fsync",)}
+    result["cpu_s_per_gib"] = {
+        n: summary([s.cpu / gib for s in v])
+        for n, v in samples.items()
+        if v and n not in ("write+fsync",)
+    }
     result["server_cpu_s_per_gib"] = {
         n: summary([s.server_cpu / gib for s in v if s.server_cpu is not None])
-        for n, v in samples.items() if v and n not in ("write+fsync",)}
+        for n, v in samples.items()
+        if v and n not in ("write+fsync",)
+    }
     return result
 
 
 # -- warm pull -------------------------------------------------------------------------------
+
 
 def warm_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
     """Cache hits: by tag (one HEAD), by pinned digest and --offline (no network)."""
@@ -243,8 +301,12 @@ def warm_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
             cmd, cmd_env = cases[name]
             samples[name].append(checked(run_timed(cmd, cmd_env), name))
     base = [s.wall for s in samples["python -c 'import typer'"]]
-    out: dict[str, Any] = {"target": target.name, "label": image.label,
-                           "tools": {n: _stats(s) for n, s in samples.items()}, "ratio": {}}
+    out: dict[str, Any] = {
+        "target": target.name,
+        "label": image.label,
+        "tools": {n: _stats(s) for n, s in samples.items()},
+        "ratio": {},
+    }
     for name in ("by tag (HEAD)", "by digest", "--offline"):
         out["ratio"][name] = ratios([s.wall for s in samples[name]], base)
     shutil.rmtree(cache, ignore_errors=True)
@@ -252,6 +314,7 @@ def warm_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
 
 
 # -- herd ------------------------------------------------------------------------------------
+
 
 def herd_figure(bench: Bench, target: Target, image: Image, n: int) -> dict[str, Any]:
     """N concurrent cold pulls through a counting proxy, with naive peers beside us."""
@@ -265,8 +328,13 @@ def herd_figure(bench: Bench, target: Target, image: Image, n: int) -> dict[str,
             _herd_baseline(bench, target, image, n, proxy, rows)
             _herd_naive(bench, target, image, n, proxy, rows)
             _herd_sregistry(bench, target, image, n, proxy, rows)
-    out: dict[str, Any] = {"target": target.name, "n": n, "label": image.label, "bytes": want,
-                           "tools": {}}
+    out: dict[str, Any] = {
+        "target": target.name,
+        "n": n,
+        "label": image.label,
+        "bytes": want,
+        "tools": {},
+    }
     for tool, data in rows.items():
         out["tools"][tool] = {k: summary(v) for k, v in data.items()}
         if "bytes" in data:
@@ -282,8 +350,14 @@ def _add(rows: dict[str, dict[str, list[float]]], tool: str, **values: float) ->
         rows.setdefault(tool, {}).setdefault(key, []).append(value)
 
 
-def _herd_ours(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
-               rows: dict[str, dict[str, list[float]]]) -> None:
+def _herd_ours(
+    bench: Bench,
+    target: Target,
+    image: Image,
+    n: int,
+    proxy: Any,
+    rows: dict[str, dict[str, list[float]]],
+) -> None:
     cache = bench.scratch("herd-cache")
     env = bench.world.rc_env(target, cache, endpoint=proxy.url, tag="-proxy")
     proxy.reset_stats()
@@ -296,8 +370,14 @@ def _herd_ours(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
     shutil.rmtree(cache, ignore_errors=True)
 
 
-def _herd_baseline(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
-                   rows: dict[str, dict[str, list[float]]]) -> None:
+def _herd_baseline(
+    bench: Bench,
+    target: Target,
+    image: Image,
+    n: int,
+    proxy: Any,
+    rows: dict[str, dict[str, list[float]]],
+) -> None:
     """One cold pull alone, then N warm pulls at once: the unavoidable cost."""
     cache = bench.scratch("herd-cache")
     env = bench.world.rc_env(target, cache, endpoint=proxy.url, tag="-proxy")
@@ -312,8 +392,14 @@ def _herd_baseline(bench: Bench, target: Target, image: Image, n: int, proxy: An
 NAIVE = {"s3": "aws s3 cp to one path", "swift": "swift download to one path"}
 
 
-def _herd_naive(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
-                rows: dict[str, dict[str, list[float]]]) -> None:
+def _herd_naive(
+    bench: Bench,
+    target: Target,
+    image: Image,
+    n: int,
+    proxy: Any,
+    rows: dict[str, dict[str, list[float]]],
+) -> None:
     """The naive job script: every job runs `aws s3 cp s3://... $CACHE/app.sif` (or
     `swift download ... -o $CACHE/app.sif`): N downloads to one final path."""
     dest = bench.scratch("herd-naive") / "app.sif"
@@ -328,26 +414,40 @@ def _herd_naive(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
     shutil.rmtree(dest.parent, ignore_errors=True)
 
 
-def _herd_sregistry(bench: Bench, target: Target, image: Image, n: int, proxy: Any,
-                    rows: dict[str, dict[str, list[float]]]) -> None:
+def _herd_sregistry(
+    bench: Bench,
+    target: Target,
+    image: Image,
+    n: int,
+    proxy: Any,
+    rows: dict[str, dict[str, list[float]]],
+) -> None:
     cmd = peers.sregistry_pull(bench.tools, target, image.ref)
     if not cmd or not bench.wants("sregistry") or (target.name, "sregistry") in bench.broken:
         return
     root = bench.scratch("herd-sregistry")
     (root / "storage").mkdir()
-    env = {**bench.world.peers_env(target, proxy.url),
-           **peers.sregistry_env(target, proxy.url, root)}
+    env = {
+        **bench.world.peers_env(target, proxy.url),
+        **peers.sregistry_env(target, proxy.url, root),
+    }
     proxy.reset_stats()
     errors: list[str] = []
     wall, codes, _ = run_concurrently([cmd] * n, env, cwd=root, errors=errors)
     failed = sum(c != 0 for c in codes)
     if errors:
-        bench.note(f"sregistry pull: {failed} of {n} failed on {target.name}, e.g. "
-                   f"{errors[0]!r}")
+        bench.note(f"sregistry pull: {failed} of {n} failed on {target.name}, e.g. {errors[0]!r}")
     if failed == n:
         bench.broken.add((target.name, "sregistry"))
-        probe = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True,
-                               timeout=600, stdin=subprocess.DEVNULL)
+        probe = subprocess.run(
+            cmd,
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
         bench.note(f"sregistry pull on {target.name} failed: {probe.stderr.strip()[-300:]!r}")
         return
     _add(rows, "sregistry pull", wall=wall, bytes=proxy.stats.get_bytes, failed=failed)

@@ -46,22 +46,44 @@ class CommandFailed(RuntimeError):
     pass
 
 
-def run_timed(cmd: Sequence[str], env: dict[str, str], *, cwd: Path | None = None,
-              timeout: float = 1800, watch: Sequence[int] = ()) -> Sample:
+def run_timed(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = 1800,
+    watch: Sequence[int] = (),
+) -> Sample:
     """Run cmd under GNU time; wall clock measured here with perf_counter. With `watch`
     (server PIDs), also the CPU those processes and their children used meanwhile."""
     before = proc_cpu(watch) if watch else 0.0
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-", suffix=".txt") as out:
         full = [GNU_TIME, "-o", out.name, "-f", TIME_FORMAT, *cmd]
         start = time.perf_counter()
-        proc = subprocess.run(full, env=env, cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            full,
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         wall = time.perf_counter() - start
         user, sys_, rss_kb, blocks_in, blocks_out = _parse_time(Path(out.name).read_text())
     server = proc_cpu(watch) - before if watch else None
-    return Sample(wall, user, sys_, rss_kb * 1024 / 1e6, proc.returncode,
-                  proc.stdout.strip(), proc.stderr.strip()[-2000:], server,
-                  blocks_in * 512 / 1e6, blocks_out * 512 / 1e6)
+    return Sample(
+        wall,
+        user,
+        sys_,
+        rss_kb * 1024 / 1e6,
+        proc.returncode,
+        proc.stdout.strip(),
+        proc.stderr.strip()[-2000:],
+        server,
+        blocks_in * 512 / 1e6,
+        blocks_out * 512 / 1e6,
+    )
 
 
 def _parse_time(text: str) -> tuple[float, ...]:
@@ -110,15 +132,29 @@ def checked(sample: Sample, what: str) -> Sample:
     return sample
 
 
-def run_concurrently(cmds: list[list[str]], env: dict[str, str], *, cwd: Path | None = None,
-                     timeout: float = 1800,
-                     errors: list[str] | None = None) -> tuple[float, list[int], list[str]]:
+def run_concurrently(
+    cmds: list[list[str]],
+    env: dict[str, str],
+    *,
+    cwd: Path | None = None,
+    timeout: float = 1800,
+    errors: list[str] | None = None,
+) -> tuple[float, list[int], list[str]]:
     """Start every command at once; wall time until the last exits, exit codes, stdouts
     (and the last stderr line of each failed one appended to `errors`)."""
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-             for cmd in cmds]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for cmd in cmds
+    ]
     outs: list[str] = []
     codes: list[int] = []
     deadline = start + timeout
@@ -141,8 +177,7 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"min": float("nan"), "median": float("nan"), "max": float("nan"), "n": 0}
-    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals),
-            "n": len(vals)}
+    return {"min": min(vals), "median": statistics.median(vals), "max": max(vals), "n": len(vals)}
 
 
 def ratios(num: Sequence[float], den: Sequence[float]) -> dict[str, float]:

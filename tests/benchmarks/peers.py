@@ -22,6 +22,7 @@ def _s3_url(target: Target, key: str) -> str:
 
 # -- downloads: (tools, target, key, dest) -> argv, or None where it does not apply --------
 
+
 def aws_get(tools: Tools, target: Target, key: str, dest: Path) -> list[str] | None:
     exe = tools.get("aws")
     if not exe or target.kind != "s3":
@@ -71,14 +72,18 @@ def then_sha256sum(download: Builder) -> Builder:
 
 VERIFIED = " + sha256sum"  # suffix of the peers that check what they downloaded
 DOWNLOADERS: dict[str, Builder] = {
-    "aws s3 cp": aws_get, "s5cmd cp": s5cmd_get, "rclone copyto": rclone_get,
-    "boto3 download_file": boto3_get, "swift download": swift_get,
+    "aws s3 cp": aws_get,
+    "s5cmd cp": s5cmd_get,
+    "rclone copyto": rclone_get,
+    "boto3 download_file": boto3_get,
+    "swift download": swift_get,
     "s5cmd cp" + VERIFIED: then_sha256sum(s5cmd_get),
     "swift download" + VERIFIED: then_sha256sum(swift_get),
 }
 
 
 # -- uploads: (tools, target, key, file) -> argv ------------------------------------------
+
 
 def aws_put(tools: Tools, target: Target, key: str, src: Path) -> list[str] | None:
     exe = tools.get("aws")
@@ -107,19 +112,33 @@ def boto3_put(tools: Tools, target: Target, key: str, src: Path) -> list[str] | 
     return [sys.executable, BOTO3_PEER, "upload", str(src), target.bucket, key]
 
 
-def swift_put(tools: Tools, target: Target, key: str, src: Path,
-              segment: int = 64 * 1024 * 1024) -> list[str] | None:
+def swift_put(
+    tools: Tools, target: Target, key: str, src: Path, segment: int = 64 * 1024 * 1024
+) -> list[str] | None:
     """`swift upload` with SLO segments (without -S it sends one PUT stream)."""
     exe = tools.get("swift")
     if not exe or target.kind != "swift":
         return None
-    return [exe, "-q", "upload", "--use-slo", "-S", str(segment), "--object-name", key,
-            target.bucket, str(src)]
+    return [
+        exe,
+        "-q",
+        "upload",
+        "--use-slo",
+        "-S",
+        str(segment),
+        "--object-name",
+        key,
+        target.bucket,
+        str(src),
+    ]
 
 
 UPLOADERS: dict[str, Builder] = {
-    "aws s3 cp": aws_put, "s5cmd cp": s5cmd_put, "rclone copyto": rclone_put,
-    "boto3 upload_file": boto3_put, "swift upload": swift_put,
+    "aws s3 cp": aws_put,
+    "s5cmd cp": s5cmd_put,
+    "rclone copyto": rclone_put,
+    "boto3 upload_file": boto3_put,
+    "swift upload": swift_put,
 }
 
 
@@ -138,7 +157,11 @@ def sregistry_pull(tools: Tools, target: Target, ref: str) -> list[str] | None:
 
 
 def sregistry_env(target: Target, endpoint: str, root: Path) -> dict[str, str]:
-    return {"SREGISTRY_CLIENT": "s3", "SREGISTRY_S3_BASE": endpoint,
-            "SREGISTRY_S3_BUCKET": target.bucket,
-            "SREGISTRY_DATABASE": str(root), "SREGISTRY_STORAGE": str(root / "storage"),
-            "SREGISTRY_CLIENT_SECRETS": str(root / "sregistry-secrets.json")}
+    return {
+        "SREGISTRY_CLIENT": "s3",
+        "SREGISTRY_S3_BASE": endpoint,
+        "SREGISTRY_S3_BUCKET": target.bucket,
+        "SREGISTRY_DATABASE": str(root),
+        "SREGISTRY_STORAGE": str(root / "storage"),
+        "SREGISTRY_CLIENT_SECRETS": str(root / "sregistry-secrets.json"),
+    }

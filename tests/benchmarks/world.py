@@ -46,15 +46,28 @@ class Target:
 
     def remote(self, endpoint: str | None = None) -> dict[str, Any]:
         if self.kind == "swift" and endpoint:  # a pre-made token, the storage URL via endpoint
-            return {"type": "swift", "bucket": self.bucket, "auth_token": self.token,
-                    "storage_url": self.storage_url_via(endpoint)}
+            return {
+                "type": "swift",
+                "bucket": self.bucket,
+                "auth_token": self.token,
+                "storage_url": self.storage_url_via(endpoint),
+            }
         if self.kind == "swift":
-            return {"type": "swift", "bucket": self.bucket, "auth_url": self.server.auth_url,
-                    "user": self.server.user, "key": self.server.key}
-        return {"type": "s3", "bucket": self.bucket, "region": REGION,
-                "endpoint_url": endpoint or self.server.s3_endpoint,
-                "access_key_id": self.server.access_key,
-                "secret_access_key": self.server.secret_key}
+            return {
+                "type": "swift",
+                "bucket": self.bucket,
+                "auth_url": self.server.auth_url,
+                "user": self.server.user,
+                "key": self.server.key,
+            }
+        return {
+            "type": "s3",
+            "bucket": self.bucket,
+            "region": REGION,
+            "endpoint_url": endpoint or self.server.s3_endpoint,
+            "access_key_id": self.server.access_key,
+            "secret_access_key": self.server.secret_key,
+        }
 
     def storage_url_via(self, endpoint: str) -> str:
         """The account's storage URL with its scheme://host:port replaced by endpoint."""
@@ -65,25 +78,31 @@ class Target:
     def peer_env(self, endpoint: str | None = None) -> dict[str, str]:
         """Credentials the peers read from the environment (never printed)."""
         if self.kind == "swift" and endpoint:
-            return {"OS_STORAGE_URL": self.storage_url_via(endpoint),
-                    "OS_AUTH_TOKEN": self.token}
+            return {"OS_STORAGE_URL": self.storage_url_via(endpoint), "OS_AUTH_TOKEN": self.token}
         if self.kind == "swift":
-            return {"ST_AUTH": self.server.auth_url, "ST_USER": self.server.user,
-                    "ST_KEY": self.server.key,
-                    "RCLONE_CONFIG_BENCH_TYPE": "swift",
-                    "RCLONE_CONFIG_BENCH_USER": self.server.user,
-                    "RCLONE_CONFIG_BENCH_KEY": self.server.key,
-                    "RCLONE_CONFIG_BENCH_AUTH": self.server.auth_url}
+            return {
+                "ST_AUTH": self.server.auth_url,
+                "ST_USER": self.server.user,
+                "ST_KEY": self.server.key,
+                "RCLONE_CONFIG_BENCH_TYPE": "swift",
+                "RCLONE_CONFIG_BENCH_USER": self.server.user,
+                "RCLONE_CONFIG_BENCH_KEY": self.server.key,
+                "RCLONE_CONFIG_BENCH_AUTH": self.server.auth_url,
+            }
         url = endpoint or self.server.s3_endpoint
-        return {"AWS_ACCESS_KEY_ID": self.server.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.server.secret_key,
-                "AWS_ENDPOINT_URL": url, "S3_ENDPOINT_URL": url,
-                "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
-                "RCLONE_CONFIG_BENCH_ENDPOINT": url,
-                "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": self.server.access_key,
-                "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": self.server.secret_key,
-                "RCLONE_CONFIG_BENCH_REGION": REGION,
-                "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true"}
+        return {
+            "AWS_ACCESS_KEY_ID": self.server.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.server.secret_key,
+            "AWS_ENDPOINT_URL": url,
+            "S3_ENDPOINT_URL": url,
+            "RCLONE_CONFIG_BENCH_TYPE": "s3",
+            "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+            "RCLONE_CONFIG_BENCH_ENDPOINT": url,
+            "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": self.server.access_key,
+            "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": self.server.secret_key,
+            "RCLONE_CONFIG_BENCH_REGION": REGION,
+            "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true",
+        }
 
 
 @dataclass
@@ -115,30 +134,39 @@ class World:
 
     def base_env(self) -> dict[str, str]:
         """The environment every process gets: nothing of the user's cloud settings."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_", "RCLONE_",
-                                    "SREGISTRY_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_", "RCLONE_", "SREGISTRY_"))
+        }
         home = self.work / "home"
-        env.update({
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": str(home / "aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials"),
-            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
-            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
-            "RCLONE_CONFIG": str(home / "rclone.conf"),
-            "XDG_CONFIG_HOME": str(home / "config"), "XDG_CACHE_HOME": str(home / "cache"),
-            "XDG_DATA_HOME": str(home / "data"), "HOME": str(home),
-            "PYTHONDONTWRITEBYTECODE": "1",
-        })
+        env.update(
+            {
+                "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": str(home / "aws-config"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-credentials"),
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+                "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+                "RCLONE_CONFIG": str(home / "rclone.conf"),
+                "XDG_CONFIG_HOME": str(home / "config"),
+                "XDG_CACHE_HOME": str(home / "cache"),
+                "XDG_DATA_HOME": str(home / "data"),
+                "HOME": str(home),
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+        )
         return env
 
     def config_for(self, target: Target, endpoint: str | None = None, tag: str = "") -> Path:
         """A 0600 registry-client config with one default remote `lab`."""
         path = self.work / "configs" / f"{target.name}{tag}.toml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        data: dict[str, Any] = {"default_remote": "lab",
-                                "remotes": {"lab": target.remote(endpoint)}}
+        data: dict[str, Any] = {
+            "default_remote": "lab",
+            "remotes": {"lab": target.remote(endpoint)},
+        }
         if self.transfer:
             data["transfer"] = dict(self.transfer)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
@@ -146,8 +174,9 @@ class World:
             fh.write(tomli_w.dumps(data))
         return path
 
-    def rc_env(self, target: Target, cache: Path, endpoint: str | None = None,
-               tag: str = "") -> dict[str, str]:
+    def rc_env(
+        self, target: Target, cache: Path, endpoint: str | None = None, tag: str = ""
+    ) -> dict[str, str]:
         env = self.base_env()
         env["REGISTRY_CLIENT_CONFIG"] = str(self.config_for(target, endpoint, tag))
         env["REGISTRY_CLIENT_CACHE_DIR"] = str(cache)
@@ -188,8 +217,9 @@ def s3_client(target: Target, endpoint: str | None = None) -> Any:
 def swift_conn(target: Target) -> Any:
     import swiftclient
 
-    return swiftclient.Connection(authurl=target.server.auth_url, user=target.server.user,
-                                  key=target.server.key, retries=1)
+    return swiftclient.Connection(
+        authurl=target.server.auth_url, user=target.server.user, key=target.server.key, retries=1
+    )
 
 
 def create_bucket(target: Target) -> None:
@@ -210,7 +240,8 @@ def object_url(target: Target, key: str) -> tuple[str, list[str]]:
         url = f"{target.storage_url}/{target.bucket}/{quote(key)}"
         return url, ["-H", f"X-Auth-Token: {target.token}"]
     url = s3_client(target).generate_presigned_url(
-        "get_object", Params={"Bucket": target.bucket, "Key": key}, ExpiresIn=7200)
+        "get_object", Params={"Bucket": target.bucket, "Key": key}, ExpiresIn=7200
+    )
     return url, []
 
 
@@ -220,8 +251,14 @@ def delete_object(target: Target, key: str) -> None:
         if target.kind == "swift":
             from swiftclient.service import SwiftService
 
-            with SwiftService({"auth": target.server.auth_url, "user": target.server.user,
-                               "key": target.server.key, "auth_version": "1.0"}) as service:
+            with SwiftService(
+                {
+                    "auth": target.server.auth_url,
+                    "user": target.server.user,
+                    "key": target.server.key,
+                    "auth_version": "1.0",
+                }
+            ) as service:
                 list(service.delete(container=target.bucket, objects=[key]))
         else:
             s3_client(target).delete_object(Bucket=target.bucket, Key=key)
