@@ -1,4 +1,4 @@
-"""Remote kinds behind one interface (see base.Backend), and fetchers for other registries.
+"""Storage kinds behind one interface (see base.Backend): file, s3, swift.
 
 Installed as `registry_client.backends`. Modules are imported lazily, per kind, so a
 cache hit never pays for boto3 or swiftclient.

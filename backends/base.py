@@ -14,6 +14,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from registry_client.digests import EtagPlan, plain_md5_plan
+
+__all__ = [
+    "Backend",
+    "EtagPlan",
+    "Metadata",
+    "ObjectInfo",
+    "Progress",
+    "metadata_of",
+]
+
 Progress = Callable[[int], None]
 """Called with a number of bytes just moved."""
 
@@ -44,27 +55,6 @@ class ObjectInfo:
     def part_size(self) -> int | None:
         value = self.metadata.get("part-size")
         return int(value) if value and value.isdigit() else None
-
-
-@dataclass(frozen=True)
-class EtagPlan:
-    """How to verify an object's ETag from md5 digests of its bytes.
-
-    `schemes` are candidate segmentations (lists of segment lengths summing to the
-    size); the downloader computes the md5 of every segment of every scheme in one
-    pass. `check` gets, per scheme, the list of segment md5 digests and answers
-    True (verified), False (mismatch) — it never raises.
-    `verifiable` is False when the ETag is known not to be an md5 (e.g. SSE-KMS).
-    `more_schemes` keeps the common case to one or two md5 passes: they are hashed in a
-    second pass over the downloaded file, only when no scheme of the first pass matched.
-    """
-
-    schemes: list[list[int]]
-    check: Callable[[list[list[bytes]]], bool]
-    verifiable: bool = True
-    description: str = ""
-    #: less likely segmentations, hashed from the local copy only if `schemes` fail
-    more_schemes: list[list[int]] = field(default_factory=list)
 
 
 class Backend(abc.ABC):
@@ -117,8 +107,6 @@ class Backend(abc.ABC):
 
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         """How to verify this object's ETag. Default: plain md5 of the whole object."""
-        from registry_client.digests import plain_md5_plan
-
         return plain_md5_plan(info)
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -20,8 +20,7 @@ except ImportError:  # pragma: no cover - depends on the typer release
     from click import exceptions as click_exc
 
 from registry_client import __version__
-from registry_client.console import ConsoleReporter, print_error
-from registry_client.entry import write_result
+from registry_client.console import ConsoleReporter, print_error, write_result
 from registry_client.errors import Interrupted, RegistryClientError, UsageError
 
 app = typer.Typer(
@@ -58,39 +57,9 @@ class Globals:
         return load_config(self.config_path)
 
     def context(self) -> Any:
-        # registry_client.entry answers cache hits with the same steps; keep them in step.
-        from registry_client.config import node_cache
-        from registry_client.service import Context
+        from registry_client.context import open_context
 
-        config = self.config()
-        cache = node_cache(config, self.cache_dir)
-        return Context(
-            config=config,
-            cache=cache,
-            reporter=self.reporter(),
-            **transfer_settings(config.settings.get("transfer")),
-        )
-
-
-def transfer_settings(table: Any) -> dict[str, Any]:
-    """[transfer] chunk_size, concurrency, part_size, push_concurrency from the config."""
-    from registry_client.config import check_transfer
-    from registry_client.settings import TransferSettings
-
-    check_transfer(table)
-    if table is None:
-        return {}
-    default = TransferSettings()
-    settings: dict[str, Any] = {
-        "transfer": TransferSettings(
-            chunk_size=table.get("chunk_size", default.chunk_size),
-            concurrency=table.get("concurrency", default.concurrency),
-        )
-    }
-    for key in ("part_size", "push_concurrency"):
-        if key in table:
-            settings[key] = table[key]
-    return settings
+        return open_context(self.config_path, self.cache_dir, self.reporter())
 
 
 def _g(ctx: typer.Context) -> Globals:

@@ -1,7 +1,8 @@
-"""stderr output for people: rich progress bars, waits, warnings and one-line errors.
+"""What the command line writes: results on stdout, everything for people on stderr.
 
-stdout is reserved for results; everything here goes to stderr, and progress bars are
-drawn only when stderr is a terminal (or --progress asks for them).
+stdout is reserved for results (write_result); progress bars, waits, warnings and
+one-line errors go to stderr, and progress bars are drawn only when stderr is a terminal
+(or --progress asks for them).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from registry_client.errors import RegistryClientError
 from registry_client.reporting import Reporter
@@ -60,3 +62,13 @@ def print_error(exc: RegistryClientError) -> None:
     print(f"error: {exc.message}", file=sys.stderr)
     if exc.hint:
         print(f"hint: {exc.hint}", file=sys.stderr)
+
+
+def write_result(data: Any, text: str | None, *, as_json: bool) -> None:
+    """A command's result on stdout: `data` as one line of JSON with --json, else `text`."""
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
+    elif text is not None:
+        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))

@@ -12,11 +12,13 @@ import hashlib
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from registry_client.backends.base import EtagPlan, ObjectInfo
+    from collections.abc import Callable
+
+    from registry_client.backends.base import ObjectInfo
 
 MiB = 1024 * 1024
 # Part sizes other tools pick, tried first when an object's multipart layout is unknown:
@@ -69,6 +71,27 @@ class _Segmenter:
             self.index += 1
             self.current = hashlib.md5(usedforsecurity=False)
         return self.digests
+
+
+@dataclass(frozen=True)
+class EtagPlan:
+    """How to verify an object's ETag from md5 digests of its bytes.
+
+    `schemes` are candidate segmentations (lists of segment lengths summing to the
+    size); the downloader computes the md5 of every segment of every scheme in one
+    pass. `check` gets, per scheme, the list of segment md5 digests and answers
+    True (verified), False (mismatch) — it never raises.
+    `verifiable` is False when the ETag is known not to be an md5 (e.g. SSE-KMS).
+    `more_schemes` keeps the common case to one or two md5 passes: they are hashed in a
+    second pass over the downloaded file, only when no scheme of the first pass matched.
+    """
+
+    schemes: list[list[int]]
+    check: Callable[[list[list[bytes]]], bool]
+    verifiable: bool = True
+    description: str = ""
+    #: less likely segmentations, hashed from the local copy only if `schemes` fail
+    more_schemes: list[list[int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -136,7 +159,6 @@ def candidate_part_sizes(size: int, parts: int, known: int | None = None) -> lis
 
 def plain_md5_plan(info: ObjectInfo) -> EtagPlan:
     """The ETag of a single-part S3 object / plain Swift object: md5 of the bytes."""
-    from registry_client.backends.base import EtagPlan
 
     etag = (info.etag or "").lower()
     if not _is_md5_hex(etag):
@@ -148,7 +170,6 @@ def plain_md5_plan(info: ObjectInfo) -> EtagPlan:
 
 def s3_etag_plan(info: ObjectInfo) -> EtagPlan:
     """Single-part md5 or `md5-of-part-md5s-N`, trying candidate part sizes in one pass."""
-    from registry_client.backends.base import EtagPlan
 
     etag = (info.etag or "").lower()
     base, dash, count = etag.partition("-")

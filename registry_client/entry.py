@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from registry_client.hits import PullResult
@@ -45,16 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     from registry_client.cli import main as cli_main
 
     return cli_main(argv)
-
-
-def write_result(data: Any, text: str | None, *, as_json: bool) -> None:
-    """A command's result on stdout: `data` as one line of JSON with --json, else `text`."""
-    if as_json:
-        import json
-
-        sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
-    elif text is not None:
-        sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
 
 
 class FastPull(NamedTuple):
@@ -112,6 +102,8 @@ def _fast_pull(args: list[str]) -> int | None:
     if result is None:
         return None
     try:
+        from registry_client.console import write_result
+
         write_result(result.to_dict(), result.path, as_json=request.as_json)
     except BrokenPipeError:
         return 1  # as the full CLI
@@ -122,7 +114,7 @@ def _cached(request: FastPull) -> PullResult | None:
     """The full CLI's steps for this pull, up to a cache hit; None if it is not one."""
     try:
         # Imported here, not at the top: other commands go to the full CLI without them.
-        from registry_client.config import check_transfer, load_config, node_cache
+        from registry_client.context import open_context
         from registry_client.hits import pull_from_cache
         from registry_client.names import ImageRef, parse_reference
         from registry_client.remotes import remote_for, remote_id
@@ -130,12 +122,10 @@ def _cached(request: FastPull) -> PullResult | None:
         ref = parse_reference(request.ref)
         if not isinstance(ref, ImageRef) or not (ref.digest or request.offline):
             return None
-        # Globals.context() and service.pull in this order, so that whatever the full
-        # CLI would refuse is refused before the hit touches the cache.
-        config = load_config(request.config)
-        cache = node_cache(config, request.cache_dir)
-        check_transfer(config.settings.get("transfer"))
-        rid = remote_id(remote_for(config, ref))
-        return pull_from_cache(cache, ref, rid, request.offline)
+        # The full CLI's composition root, then service.pull's first steps, so that
+        # whatever the full CLI would refuse is refused before the hit touches the cache.
+        ctx = open_context(request.config, request.cache_dir)
+        rid = remote_id(remote_for(ctx.config, ref))
+        return pull_from_cache(ctx.cache, ref, rid, request.offline)
     except Exception:  # noqa: BLE001 - the full CLI runs again and reports it its own way
         return None

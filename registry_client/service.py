@@ -10,14 +10,14 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry_client import __version__
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo
-from registry_client.cache import Cache, raise_for_os_error, short_id
-from registry_client.config import Config
+from registry_client.cache import raise_for_os_error, short_id
+from registry_client.context import Context
 from registry_client.errors import (
     IntegrityError,
     NotFound,
@@ -30,7 +30,6 @@ from registry_client.hits import PullResult, cache_hit, pull_from_cache
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
 from registry_client.remotes import open_remote, remote_for, remote_id
 from registry_client.reporting import Reporter
-from registry_client.settings import TransferSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,16 +39,6 @@ if TYPE_CHECKING:
 LAYOUT_VERSION = "1"
 MiB = 1024 * 1024
 PULL_RESTARTS = 3  # fresh stat + download when the object changes under us
-
-
-@dataclass
-class Context:
-    config: Config
-    cache: Cache
-    reporter: Reporter = field(default_factory=Reporter)
-    transfer: TransferSettings = field(default_factory=TransferSettings)
-    part_size: int = 64 * MiB
-    push_concurrency: int = 4
 
 
 # -- pull ---------------------------------------------------------------------------

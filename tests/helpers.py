@@ -10,7 +10,7 @@ from typing import Any
 
 from registry_client.cache import Cache
 from registry_client.config import Config, RemoteConfig
-from registry_client.service import Context
+from registry_client.context import Context
 
 CLI = [sys.executable, "-m", "registry_client"]
 

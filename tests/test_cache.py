@@ -14,6 +14,7 @@ from registry_client.backends.base import ObjectInfo
 from registry_client.backends.file import FileBackend
 from registry_client.cache import Cache
 from registry_client.config import RemoteConfig
+from registry_client.context import Context
 from registry_client.errors import IntegrityError, NotFound
 from registry_client.names import parse_image_ref
 from registry_client.reporting import Reporter
@@ -25,14 +26,14 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> service.Context:
+def ctx(tmp_path: Path) -> Context:
     remote = RemoteConfig("local", "file", {"path": str(tmp_path / "bucket")})
     return make_context(
         tmp_path, {"local": remote}, transfer=TransferSettings(chunk_size=MiB, concurrency=4)
     )
 
 
-def test_cache_layout_and_modes(ctx: service.Context, tmp_path: Path) -> None:
+def test_cache_layout_and_modes(ctx: Context, tmp_path: Path) -> None:
     write_random(tmp_path / "a.sif", 3 * MiB + 3)
     service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref("lab/a:1"))
     result = service.pull(ctx, parse_image_ref("lab/a:1"))
@@ -44,7 +45,7 @@ def test_cache_layout_and_modes(ctx: service.Context, tmp_path: Path) -> None:
     assert list((root / "v1" / "tmp").iterdir()) == []
 
 
-def test_offline_and_pinned_pulls_need_no_remote(ctx: service.Context, tmp_path: Path) -> None:
+def test_offline_and_pinned_pulls_need_no_remote(ctx: Context, tmp_path: Path) -> None:
     write_random(tmp_path / "a.sif", 1000)
     sha = service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref("lab/a:1")).sha256
     first = service.pull(ctx, parse_image_ref("lab/a:1"))
@@ -55,7 +56,7 @@ def test_offline_and_pinned_pulls_need_no_remote(ctx: service.Context, tmp_path:
         service.pull(ctx, parse_image_ref("lab/other:1"), offline=True)
 
 
-def test_pinned_digest_mismatch_is_integrity_error(ctx: service.Context, tmp_path: Path) -> None:
+def test_pinned_digest_mismatch_is_integrity_error(ctx: Context, tmp_path: Path) -> None:
     write_random(tmp_path / "a.sif", 1000)
     service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref("lab/a:1"))
     with pytest.raises(IntegrityError):
@@ -81,7 +82,7 @@ def test_download_hashes_in_order_across_many_ranges(tmp_path: Path) -> None:
     assert (tmp_path / "out").read_bytes() == data
 
 
-def test_short_read_fails_and_publishes_nothing(ctx: service.Context, tmp_path: Path) -> None:
+def test_short_read_fails_and_publishes_nothing(ctx: Context, tmp_path: Path) -> None:
     write_random(tmp_path / "a.sif", 2 * MiB)
     service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref("lab/a:1"))
     real_stat = FileBackend.stat
@@ -101,7 +102,7 @@ def test_short_read_fails_and_publishes_nothing(ctx: service.Context, tmp_path: 
     assert list((ctx.cache.base / "tmp").iterdir()) == []
 
 
-def test_unverifiable_etag_is_reported(ctx: service.Context, tmp_path: Path) -> None:
+def test_unverifiable_etag_is_reported(ctx: Context, tmp_path: Path) -> None:
     class Recorder(Reporter):
         warnings: list[str] = []
 
@@ -139,7 +140,7 @@ def test_lock_waiter_is_told_who_holds_it(tmp_path: Path) -> None:
     assert messages == [f"pid {os.getpid()}"]
 
 
-def test_cache_clean(ctx: service.Context, tmp_path: Path) -> None:
+def test_cache_clean(ctx: Context, tmp_path: Path) -> None:
     write_random(tmp_path / "a.sif", 1000)
     service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref("lab/a:1"))
     service.pull(ctx, parse_image_ref("lab/a:1"))
@@ -172,9 +173,7 @@ def test_cli_shared_cache_from_config(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(pulled.stdout.strip()).st_mode) == 0o444
 
 
-def test_push_not_matching_its_pinned_digest_writes_nothing(
-    ctx: service.Context, tmp_path: Path
-) -> None:
+def test_push_not_matching_its_pinned_digest_writes_nothing(ctx: Context, tmp_path: Path) -> None:
     write_random(tmp_path / "a.sif", 3 * MiB)
     with pytest.raises(IntegrityError, match="not the digest"):
         service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref(f"lab/a:1@sha256:{'0' * 64}"))

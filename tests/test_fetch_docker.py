@@ -310,9 +310,9 @@ def test_cached_by_manifest_digest_without_rebuild(ctx, registry):
 
 
 def _slot(ctx: Any, ref: str) -> tuple[str, ...]:
-    from registry_client.fetch import DockerFetcher
+    from registry_client.sources.docker import DockerSource
 
-    fetcher = DockerFetcher(ctx, parse_reference(ref).body, FetchOptions(arch="amd64"))
+    fetcher = DockerSource(ctx, parse_reference(ref).body, FetchOptions(arch="amd64"))
     return (fetcher.remote_id, *fetcher.slot())
 
 

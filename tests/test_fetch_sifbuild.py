@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from registry_client import sifbuild
 from registry_client.errors import IntegrityError, UsageError
-from registry_client.sifbuild import BuildSpec, LayerFile, RootfsWriter, UnsafeLayer
+from registry_client.sources.docker import sifbuild
+from registry_client.sources.docker.sifbuild import BuildSpec, LayerFile, RootfsWriter, UnsafeLayer
 from tests.fixtures_oci import directory, file, make_layer, opaque, symlink, whiteout
 
 

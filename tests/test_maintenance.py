@@ -9,13 +9,14 @@ from pathlib import Path
 
 from registry_client import locks, service
 from registry_client.config import RemoteConfig
+from registry_client.context import Context
 from registry_client.maintenance import parse_age, parse_size, prune_cache, verify_cache
 from registry_client.names import parse_image_ref
 from tests.backend_contract import write_random
 from tests.helpers import make_context, run_cli
 
 
-def filled(tmp_path: Path, sizes: list[int]) -> service.Context:
+def filled(tmp_path: Path, sizes: list[int]) -> Context:
     remote = RemoteConfig("local", "file", {"path": str(tmp_path / "bucket")})
     ctx = make_context(tmp_path, {"local": remote})
     for i, size in enumerate(sizes):

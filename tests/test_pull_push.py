@@ -14,6 +14,7 @@ import pytest
 from registry_client import service
 from registry_client.backends.s3 import S3Backend
 from registry_client.config import RemoteConfig
+from registry_client.context import Context
 from registry_client.errors import IntegrityError, ObjectChanged
 from registry_client.names import parse_image_ref
 from tests.backend_contract import write_random
@@ -37,11 +38,11 @@ def sha256_of(path: Path) -> str:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, s3_remote: RemoteConfig) -> service.Context:
+def ctx(tmp_path: Path, s3_remote: RemoteConfig) -> Context:
     return make_context(tmp_path, {"lab": s3_remote}, default="lab", part_size=5 * MiB)
 
 
-def test_push_then_pull_multipart(ctx: service.Context, tmp_path: Path) -> None:
+def test_push_then_pull_multipart(ctx: Context, tmp_path: Path) -> None:
     from registry_client import sif
 
     image = tmp_path / "big.sif"
@@ -64,7 +65,7 @@ def test_push_then_pull_multipart(ctx: service.Context, tmp_path: Path) -> None:
 
 
 def test_foreign_multipart_object_with_unusual_part_size(
-    ctx: service.Context, tmp_path: Path, s3_server: Any
+    ctx: Context, tmp_path: Path, s3_server: Any
 ) -> None:
     """Uploaded by plain boto3 with a 6 MiB part size and no metadata: verified by ETag."""
     from boto3.s3.transfer import TransferConfig
@@ -85,7 +86,7 @@ def test_foreign_multipart_object_with_unusual_part_size(
 
 
 def test_corrupted_object_is_refused_and_nothing_published(
-    ctx: service.Context, tmp_path: Path, s3_server: Any
+    ctx: Context, tmp_path: Path, s3_server: Any
 ) -> None:
     image = tmp_path / "a.sif"
     write_random(image, 3 * MiB, seed=1)
@@ -104,7 +105,7 @@ def test_corrupted_object_is_refused_and_nothing_published(
 
 
 def test_repush_during_download_restarts_cleanly(
-    ctx: service.Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old, new = tmp_path / "old.sif", tmp_path / "new.sif"
     write_random(old, 11 * MiB, seed=1)
@@ -128,7 +129,7 @@ def test_repush_during_download_restarts_cleanly(
 
 
 def test_object_changed_every_time_gives_up(
-    ctx: service.Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ctx: Context, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_random(tmp_path / "a", 1000)
     service.push(ctx, str(tmp_path / "a"), parse_image_ref("lab/app:x"))
@@ -143,7 +144,7 @@ def test_object_changed_every_time_gives_up(
     assert ctx.cache.entries() == []
 
 
-def test_pull_output_path(ctx: service.Context, tmp_path: Path) -> None:
+def test_pull_output_path(ctx: Context, tmp_path: Path) -> None:
     write_random(tmp_path / "a.sif", 5000)
     service.push(ctx, str(tmp_path / "a.sif"), parse_image_ref("lab/app:o"))
     out = tmp_path / "out" / "app.sif"

@@ -30,6 +30,7 @@ from registry_client.backends.base import Backend
 from registry_client.backends.swift import SwiftBackend, fit_segment_size
 from registry_client.backends.swift_auth import SwiftAuth
 from registry_client.config import RemoteConfig
+from registry_client.context import Context
 from registry_client.digests import hash_file
 from registry_client.errors import AuthError, ConfigError, IntegrityError, NotFound
 from registry_client.names import parse_image_ref
@@ -66,7 +67,7 @@ def remote(swift_server: Any, container: str) -> RemoteConfig:
 
 
 @pytest.fixture
-def ctx(tmp_path: Path, remote: RemoteConfig) -> service.Context:
+def ctx(tmp_path: Path, remote: RemoteConfig) -> Context:
     # 1 MiB segments and 3 MiB ranges: our SLOs are fetched segment by segment, objects of
     # unknown layout in ranges that span several segments.
     return make_context(
@@ -103,7 +104,7 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def nothing_published(ctx: service.Context) -> bool:
+def nothing_published(ctx: Context) -> bool:
     return ctx.cache.entries() == [] and list((ctx.cache.base / "tmp").iterdir()) == []
 
 
@@ -142,7 +143,7 @@ class TestSwiftBackendContract(BackendContract):
 
 
 def test_slo_with_many_segments_round_trip(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     from registry_client import sif
 
@@ -212,7 +213,7 @@ def test_segment_whose_stored_md5_differs_from_what_was_sent_fails_the_push(
 
 
 def test_push_of_a_file_not_matching_its_pinned_digest_leaves_nothing(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     write_random(tmp_path / "d.sif", 3 * MiB, seed=7)
     with pytest.raises(IntegrityError, match="not the digest"):
@@ -223,7 +224,7 @@ def test_push_of_a_file_not_matching_its_pinned_digest_leaves_nothing(
 
 
 def test_small_image_is_one_object(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     write_random(tmp_path / "s.sif", 300_000, seed=2)
     service.push(ctx, str(tmp_path / "s.sif"), parse_image_ref("lab/small:1"))
@@ -236,7 +237,7 @@ def test_small_image_is_one_object(
 
 
 def test_repush_replaces_and_removes_old_segments(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     ref = parse_image_ref("lab/app:moving")
     write_random(tmp_path / "a", 3 * MiB + 5, seed=1)
@@ -255,7 +256,7 @@ def test_repush_replaces_and_removes_old_segments(
 
 
 def test_rm_and_tag_keep_segments_consistent(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     write_random(tmp_path / "a", 4 * MiB + 1, seed=5)
     src, dst = parse_image_ref("lab/app:1"), parse_image_ref("lab/app:stable")
@@ -275,7 +276,7 @@ def test_rm_and_tag_keep_segments_consistent(
 
 @pytest.mark.parametrize("index", [0, 5])  # 409 before any byte / a read cut short
 def test_segment_damaged_in_place_is_exit_4(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path, index: int
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path, index: int
 ) -> None:
     write_random(tmp_path / "a", 8 * MiB + 3, seed=6)
     ref = parse_image_ref("lab/app:1")
@@ -290,7 +291,7 @@ def test_segment_damaged_in_place_is_exit_4(
 
 
 def test_tag_of_a_damaged_image_is_refused(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     write_random(tmp_path / "a", 3 * MiB, seed=16)
     src = parse_image_ref("lab/app:1")
@@ -304,7 +305,7 @@ def test_tag_of_a_damaged_image_is_refused(
 
 
 def test_object_from_the_swift_cli_pulls_verified(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     data = write_random(tmp_path / "cli.sif", 5 * MiB + 333, seed=7)
     env = {
@@ -338,7 +339,7 @@ def test_object_from_the_swift_cli_pulls_verified(
 
 
 def test_object_from_s3_multipart_pulls_verified(
-    ctx: service.Context, swift_server: Any, container: str, tmp_path: Path
+    ctx: Context, swift_server: Any, container: str, tmp_path: Path
 ) -> None:
     """s3api stores a multipart upload as an SLO whose segments are in BUCKET+segments."""
     data = write_random(tmp_path / "s3.sif", 3 * MiB + 10, seed=8)
@@ -387,9 +388,7 @@ class _RevokeAfterFirstBytes(Reporter):
         return advance()
 
 
-def test_token_revoked_mid_pull_is_renewed(
-    ctx: service.Context, swift_server: Any, tmp_path: Path
-) -> None:
+def test_token_revoked_mid_pull_is_renewed(ctx: Context, swift_server: Any, tmp_path: Path) -> None:
     write_random(tmp_path / "a", 6 * MiB, seed=9)
     ref = parse_image_ref("lab/app:tok")
     service.push(ctx, str(tmp_path / "a"), ref)
@@ -441,7 +440,7 @@ def test_premade_token_from_env(
     assert caught.value.exit_code == 5 and token not in str(caught.value)
 
 
-def test_dlo_pulls_verified(ctx: service.Context, swift_server: Any, container: str) -> None:
+def test_dlo_pulls_verified(ctx: Context, swift_server: Any, container: str) -> None:
     conn = admin(swift_server)
     conn.put_container(f"{container}_segments")
     parts = [os.urandom(MiB + i) for i in range(3)]

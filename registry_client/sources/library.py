@@ -17,10 +17,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from registry_client.backends.http import (
+from registry_client.cache import short_id
+from registry_client.errors import (
+    IntegrityError,
+    InvalidReference,
+    RegistryClientError,
+    UnverifiableError,
+    UsageError,
+)
+from registry_client.names import DEFAULT_TAG
+from registry_client.sources import FetchOptions, Source, Version, endpoint, setting
+from registry_client.sources.http import (
     Credentials,
     Expected,
     HttpSource,
@@ -30,14 +40,9 @@ from registry_client.backends.http import (
     get_json,
     new_session,
 )
-from registry_client.errors import (
-    IntegrityError,
-    InvalidReference,
-    RegistryClientError,
-    UnverifiableError,
-    UsageError,
-)
-from registry_client.names import DEFAULT_TAG
+
+if TYPE_CHECKING:
+    from registry_client.context import Context
 
 DEFAULT_URL = "https://library.sylabs.io"
 ENV_URL = "REGISTRY_CLIENT_LIBRARY_URL"
@@ -208,3 +213,64 @@ def download(
         client.source(ref, arch), dest, expected, settings=settings, progress=progress
     )
     return result.sha256, checks
+
+
+# -- the source ----------------------------------------------------------------------
+
+
+def library_client(ctx: Context, options: FetchOptions) -> LibraryClient:
+    """A client for the Library the options, environment or config name, with its token."""
+    url = endpoint(options.library_url, ENV_URL, ctx.config, "library")
+    token = env_first(*ENV_TOKENS) or setting(ctx.config, "library", "token")
+    return LibraryClient(url, token)
+
+
+class LibrarySource(Source):
+    scheme = "library"
+
+    def __init__(self, ctx: Context, body: str, options: FetchOptions) -> None:
+        from registry_client.sources.docker.registry import node_platform
+
+        self.ref = parse(body)
+        self.arch = node_platform(options.arch).architecture
+        self.client = library_client(ctx, options)
+        self.text = str(self.ref)
+        self.remote_id = short_id("library", self.client.base)
+        self.record: Any = None
+
+    def slot(self) -> tuple[str, str, str]:
+        return (
+            f"{self.ref.entity}+{self.ref.collection}",
+            self.ref.container,
+            f"{self.ref.tag}~{self.arch}",
+        )
+
+    def pinned(self, cache: Any) -> str | None:
+        return self.ref.pinned_sha256
+
+    def resolve(self) -> Version:
+        from registry_client.retry import retry_call
+
+        self.record = retry_call(
+            f"library image {self.ref}", lambda: self.client.image(self.ref, self.arch)
+        )
+        return Version(
+            ("library", self.client.base, self.record.sha256),
+            self.record.sha256,
+            {"arch": self.arch, "size": self.record.size},
+        )
+
+    def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
+        with ctx.reporter.progress(f"pull {self.text}", self.record.size) as advance:
+            return download(
+                self.client,
+                self.ref,
+                self.arch,
+                self.record,
+                dest,
+                settings=ctx.transfer,
+                progress=advance,
+            )
+
+    def close(self) -> None:
+        self.client.close()

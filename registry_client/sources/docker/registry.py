@@ -31,7 +31,15 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from registry_client.backends.http import (
+from registry_client.errors import (
+    AuthError,
+    IntegrityError,
+    InvalidReference,
+    NotFound,
+    RegistryClientError,
+    UsageError,
+)
+from registry_client.sources.http import (
     Credentials,
     Expected,
     HttpSource,
@@ -43,14 +51,6 @@ from registry_client.backends.http import (
     raise_unless_ok,
     read_limited,
     safe_url,
-)
-from registry_client.errors import (
-    AuthError,
-    IntegrityError,
-    InvalidReference,
-    NotFound,
-    RegistryClientError,
-    UsageError,
 )
 
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")

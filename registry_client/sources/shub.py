@@ -14,10 +14,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from registry_client.backends.http import (
+from registry_client.cache import short_id
+from registry_client.errors import (
+    IntegrityError,
+    InvalidReference,
+    RegistryClientError,
+    UnverifiableError,
+)
+from registry_client.sources import FetchOptions, Source, Version, endpoint
+from registry_client.sources.http import (
     Expected,
     HttpSource,
     check_base_url,
@@ -27,12 +35,9 @@ from registry_client.backends.http import (
     new_session,
     safe_url,
 )
-from registry_client.errors import (
-    IntegrityError,
-    InvalidReference,
-    RegistryClientError,
-    UnverifiableError,
-)
+
+if TYPE_CHECKING:
+    from registry_client.context import Context
 
 DEFAULT_URL = "https://singularity-hub.org"
 ENV_URL = "REGISTRY_CLIENT_SHUB_URL"
@@ -148,3 +153,48 @@ def download(
         source, dest, Expected(md5=manifest.md5), settings=settings, progress=progress
     )
     return result.sha256, checks
+
+
+# -- the source ----------------------------------------------------------------------
+
+
+class ShubSource(Source):
+    scheme = "shub"
+
+    def __init__(self, ctx: Context, body: str, options: FetchOptions) -> None:
+        self.ref = parse(body)
+        self.client = ShubClient(endpoint(options.shub_url, ENV_URL, ctx.config, "shub"))
+        self.text = str(self.ref)
+        self.remote_id = short_id("shub", self.client.base)
+        self.manifest: Any = None
+
+    def slot(self) -> tuple[str, str, str]:
+        return self.ref.user, self.ref.repo, self.ref.tag or f"@{self.ref.version}"
+
+    def _key(self, md5: str) -> tuple[str, ...]:
+        return ("shub", self.client.base, md5)
+
+    def pinned(self, cache: Any) -> str | None:
+        version = self.ref.version
+        return cache.resolve_etag(*self._key(version)) if version and len(version) == 32 else None
+
+    def resolve(self) -> Version:
+        from registry_client.retry import retry_call
+
+        self.manifest = retry_call(
+            f"shub manifest {self.ref}", lambda: self.client.manifest(self.ref)
+        )
+        return Version(
+            self._key(self.manifest.md5),
+            None,
+            {"version": self.manifest.md5, "commit": self.manifest.commit},
+        )
+
+    def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
+        with ctx.reporter.progress(f"pull {self.text}", 0) as advance:
+            return download(
+                self.client, self.ref, self.manifest, dest, settings=ctx.transfer, progress=advance
+            )
+
+    def close(self) -> None:
+        self.client.close()

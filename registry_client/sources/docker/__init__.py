@@ -1,0 +1,123 @@
+"""docker:// — OCI/Docker registries (registry.py), images built into SIFs (sifbuild.py).
+
+The source resolves a reference to one manifest (picking this node's platform from an
+index), fetches every layer blob verified into the cache's shared blob store, and
+builds a SIF from them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry_client.cache import short_id
+from registry_client.sources import FetchOptions, Source, Version
+from registry_client.sources.docker.registry import (
+    RegistryClient,
+    ensure_blob,
+    node_platform,
+    parse,
+)
+from registry_client.sources.docker.sifbuild import BUILDER_VERSION
+
+if TYPE_CHECKING:
+    from registry_client.context import Context
+
+BLOB_WORKERS = 3  # layers fetched at once; each also uses parallel ranged reads
+
+
+class DockerSource(Source):
+    scheme = "docker"
+
+    def __init__(self, ctx: Context, body: str, options: FetchOptions) -> None:
+        self.ref = parse(body)
+        self.platform = node_platform(options.arch)
+        self.text = str(self.ref)
+        self.remote_id = short_id("docker", self.ref.registry)
+        self.client: Any = None
+        self.resolved: Any = None
+
+    def slot(self) -> tuple[str, str, str]:
+        tag = self.ref.tag or f"@{self.ref.digest}"
+        platform = str(self.platform).replace("/", "-")
+        return self.ref.registry, self.ref.repository.replace("/", "+"), f"{tag}~{platform}"
+
+    def _key(self, digest: str) -> tuple[str, ...]:
+        return ("docker-sif", BUILDER_VERSION, self.ref.name, digest, str(self.platform))
+
+    def pinned(self, cache: Any) -> str | None:
+        return cache.resolve_etag(*self._key(self.ref.digest)) if self.ref.digest else None
+
+    def resolve(self) -> Version:
+        from registry_client.retry import retry_call
+
+        self.client = self.client or RegistryClient(self.ref)
+        self.resolved = retry_call(
+            f"manifest of {self.ref}", lambda: self.client.resolve(self.platform)
+        )
+        r = self.resolved
+        aliases = (self._key(r.index_digest),) if r.index_digest else ()
+        return Version(
+            self._key(r.manifest_digest),
+            None,
+            {
+                "manifest": r.manifest_digest,
+                "index": r.index_digest,
+                "platform": str(self.platform),
+            },
+            aliases,
+        )
+
+    def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
+        from registry_client.digests import hash_file
+        from registry_client.retry import retry_call
+        from registry_client.sources.docker.sifbuild import BuildSpec, build_sif, remove_tree
+
+        image = retry_call(
+            f"config of {self.ref}", lambda: self.client.config_json(self.resolved.config)
+        )
+        layers = self._layers(ctx)
+        work = _work_dir(ctx)
+        try:
+            spec = BuildSpec(
+                layers, image, self.text, self.resolved.pinned_ref, self.platform.architecture
+            )
+            build_sif(spec, work, dest, ctx.reporter.warn)
+        finally:
+            remove_tree(work)
+        return hash_file(str(dest)).sha256, ("manifest-digest", "blob-sha256", "diff-id")
+
+    def _layers(self, ctx: Context) -> list[Any]:
+        """Every layer blob, verified, in the shared blob cache (fetched at most once)."""
+        from registry_client.sources.docker.sifbuild import LayerFile
+
+        layers = self.resolved.layers
+        total = sum(d.size for d in layers if ctx.cache.lookup_blob(d.hex) is None)
+        with (
+            ctx.reporter.progress(f"pull {self.text}", total) as advance,
+            ThreadPoolExecutor(BLOB_WORKERS, thread_name_prefix="rc-blob") as pool,
+        ):
+            paths = list(
+                pool.map(
+                    lambda d: ensure_blob(
+                        self.client, d, ctx.cache, settings=ctx.transfer, progress=advance
+                    ),
+                    layers,
+                )
+            )
+        return [LayerFile(p, d.digest) for p, d in zip(paths, layers, strict=True)]
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def _work_dir(ctx: Context) -> Path:
+    """A private build folder beside the cache's temp files (same filesystem, not /tmp)."""
+    ctx.cache.ensure()
+    return Path(
+        tempfile.mkdtemp(prefix=f"build.{os.getpid()}.", suffix=".dir", dir=ctx.cache.base / "tmp")
+    )
