@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from registry_client.config import RemoteConfig
-from tests.helpers import s3_client, s3_options
+from tests.support.helpers import s3_client, s3_options
 
 # Never let boto3 look for instance credentials off this machine (169.254.169.254).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -34,7 +34,7 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.servers.swift_aio import start_swift
+    from tests.support.servers.swift_aio import start_swift
 
     server = start_swift(tmp_path_factory.mktemp("swift"))
     try:
@@ -45,7 +45,7 @@ def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[Any]:
-    from tests.servers.moto_server import start_moto
+    from tests.support.servers.moto_server import start_moto
 
     server = start_moto()
     try:

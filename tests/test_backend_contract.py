@@ -11,8 +11,8 @@ import pytest
 from registry_client.backends.base import Backend
 from registry_client.backends.file import FileBackend
 from registry_client.backends.s3 import S3Backend
-from tests.backend_contract import BackendContract
-from tests.helpers import s3_options
+from tests.support.backend_contract import BackendContract
+from tests.support.helpers import s3_options
 
 
 class TestFileBackend(BackendContract):

@@ -19,8 +19,8 @@ from registry_client.errors import IntegrityError, NotFound
 from registry_client.names import parse_image_ref
 from registry_client.reporting import Reporter
 from registry_client.transfer import TransferSettings, download
-from tests.backend_contract import write_random
-from tests.helpers import make_context
+from tests.support.backend_contract import write_random
+from tests.support.helpers import make_context
 
 MiB = 1024 * 1024
 
@@ -159,7 +159,7 @@ def test_shared_system_cache_is_group_writable(tmp_path: Path) -> None:
 
 
 def test_cli_shared_cache_from_config(tmp_path: Path) -> None:
-    from tests.helpers import run_cli
+    from tests.support.helpers import run_cli
 
     cfg = tmp_path / "c.toml"
     cfg.write_text("[cache]\nshared = true\n")

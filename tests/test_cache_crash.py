@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from registry_client.config import RemoteConfig
-from tests.backend_contract import write_random
 from tests.conftest import new_bucket
-from tests.helpers import console_script, run_cli, s3_options, write_config
+from tests.support.backend_contract import write_random
+from tests.support.helpers import console_script, run_cli, s3_options, write_config
 
 pytestmark = pytest.mark.servers
 MiB = 1024 * 1024

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CLI, run_cli
+from tests.support.helpers import CLI, run_cli
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def test_every_documented_remote_points_at_a_compose_port() -> None:
     assert port_of(remotes["swift-s3"]["endpoint_url"]) in host_ports(swift)
     assert port_of(remotes["swift"]["auth_url"]) in host_ports(swift)
     # The SAIO image's tempauth user; the same one our own Swift test server uses.
-    from tests.servers import swift_aio
+    from tests.support.servers import swift_aio
 
     assert remotes["swift"]["user"] == swift_aio.USER == remotes["swift-s3"]["access_key_id"]
     assert remotes["swift"]["key"] == swift_aio.KEY == remotes["swift-s3"]["secret_access_key"]

@@ -10,7 +10,7 @@ import pytest
 
 from registry_client.config import ConfigError, load_config
 from registry_client.errors import NotFound
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 
 def test_zero_config_default_is_local_file_remote(tmp_path: Path) -> None:

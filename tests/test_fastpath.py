@@ -12,7 +12,7 @@ import pytest
 
 from registry_client import cli, entry
 from registry_client.config import default_local_dir
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 FULL_MAIN = cli.main
 Outcome = tuple[int, str, str]

@@ -23,7 +23,7 @@ import requests
 import urllib3
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from tests.faultproxy import Fault, FaultProxy, Kind
+from tests.support.faultproxy import Fault, FaultProxy, Kind
 
 PAYLOAD = random.Random(5).randbytes(200_000)
 SIZE = len(PAYLOAD)

@@ -24,7 +24,7 @@ from registry_client.errors import AuthError, IntegrityError, InvalidReference, 
 from registry_client.fetch import FetchOptions, copy, pull_fetcher
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
-from tests.fixtures_oci import (
+from tests.support.fixtures_oci import (
     Image,
     Pusher,
     RegistryProxy,
@@ -36,7 +36,7 @@ from tests.fixtures_oci import (
     symlink,
     whiteout,
 )
-from tests.helpers import make_context, run_cli
+from tests.support.helpers import make_context, run_cli
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("docker-registry") or os.path.exists("/usr/bin/docker-registry"))
@@ -83,7 +83,7 @@ def base_layer(flavour: str) -> Any:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.servers.registry import start_registry
+    from tests.support.servers.registry import start_registry
 
     server = start_registry(tmp_path_factory.mktemp("registry"))
     try:

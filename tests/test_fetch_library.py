@@ -13,8 +13,8 @@ from registry_client.errors import AuthError, IntegrityError, InvalidReference, 
 from registry_client.fetch import FetchOptions, pull_fetcher, search
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
-from tests.fixtures_library import LibraryFixture, LibraryImage
-from tests.helpers import make_context, run_cli
+from tests.support.fixtures_library import LibraryFixture, LibraryImage
+from tests.support.helpers import make_context, run_cli
 
 TOKEN = "s3cr3t-library-token"
 MiB = 1024 * 1024

@@ -14,8 +14,8 @@ from registry_client.errors import IntegrityError, InvalidReference, NotFound, U
 from registry_client.fetch import FetchOptions, pull_fetcher
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
-from tests.fixtures_shub import HubImage, ShubFixture, make_simg
-from tests.helpers import make_context, run_cli
+from tests.support.fixtures_shub import HubImage, ShubFixture, make_simg
+from tests.support.helpers import make_context, run_cli
 
 pytestmark = pytest.mark.skipif(not shutil.which("mksquashfs"), reason="needs squashfs-tools")
 

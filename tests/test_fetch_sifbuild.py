@@ -12,7 +12,7 @@ import pytest
 from registry_client.errors import IntegrityError, UsageError
 from registry_client.sources.docker import sifbuild
 from registry_client.sources.docker.sifbuild import BuildSpec, LayerFile, RootfsWriter, UnsafeLayer
-from tests.fixtures_oci import directory, file, make_layer, opaque, symlink, whiteout
+from tests.support.fixtures_oci import directory, file, make_layer, opaque, symlink, whiteout
 
 
 def layer_file(tmp: Path, members, compression: str | None = "gzip") -> LayerFile:

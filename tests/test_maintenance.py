@@ -12,8 +12,8 @@ from registry_client.config import RemoteConfig
 from registry_client.context import Context
 from registry_client.maintenance import parse_age, parse_size, prune_cache, verify_cache
 from registry_client.names import parse_image_ref
-from tests.backend_contract import write_random
-from tests.helpers import make_context, run_cli
+from tests.support.backend_contract import write_random
+from tests.support.helpers import make_context, run_cli
 
 
 def filled(tmp_path: Path, sizes: list[int]) -> Context:

@@ -17,8 +17,9 @@ from registry_client.config import RemoteConfig
 from registry_client.context import Context
 from registry_client.errors import IntegrityError, ObjectChanged
 from registry_client.names import parse_image_ref
-from tests.backend_contract import write_random
-from tests.helpers import (
+from registry_client.settings import TransferSettings
+from tests.support.backend_contract import write_random
+from tests.support.helpers import (
     console_script,
     make_context,
     push_then_ctrl_c,
@@ -112,7 +113,7 @@ def test_repush_during_download_restarts_cleanly(
     write_random(new, 11 * MiB, seed=2)
     ref = parse_image_ref("lab/app:moving")
     service.push(ctx, str(old), ref)
-    ctx.transfer = service.TransferSettings(chunk_size=1 * MiB, concurrency=2)
+    ctx.transfer = TransferSettings(chunk_size=1 * MiB, concurrency=2)
     real_read = S3Backend.read_range
     calls = {"n": 0}
 

@@ -17,10 +17,10 @@ import pytest
 import swiftclient
 from botocore.config import Config
 
-from tests.servers._util import http_request, pid_running
-from tests.servers.moto_server import start_moto
-from tests.servers.registry import start_registry
-from tests.servers.swift_aio import start_swift
+from tests.support.servers._util import http_request, pid_running
+from tests.support.servers.moto_server import start_moto
+from tests.support.servers.registry import start_registry
+from tests.support.servers.swift_aio import start_swift
 
 pytestmark = pytest.mark.servers
 
@@ -131,7 +131,7 @@ def test_registry_answers_v2(tmp_path: Path) -> None:
 
 def test_cli_prints_json_then_stops_children_on_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers", "moto"],
+        [sys.executable, "-m", "tests.support.servers", "moto"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

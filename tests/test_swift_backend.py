@@ -36,8 +36,8 @@ from registry_client.errors import AuthError, ConfigError, IntegrityError, NotFo
 from registry_client.names import parse_image_ref
 from registry_client.reporting import Reporter
 from registry_client.transfer import TransferSettings
-from tests.backend_contract import BackendContract, write_random
-from tests.helpers import make_context, run_cli, s3_client
+from tests.support.backend_contract import BackendContract, write_random
+from tests.support.helpers import make_context, run_cli, s3_client
 
 MiB = 1024 * 1024
 
@@ -647,7 +647,7 @@ def test_cli_direct_swift_url_with_st_env(
 def test_ctrl_c_mid_push_exits_130_promptly_and_leaves_no_segments(
     swift_server: Any, container: str, tmp_path: Path
 ) -> None:
-    from tests.helpers import push_then_ctrl_c
+    from tests.support.helpers import push_then_ctrl_c
 
     write_random(tmp_path / "big.sif", 96 * MiB, seed=16)
     cfg = tmp_path / "c.toml"

@@ -318,7 +318,7 @@ def warm_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
 
 def herd_figure(bench: Bench, target: Target, image: Image, n: int) -> dict[str, Any]:
     """N concurrent cold pulls through a counting proxy, with naive peers beside us."""
-    from tests.faultproxy import FaultProxy
+    from tests.support.faultproxy import FaultProxy
 
     want = image.path.stat().st_size
     rows: dict[str, dict[str, list[float]]] = {}

@@ -188,8 +188,8 @@ class World:
 
 def start_targets(world: World, names: list[str]) -> list[Any]:
     """Start the servers the targets need; return them (to stop later)."""
-    from tests.servers.moto_server import start_moto
-    from tests.servers.swift_aio import start_swift
+    from tests.support.servers.moto_server import start_moto
+    from tests.support.servers.swift_aio import start_swift
 
     servers: list[Any] = []
     if {"swift-s3api", "swift"} & set(names):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from tests.fixtures_http import FixtureServer, Request, Response, json_response, serve_bytes
+from tests.support.fixtures_http import FixtureServer, Request, Response, json_response, serve_bytes
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Time a docker:// → SIF build of a ~100 MB image from the loopback registry.
 
-    python -m tests.bench_fetch_docker [--mib 100]
+    python -m tests.benchmarks.fetch_docker [--mib 100]
 
 Generates random layers in memory (nothing is written to the repository), pushes them to
 a Debian docker-registry started for the run, then times: a cold pull (blob downloads +
@@ -20,9 +20,9 @@ from pathlib import Path
 
 from registry_client.fetch import FetchOptions, pull_fetcher
 from registry_client.names import parse_reference
-from tests.fixtures_oci import Image, Pusher, directory, file, make_layer
-from tests.helpers import make_context
-from tests.servers.registry import start_registry
+from tests.support.fixtures_oci import Image, Pusher, directory, file, make_layer
+from tests.support.helpers import make_context
+from tests.support.servers.registry import start_registry
 
 MiB = 1024 * 1024
 

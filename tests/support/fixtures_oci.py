@@ -252,7 +252,7 @@ class RegistryProxy:
     )
 
     def __init__(self, registry_url: str) -> None:
-        from tests.fixtures_http import FixtureServer
+        from tests.support.fixtures_http import FixtureServer
 
         self.registry = registry_url.rstrip("/")
         self.credentials: tuple[str, str] | None = None
@@ -266,7 +266,7 @@ class RegistryProxy:
     def _handle(self, req: Any) -> Any:
         import base64
 
-        from tests.fixtures_http import Response, json_response
+        from tests.support.fixtures_http import Response, json_response
 
         if req.path == "/token":
             user, password = self.credentials or ("", "")
@@ -289,7 +289,7 @@ class RegistryProxy:
         return self._forward(req)
 
     def _forward(self, req: Any) -> Any:
-        from tests.fixtures_http import Response
+        from tests.support.fixtures_http import Response
 
         headers = {k: v for k, v in req.headers.items() if k in ("accept", "range")}
         up = self.session.request(

@@ -1,4 +1,6 @@
-"""Run one loopback server in the foreground: ``python -m tests.servers swift|moto|registry``.
+"""Run one loopback server in the foreground: ``python -m tests.support.servers KIND``.
+
+KIND is swift, moto or registry.
 
 Prints one JSON line (endpoints, credentials, PIDs) on stdout once the server is ready,
 then runs until SIGTERM/SIGINT (or until one of its processes or its parent dies) and
@@ -26,7 +28,7 @@ from .swift_aio import start_swift
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.support.servers", description=__doc__)
     parser.add_argument("kind", choices=("swift", "moto", "registry"))
     parser.add_argument(
         "--workdir",

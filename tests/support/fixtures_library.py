@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from tests.fixtures_http import FixtureServer, Request, Response, json_response, serve_bytes
+from tests.support.fixtures_http import FixtureServer, Request, Response, json_response, serve_bytes
 
 
 @dataclass

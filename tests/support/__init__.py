@@ -1,0 +1,1 @@
+"""Support code for the tests: servers, fixtures, the fault proxy, the contract suite."""
