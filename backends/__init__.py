@@ -29,4 +29,5 @@ def open_backend(remote: RemoteConfig) -> Backend:
         raise ConfigError(f"unknown remote type {remote.type!r}")
     module_name, _, cls_name = target.partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.from_remote(remote)
+    backend: Backend = cls.from_remote(remote)
+    return backend

@@ -25,6 +25,7 @@ The user-facing story is in docs/backends.md; the decisions that shape this modu
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import hashlib
 import json
@@ -94,7 +95,7 @@ class _Entry:
     """One entry of an SLO manifest as `?multipart-manifest=get` returns it."""
 
     name: str | None  # "/container/object"; None for inline data
-    bytes: int  # size of that object (or of the inline data)
+    size: int  # size of that object (or of the inline data)
     hash: str  # its ETag; for a nested SLO, that SLO's ETag
     range: str | None = None  # "first-last" when only part of the object is used
     data: bytes | None = None
@@ -106,7 +107,7 @@ class _Entry:
         if self.range:
             first, _, last = self.range.partition("-")
             return int(last) - int(first) + 1
-        return self.bytes
+        return self.size
 
     @property
     def md5(self) -> str:
@@ -169,7 +170,7 @@ def slo_etag(entries: Sequence[_Entry], leaf_md5: Callable[[_Entry], str]) -> st
     return total.hexdigest()
 
 
-def _segment_entry(name: str, etag: str, size: int, entry: _Entry | None = None) -> dict:
+def _segment_entry(name: str, etag: str, size: int, entry: _Entry | None = None) -> dict[str, Any]:
     item: dict[str, Any] = {"path": name, "etag": etag, "size_bytes": size}
     if entry is not None and entry.range:
         item["range"] = entry.range
@@ -493,7 +494,7 @@ class SwiftBackend(Backend):
         lengths = segments(size, segment)
         base = f"{self._full(key)}/slo/{_stamp()}/{size}/{segment}/"
         names = [f"/{self.segment_container}/{base}{i:08d}" for i in range(len(lengths))]
-        uploaded: list[str] = []
+        uploaded: builtins.list[str] = []
         try:
             etags = parallel(
                 lambda i: self._put_segment(
@@ -524,7 +525,7 @@ class SwiftBackend(Backend):
         offset: int,
         length: int,
         progress: Progress | None,
-        uploaded: list[str],
+        uploaded: builtins.list[str],
     ) -> str:
         # The md5 is taken from the bytes as they are sent, not in a read beforehand: a
         # segment is not live until the manifest names it, and the manifest is written
@@ -550,7 +551,7 @@ class SwiftBackend(Backend):
         return md5
 
     def _put_manifest(
-        self, key: str, manifest: list[dict[str, Any]], headers: dict[str, str]
+        self, key: str, manifest: builtins.list[dict[str, Any]], headers: dict[str, str]
     ) -> None:
         # Swift HEADs every segment and refuses the manifest (400) if an etag or size
         # differs, so a segment damaged between its PUT and here never goes live.
@@ -657,11 +658,11 @@ class SwiftBackend(Backend):
             for i, leaf in enumerate(leaves)
         ]
         jobs = [(leaf, dst) for leaf, dst in zip(leaves, targets, strict=True) if dst]
-        copied: list[str] = []
+        copied: builtins.list[str] = []
         try:
             parallel(lambda job: self._copy_segment(job[0], job[1], copied), jobs, 8)
             manifest = [
-                _segment_entry(dst, leaf.hash, leaf.bytes, leaf)
+                _segment_entry(dst, leaf.hash, leaf.size, leaf)
                 if dst
                 else {"data": base64.b64encode(leaf.data or b"").decode()}
                 for leaf, dst in zip(leaves, targets, strict=True)
@@ -672,7 +673,7 @@ class SwiftBackend(Backend):
             raise
         return set(copied)
 
-    def _copy_segment(self, leaf: _Entry, target: str, copied: list[str]) -> None:
+    def _copy_segment(self, leaf: _Entry, target: str, copied: builtins.list[str]) -> None:
         container, obj = _split(leaf.name or "")
         self._conn().copy_object(container, obj, target, fresh_metadata=True)
         copied.append(target)
@@ -710,7 +711,7 @@ class SwiftBackend(Backend):
 
     def _remove_segments(self, names: set[str], concurrency: int) -> None:
         """Best effort: the image itself is already replaced or gone; leftovers are logged."""
-        failed: list[str] = []
+        failed: builtins.list[str] = []
 
         def remove(name: str) -> None:
             container, obj = _split(name)
@@ -734,7 +735,7 @@ class SwiftBackend(Backend):
     # -- manifests and ETag plans -----------------------------------------------------------
     def _manifest_entries(
         self, key: str, head: Mapping[str, str], strict: bool = True
-    ) -> list[_Entry]:
+    ) -> builtins.list[_Entry]:
         """The manifest of `key`, pinned to the one HEAD saw; nested SLOs opened."""
         pin = head.get("x-manifest-etag")
         items = self._manifest(self.container, self._full(key), pin)
@@ -758,7 +759,7 @@ class SwiftBackend(Backend):
             )
         return entry
 
-    def _manifest(self, container: str, obj: str, pin: str | None) -> list[dict[str, Any]]:
+    def _manifest(self, container: str, obj: str, pin: str | None) -> builtins.list[dict[str, Any]]:
         headers = {"If-Match": pin} if pin else {}
         head, body = self._conn().get_object(
             container,
@@ -802,7 +803,7 @@ class SwiftBackend(Backend):
             )
         expected = [leaf.md5 for leaf in leaves]
 
-        def check(md5s: list[list[bytes]]) -> bool:
+        def check(md5s: builtins.list[builtins.list[bytes]]) -> bool:
             got = [d.hex() for d in md5s[0]]
             if got != expected:
                 return False
@@ -857,7 +858,7 @@ class SwiftBackend(Backend):
             )
         return error
 
-    def _damaged_segment(self, entries: list[_Entry], start: int, end: int) -> str | None:
+    def _damaged_segment(self, entries: builtins.list[_Entry], start: int, end: int) -> str | None:
         offset = 0
         for leaf in _leaves(entries):
             first, offset = offset, offset + leaf.length
@@ -872,7 +873,7 @@ class SwiftBackend(Backend):
                 raise
             if (
                 _unquote_etag(seg.get("etag")) != leaf.hash
-                or int(seg.get("content-length", -1)) != leaf.bytes
+                or int(seg.get("content-length", -1)) != leaf.size
             ):
                 return f"segment {leaf.name} no longer matches its manifest"
         return None

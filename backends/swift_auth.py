@@ -341,6 +341,9 @@ class TokenStore:
 class SwiftConnection(Connection):
     """A swiftclient Connection that takes its tokens from the shared store."""
 
+    url: str | None  # set by swiftclient, and by us from the store
+    token: str | None
+
     def __init__(self, tokens: TokenStore, **kwargs: Any) -> None:
         # swiftclient retries a 401 (once) only if it believes it holds credentials; the
         # real ones stay in the store, these markers just say "renewable".
@@ -368,7 +371,7 @@ class SwiftConnection(Connection):
         self,
         container: str,
         obj: str,
-        contents: Any,  # type: ignore[override]
+        contents: Any,
         **kwargs: Any,
     ) -> str:
         # swiftclient rewinds a file body only when retries > 0; ours is re-sent once,

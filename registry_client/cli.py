@@ -10,14 +10,9 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import typer
-
-try:  # typer >= 0.2x vendors its own click; older releases use click itself
-    from typer._click import exceptions as click_exc  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the typer release
-    from click import exceptions as click_exc
 
 from registry_client import __version__
 from registry_client.console import ConsoleReporter, print_error, write_result
@@ -36,7 +31,7 @@ remote_app = typer.Typer(help="Manage named remotes in the config file.", no_arg
 app.add_typer(cache_app, name="cache")
 app.add_typer(remote_app, name="remote")
 
-JsonOpt = typer.Option(False, "--json", help="Machine-readable JSON on stdout.")
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
 @dataclass
@@ -79,21 +74,31 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_callback(
     ctx: typer.Context,
-    config: str | None = typer.Option(
-        None, "--config", envvar="REGISTRY_CLIENT_CONFIG", help="Config file (TOML)."
-    ),
-    cache_dir: str | None = typer.Option(
-        None, "--cache-dir", help="Node cache root [env REGISTRY_CLIENT_CACHE_DIR]."
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors on stderr."),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Logs and tracebacks."),
-    as_json: bool = typer.Option(False, "--json", help="JSON on stdout for every command."),
-    progress: bool | None = typer.Option(
-        None, "--progress/--no-progress", help="Progress bars on stderr (default: if a TTY)."
-    ),
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
-    ),
+    config: Annotated[
+        str | None,
+        typer.Option("--config", envvar="REGISTRY_CLIENT_CONFIG", help="Config file (TOML)."),
+    ] = None,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option("--cache-dir", help="Node cache root [env REGISTRY_CLIENT_CACHE_DIR]."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Logs and tracebacks.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON on stdout for every command.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Progress bars on stderr (default: if a TTY)."
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Push SIF images to S3/Swift buckets and pull them into a verified node cache."""
     ctx.obj = Globals(config, cache_dir, quiet, verbose, as_json, progress)
@@ -111,30 +116,43 @@ def main_callback(
 
 
 # docker://, library:// and shub:// (registry_client.fetch); env and config fill the gaps.
-ArchOpt = typer.Option(
-    None,
-    "--arch",
-    help="Architecture for docker:// and library:// (amd64, arm64, arm/v7; default: this node's).",
-)
-LibraryUrlOpt = typer.Option(
-    None, "--library-url", help="Library API for library:// [env REGISTRY_CLIENT_LIBRARY_URL]."
-)
-ShubUrlOpt = typer.Option(
-    None, "--shub-url", help="Singularity Hub API for shub:// [env REGISTRY_CLIENT_SHUB_URL]."
-)
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="Architecture for docker:// and library:// (amd64, arm64, arm/v7; "
+        "default: this node's).",
+    ),
+]
+LibraryUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--library-url", help="Library API for library:// [env REGISTRY_CLIENT_LIBRARY_URL]."
+    ),
+]
+ShubUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shub-url", help="Singularity Hub API for shub:// [env REGISTRY_CLIENT_SHUB_URL]."
+    ),
+]
 
 
 @app.command()
 def pull(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="[REMOTE:]COLLECTION/NAME[:TAG][@sha256:HEX] or URL"),
-    output: str | None = typer.Option(None, "-o", "--output", help="Also place it here."),
-    force: bool = typer.Option(False, "--force", help="Download again even if cached."),
-    offline: bool = typer.Option(False, "--offline", help="Use the cache only; no network."),
-    arch: str | None = ArchOpt,
-    library_url: str | None = LibraryUrlOpt,
-    shub_url: str | None = ShubUrlOpt,
-    as_json: bool = JsonOpt,
+    ref: Annotated[str, typer.Argument(help="[REMOTE:]COLLECTION/NAME[:TAG][@sha256:HEX] or URL")],
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Also place it here.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use the cache only; no network.")
+    ] = False,
+    arch: ArchOpt = None,
+    library_url: LibraryUrlOpt = None,
+    shub_url: ShubUrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Download once, verify, publish atomically; print the image's path."""
     from registry_client.names import FetcherRef, parse_reference
@@ -143,7 +161,8 @@ def pull(
     parsed = parse_reference(ref)
     context = _g(ctx).context()
     if isinstance(parsed, FetcherRef):
-        from registry_client.fetch import FetchOptions, pull_fetcher
+        from registry_client.fetch import pull_fetcher
+        from registry_client.sources import FetchOptions
 
         result = pull_fetcher(
             context,
@@ -161,18 +180,22 @@ def pull(
 @app.command()
 def push(
     ctx: typer.Context,
-    file: str = typer.Argument(..., help="A SIF image file."),
-    ref: str = typer.Argument(..., help="[REMOTE:]COLLECTION/NAME[:TAG] or URL"),
-    label: list[str] = typer.Option([], "--label", help="K=V label stored with the image."),
-    strict: bool = typer.Option(False, "--strict", help="Refuse files that are not SIF."),
-    as_json: bool = JsonOpt,
+    file: Annotated[str, typer.Argument(help="A SIF image file.")],
+    ref: Annotated[str, typer.Argument(help="[REMOTE:]COLLECTION/NAME[:TAG] or URL")],
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="K=V label stored with the image.")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Refuse files that are not SIF.")
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Verify FILE, upload it (multipart/SLO, parallel), write metadata; print its digest."""
     from registry_client.names import parse_image_ref
     from registry_client.service import push as do_push
 
     parsed = parse_image_ref(ref)
-    labels = _parse_labels(label)
+    labels = _parse_labels(label or [])
     result = do_push(_g(ctx).context(), file, parsed, labels=labels, strict=strict)
     _emit(ctx, as_json, result.to_dict(), f"sha256:{result.sha256}")
 
@@ -190,8 +213,8 @@ def _parse_labels(items: list[str]) -> dict[str, str]:
 @app.command("ls")
 def list_cmd(
     ctx: typer.Context,
-    target: str | None = typer.Argument(None, help="REMOTE[:COLLECTION] or bucket URL"),
-    as_json: bool = JsonOpt,
+    target: Annotated[str | None, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """List images: ref, size, digest, pushed."""
     from registry_client.remotes import open_remote, parse_remote_target
@@ -229,7 +252,7 @@ def _cell(value: Any) -> str:
 
 
 @app.command()
-def rm(ctx: typer.Context, ref: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+def rm(ctx: typer.Context, ref: Annotated[str, typer.Argument()], as_json: JsonOpt = False) -> None:
     """Delete an image (and its segments)."""
     from registry_client.names import parse_image_ref
     from registry_client.service import remove
@@ -241,9 +264,9 @@ def rm(ctx: typer.Context, ref: str = typer.Argument(...), as_json: bool = JsonO
 @app.command()
 def tag(
     ctx: typer.Context,
-    src: str = typer.Argument(...),
-    dst: str = typer.Argument(...),
-    as_json: bool = JsonOpt,
+    src: Annotated[str, typer.Argument()],
+    dst: Annotated[str, typer.Argument()],
+    as_json: JsonOpt = False,
 ) -> None:
     """New tag for the same content (server-side copy)."""
     from registry_client.names import parse_image_ref
@@ -256,8 +279,8 @@ def tag(
 @app.command()
 def inspect(
     ctx: typer.Context,
-    target: str = typer.Argument(..., help="REF or FILE"),
-    as_json: bool = JsonOpt,
+    target: Annotated[str, typer.Argument(help="REF or FILE")],
+    as_json: JsonOpt = False,
 ) -> None:
     """SIF global header, descriptors, labels, digest."""
     from registry_client.describe import describe, format_description
@@ -269,11 +292,13 @@ def inspect(
 @app.command()
 def search(
     ctx: typer.Context,
-    query: str = typer.Argument(..., help="Text to find in COLLECTION/NAME:TAG."),
-    library: bool = typer.Option(False, "--library", help="Also search the Library API."),
-    arch: str | None = ArchOpt,
-    library_url: str | None = LibraryUrlOpt,
-    as_json: bool = JsonOpt,
+    query: Annotated[str, typer.Argument(help="Text to find in COLLECTION/NAME:TAG.")],
+    library: Annotated[
+        bool, typer.Option("--library", help="Also search the Library API.")
+    ] = False,
+    arch: ArchOpt = None,
+    library_url: LibraryUrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Find images across the configured remotes (and the Library with --library)."""
     from registry_client.migrate import search_remotes
@@ -281,8 +306,8 @@ def search(
     context = _g(ctx).context()
     rows = search_remotes(context, query)
     if library or library_url or os.environ.get("REGISTRY_CLIENT_LIBRARY_URL"):
-        from registry_client.fetch import FetchOptions
         from registry_client.fetch import search as library_search
+        from registry_client.sources import FetchOptions
 
         rows += library_search(context, query, FetchOptions(arch, library_url))
     _emit(ctx, as_json, rows, _table(rows, ("ref", "size", "arch", "description")))
@@ -291,9 +316,9 @@ def search(
 @app.command()
 def migrate(
     ctx: typer.Context,
-    src: str = typer.Argument(..., help="REMOTE[:COLLECTION] or bucket URL"),
-    dst: str = typer.Argument(..., help="REMOTE or bucket URL"),
-    as_json: bool = JsonOpt,
+    src: Annotated[str, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")],
+    dst: Annotated[str, typer.Argument(help="REMOTE or bucket URL")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Copy every image of SRC to DST, verified; skip what DST already holds."""
     from registry_client.migrate import migrate as do_migrate
@@ -305,16 +330,18 @@ def migrate(
 @app.command()
 def copy(
     ctx: typer.Context,
-    src: str = typer.Argument(..., help="Any reference: bucket, docker://, library://, shub://"),
-    dst: str = typer.Argument(..., help="[REMOTE:]COLLECTION/NAME[:TAG] or bucket URL"),
-    arch: str | None = ArchOpt,
-    library_url: str | None = LibraryUrlOpt,
-    shub_url: str | None = ShubUrlOpt,
-    as_json: bool = JsonOpt,
+    src: Annotated[
+        str, typer.Argument(help="Any reference: bucket, docker://, library://, shub://")
+    ],
+    dst: Annotated[str, typer.Argument(help="[REMOTE:]COLLECTION/NAME[:TAG] or bucket URL")],
+    arch: ArchOpt = None,
+    library_url: LibraryUrlOpt = None,
+    shub_url: ShubUrlOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Pull SRC (verified) and push it to DST, unless DST already has the same sha256."""
-    from registry_client.fetch import FetchOptions
     from registry_client.fetch import copy as do_copy
+    from registry_client.sources import FetchOptions
 
     record = do_copy(_g(ctx).context(), src, dst, FetchOptions(arch, library_url, shub_url))
     _emit(ctx, as_json, record, None)
@@ -324,14 +351,14 @@ def copy(
 
 
 @cache_app.command("dir")
-def cache_dir_cmd(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def cache_dir_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Print the cache root."""
     cache = _g(ctx).context().cache
     _emit(ctx, as_json, {"path": str(cache.root)}, str(cache.root))
 
 
 @cache_app.command("ls")
-def cache_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def cache_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List cached images."""
     cache = _g(ctx).context().cache
     refs: dict[str, list[str]] = {}
@@ -351,7 +378,7 @@ def cache_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 
 
 @cache_app.command("clean")
-def cache_clean(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def cache_clean(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Remove everything from the cache."""
     cache = _g(ctx).context().cache
     freed = cache.clean()
@@ -359,7 +386,7 @@ def cache_clean(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 
 
 @cache_app.command("verify")
-def cache_verify(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def cache_verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Re-hash every cached image; quarantine damaged ones (exit 4 if any)."""
     from registry_client.errors import IntegrityError
     from registry_client.maintenance import verify_cache
@@ -376,13 +403,16 @@ def cache_verify(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 @cache_app.command("prune")
 def cache_prune(
     ctx: typer.Context,
-    max_age: str | None = typer.Option(
-        None, "--max-age", help="Remove images unused for this long (30d, 12h)."
-    ),
-    max_size: str | None = typer.Option(
-        None, "--max-size", help="Then remove least-recently used down to this total (20G, 500M)."
-    ),
-    as_json: bool = JsonOpt,
+    max_age: Annotated[
+        str | None, typer.Option("--max-age", help="Remove images unused for this long (30d, 12h).")
+    ] = None,
+    max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-size", help="Then remove least-recently used down to this total (20G, 500M)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Remove old or excess images (never one a running pull holds) and stale temp files."""
     from registry_client.maintenance import parse_age, parse_size, prune_cache
@@ -402,22 +432,24 @@ def cache_prune(
 @remote_app.command("add")
 def remote_add(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Remote name."),
-    url: str = typer.Argument(
-        ..., help="s3://BUCKET[/PREFIX], swift://CONTAINER[/PREFIX] or file:///DIR"
-    ),
-    endpoint_url: str | None = typer.Option(None, "--endpoint-url"),
-    region: str | None = typer.Option(None, "--region"),
-    profile: str | None = typer.Option(None, "--profile"),
-    auth_url: str | None = typer.Option(None, "--auth-url", help="Swift auth URL."),
-    option: list[str] = typer.Option([], "--option", help="K=V extra remote option."),
-    default: bool = typer.Option(False, "--default", help="Make it the default remote."),
-    as_json: bool = JsonOpt,
+    name: Annotated[str, typer.Argument(help="Remote name.")],
+    url: Annotated[
+        str, typer.Argument(help="s3://BUCKET[/PREFIX], swift://CONTAINER[/PREFIX] or file:///DIR")
+    ],
+    endpoint_url: Annotated[str | None, typer.Option("--endpoint-url")] = None,
+    region: Annotated[str | None, typer.Option("--region")] = None,
+    profile: Annotated[str | None, typer.Option("--profile")] = None,
+    auth_url: Annotated[str | None, typer.Option("--auth-url", help="Swift auth URL.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="K=V extra remote option.")
+    ] = None,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default remote.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Add (or replace) a named remote. Secrets belong in env vars or a 0600 file."""
     from registry_client.remote_admin import add_remote
 
-    extra = _parse_labels(option)
+    extra = _parse_labels(option or [])
     remote = add_remote(
         _g(ctx).config(),
         name,
@@ -435,7 +467,7 @@ def remote_add(
 
 
 @remote_app.command("ls")
-def remote_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def remote_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List configured remotes (secrets hidden)."""
     from registry_client.remote_admin import list_remotes
 
@@ -447,7 +479,9 @@ def remote_ls(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
 
 
 @remote_app.command("rm")
-def remote_rm(ctx: typer.Context, name: str = typer.Argument(...), as_json: bool = JsonOpt) -> None:
+def remote_rm(
+    ctx: typer.Context, name: Annotated[str, typer.Argument()], as_json: JsonOpt = False
+) -> None:
     """Remove a named remote."""
     from registry_client.remote_admin import remove_remote
 
@@ -465,8 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         code = app(args=argv, prog_name="registry-client", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
-    except click_exc.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        print_error(_usage_error(exc))
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         print_error(Interrupted("interrupted"))
@@ -494,3 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     if code == 130:
         print_error(Interrupted("interrupted"))
     return code if isinstance(code, int) else 0
+
+
+def _usage_error(exc: typer.TyperException) -> UsageError:
+    """Click's multi-line usage message as the contract's `error:` + `hint:` lines."""
+    command = getattr(getattr(exc, "ctx", None), "command_path", None) or "registry-client"
+    return UsageError(exc.format_message(), hint=f"see `{command} --help`")

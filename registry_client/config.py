@@ -153,7 +153,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - exercised on 3.10 only
-            import tomli as tomllib
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
         try:
             data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

@@ -15,10 +15,11 @@ from typing import Any
 
 from registry_client.backends.base import Backend, ObjectInfo
 from registry_client.config import RemoteConfig
+from registry_client.context import Context
 from registry_client.errors import IntegrityError, NotFound, RegistryClientError
 from registry_client.names import ImageRef, ref_from_key
 from registry_client.remotes import open_remote, parse_remote_target
-from registry_client.service import Context, pull, push, stat_image
+from registry_client.service import pull, push, stat_image
 
 
 def _images(backend: Backend, prefix: str) -> Iterator[tuple[ObjectInfo, ImageRef]]:

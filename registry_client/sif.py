@@ -783,7 +783,7 @@ def _chunks(data: ObjectData) -> Iterator[bytes]:
         with open(data, "rb") as f:
             yield from iter(lambda: f.read(_CHUNK), b"")
     elif hasattr(data, "read"):
-        yield from iter(lambda: data.read(_CHUNK), b"")  # type: ignore[union-attr]
+        yield from iter(lambda: data.read(_CHUNK), b"")
     elif isinstance(data, Iterable):
         for chunk in data:
             yield bytes(chunk)

@@ -117,7 +117,7 @@ def download(
     """
     digester = Digester(schemes)
     frontier = _Frontier()
-    have = [tuple(r) for r in have]
+    have = [(start, end) for start, end in have]
     flags = os.O_RDWR | os.O_CREAT | (0 if have else os.O_EXCL)
     fd = os.open(dest, flags, 0o600)
     try:

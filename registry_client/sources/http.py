@@ -436,7 +436,8 @@ def download_verified(
     `source` should be wrapped in RetryingBackend. Raises IntegrityError on any mismatch;
     the caller publishes dest only after this returns.
     """
-    from registry_client.transfer import TransferSettings, download
+    from registry_client.settings import TransferSettings
+    from registry_client.transfer import download
 
     if info.size < 0:
         raise RegistryClientError(f"{info.key}: the server did not say how large it is")

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -52,6 +52,9 @@ from registry_client.sources.http import (
     read_limited,
     safe_url,
 )
+
+if TYPE_CHECKING:
+    from registry_client.cache import Cache
 
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 HUB_API = "registry-1.docker.io"
@@ -328,9 +331,9 @@ def _entry_credentials(entry: dict[str, Any]) -> tuple[str, str] | None:
             return None
         user, sep, password = text.partition(":")
         return (user, password) if sep and user else None
-    user, password = entry.get("username"), entry.get("password")
-    if isinstance(user, str) and isinstance(password, str) and user:
-        return user, password
+    name, secret = entry.get("username"), entry.get("password")
+    if isinstance(name, str) and isinstance(secret, str) and name:
+        return name, secret
     return None
 
 
@@ -567,7 +570,7 @@ def _check_image_types(ref: str, config: Descriptor, layers: tuple[Descriptor, .
 def ensure_blob(
     client: RegistryClient,
     desc: Descriptor,
-    cache: Any,
+    cache: Cache,
     *,
     settings: Any = None,
     progress: Callable[[int], None] | None = None,

@@ -105,7 +105,7 @@ def _uncompressed(path: Path) -> Iterator[BinaryIO]:
 @contextlib.contextmanager
 def _zstd(path: Path) -> Iterator[BinaryIO]:
     try:
-        import zstandard  # type: ignore[import-not-found]
+        import zstandard
     except ImportError:
         zstandard = None
     if zstandard is not None:
