@@ -1,10 +1,12 @@
-"""The backend interface: a few verbs every remote kind implements.
+"""The backend interface: a few verbs every storage kind implements.
 
 Modelled on restic's backend: stat / read_range / list / put / delete are required;
-`copy` and `integrity` refinements are optional capabilities. Retries, limits and
-logging are wrappers stacked in one place (registry_client.retry), never inside a
-backend. Keys are bucket-relative object names ("collection/name:tag.sif"); a backend
-adds its own prefix.
+optional features (server-side `copy`) are declared in `Capabilities`, which wrappers
+forward. `Reader` is the read half (stat / read_range) that the transfer engine needs,
+shared with read-only sources. Retries, limits and logging are wrappers stacked in one
+place (registry_client.retry), never inside a backend. Keys are bucket-relative object
+names ("collection/name:tag.sif"); a backend adds its own prefix. The conformance suite
+every backend passes is tests/support/backend_contract.py.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from registry_client.digests import EtagPlan, plain_md5_plan
+from registry_client.errors import Unsupported
 
 __all__ = [
     "Backend",
+    "Capabilities",
+    "Reader",
     "EtagPlan",
     "Metadata",
     "ObjectInfo",
@@ -57,15 +62,29 @@ class ObjectInfo:
         return int(value) if value and value.isdigit() else None
 
 
-class Backend(abc.ABC):
-    """A bucket-like store of objects."""
+@dataclass(frozen=True)
+class Capabilities:
+    """The optional features a backend has, declared (rclone's optional features).
+
+    Callers and the contract suite read this instead of calling and catching; wrappers
+    forward the inner backend's value unchanged.
+    """
+
+    #: `copy()` makes a new object from another one inside the store (no bytes through us)
+    copy: bool = False
+
+
+class Reader(abc.ABC):
+    """What the transfer engine reads from: one store's objects, by key and byte range.
+
+    Every Backend is a Reader; read-only sources (an image behind a URL) are Readers only.
+    """
 
     kind: str = "abstract"
 
     #: a human-readable location, never containing credentials
     location: str = ""
 
-    # -- required verbs -------------------------------------------------------
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
         """Size, ETag and metadata of one object; NotFound if absent."""
@@ -78,6 +97,22 @@ class Backend(abc.ABC):
         ObjectChanged rather than return bytes of another version. Implementations
         check the server's Content-Range and length.
         """
+
+    def etag_plan(self, info: ObjectInfo) -> EtagPlan:
+        """How to verify this object's ETag. Default: plain md5 of the whole object."""
+        return plain_md5_plan(info)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class Backend(Reader):
+    """A bucket-like store of objects: a Reader that can also list, write and delete."""
+
+    capabilities: Capabilities = Capabilities()
+
+    #: objects a listing asks the server for per request (the contract suite lowers it)
+    page_size: int = 1000
 
     @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -94,20 +129,20 @@ class Backend(abc.ABC):
         concurrency: int,
         progress: Progress | None = None,
     ) -> ObjectInfo:
-        """Upload a local file as one object, with checksums the server verifies."""
+        """Upload a local file as one object, with checksums the server verifies.
+
+        Either the whole object becomes visible or, on failure, nothing changes: a
+        previous object under `key` stays as it was.
+        """
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Remove an object (and its segments); NotFound if absent."""
 
-    # -- optional capabilities -----------------------------------------------
+    # -- optional capabilities (declared in `capabilities`) -----------------------------
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        """Server-side copy keeping metadata. Optional."""
-        raise NotImplementedError
-
-    def etag_plan(self, info: ObjectInfo) -> EtagPlan:
-        """How to verify this object's ETag. Default: plain md5 of the whole object."""
-        return plain_md5_plan(info)
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+        """Server-side copy keeping metadata; only where `capabilities.copy`."""
+        raise Unsupported(
+            f"{self.location} cannot copy objects inside the store",
+            hint="pull and push instead: registry-client copy SRC DST",
+        )

@@ -17,7 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry_client.backends.base import Backend, Metadata, ObjectInfo, Progress, metadata_of
+from registry_client.backends.base import (
+    Backend,
+    Capabilities,
+    Metadata,
+    ObjectInfo,
+    Progress,
+    metadata_of,
+)
 from registry_client.errors import AuthError, NotFound, ObjectChanged, RegistryClientError
 
 if TYPE_CHECKING:
@@ -29,6 +36,7 @@ SIDECAR = ".{}.meta.json"
 
 class FileBackend(Backend):
     kind = "file"
+    capabilities = Capabilities(copy=True)
 
     def __init__(self, root: str | os.PathLike[str], prefix: str = "") -> None:
         self.root = Path(root).absolute()

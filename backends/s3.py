@@ -28,6 +28,7 @@ from botocore.config import Config as BotoConfig
 from registry_client.backends._wire import first_line, is_transport_error, retry_after
 from registry_client.backends.base import (
     Backend,
+    Capabilities,
     EtagPlan,
     Metadata,
     ObjectInfo,
@@ -158,6 +159,7 @@ class RangeFile(io.RawIOBase):
 
 class S3Backend(Backend):
     kind = "s3"
+    capabilities = Capabilities(copy=True)
 
     def __init__(
         self,
@@ -220,7 +222,12 @@ class S3Backend(Backend):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            pages = paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=self._key(prefix),
+                PaginationConfig={"PageSize": self.page_size},
+            )
+            for page in pages:
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(self.prefix) :]
                     yield ObjectInfo(

@@ -48,6 +48,7 @@ from swiftclient.utils import LengthWrapper
 
 from registry_client.backends.base import (
     Backend,
+    Capabilities,
     EtagPlan,
     Metadata,
     ObjectInfo,
@@ -277,6 +278,7 @@ def fit_segment_size(size: int, wanted: int, max_segments: int, max_object: int)
 
 class SwiftBackend(Backend):
     kind = "swift"
+    capabilities = Capabilities(copy=True)
 
     def __init__(
         self,
@@ -426,7 +428,9 @@ class SwiftBackend(Backend):
         """Every object under prefix, page by page (marker pagination)."""
         marker = ""
         while True:
-            _, page = self._conn().get_container(container, marker=marker, prefix=prefix or None)
+            _, page = self._conn().get_container(
+                container, marker=marker, prefix=prefix or None, limit=self.page_size
+            )
             items = [item for item in page if "name" in item]
             if not items:
                 return

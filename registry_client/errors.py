@@ -3,7 +3,8 @@
     RegistryClientError            exit 1  unexpected / generic failure
     ├── UsageError                 exit 2  bad usage
     │   ├── InvalidReference       exit 2  a reference that breaks the grammar
-    │   └── ConfigError            exit 2  unreadable, invalid or unsafe config
+    │   ├── ConfigError            exit 2  unreadable, invalid or unsafe config
+    │   └── Unsupported            exit 2  the store cannot do this (an optional capability)
     ├── NotFound                   exit 3  image, object, remote or cache entry missing
     ├── IntegrityError             exit 4  checksum / ETag / size mismatch; nothing published
     │   └── UnverifiableError      exit 4  ETag cannot be checked and no sha256 is known
@@ -42,6 +43,10 @@ class InvalidReference(UsageError):
 
 
 class ConfigError(UsageError):
+    pass
+
+
+class Unsupported(UsageError):
     pass
 
 

@@ -16,7 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from registry_client.backends.base import Backend, EtagPlan, Metadata, ObjectInfo, Progress
+from registry_client.backends.base import (
+    Backend,
+    EtagPlan,
+    Metadata,
+    ObjectInfo,
+    Progress,
+    Reader,
+)
 from registry_client.errors import RemoteUnavailable
 
 log = logging.getLogger("registry_client.retry")
@@ -36,12 +43,12 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
 
 
-class RetryingBackend(Backend):
-    """Adds retries to every verb of an inner backend."""
+class RetryingReader(Reader):
+    """Adds retries to stat and read_range of an inner reader (a backend or a source)."""
 
     def __init__(
         self,
-        inner: Backend,
+        inner: Reader,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -79,6 +86,27 @@ class RetryingBackend(Backend):
             except RemoteUnavailable as exc:
                 attempt = self._backoff(f"read {key} @{pos}", attempt, exc)
 
+    def etag_plan(self, info: ObjectInfo) -> EtagPlan:
+        return self._call(f"layout of {info.key}", lambda: self.inner.etag_plan(info))
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RetryingBackend(RetryingReader, Backend):
+    """Adds retries to every verb of an inner backend; forwards its capabilities."""
+
+    inner: Backend
+
+    def __init__(
+        self,
+        inner: Backend,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(inner, policy, sleep)
+        self.capabilities = inner.capabilities
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Listings restart from scratch on failure; keys already yielded are skipped.
         seen: set[str] = set()
@@ -106,7 +134,12 @@ class RetryingBackend(Backend):
         return self._call(
             f"upload {key}",
             lambda: self.inner.put(
-                key, path, metadata, part_size=part_size, concurrency=concurrency, progress=progress
+                key,
+                path,
+                metadata,
+                part_size=part_size,
+                concurrency=concurrency,
+                progress=progress,
             ),
         )
 
@@ -114,13 +147,9 @@ class RetryingBackend(Backend):
         self._call(f"delete {key}", lambda: self.inner.delete(key))
 
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        if not self.capabilities.copy:
+            return self.inner.copy(src_key, dst_key)  # raises Unsupported: nothing to retry
         return self._call(f"copy {src_key}", lambda: self.inner.copy(src_key, dst_key))
-
-    def etag_plan(self, info: ObjectInfo) -> EtagPlan:
-        return self._call(f"layout of {info.key}", lambda: self.inner.etag_plan(info))
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def backoff(

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
-from registry_client.backends.base import Backend, ObjectInfo, Progress
+from registry_client.backends.base import ObjectInfo, Progress, Reader
 from registry_client.digests import Digester, DigestResult
 from registry_client.errors import IntegrityError
 from registry_client.settings import TransferSettings
@@ -69,7 +69,7 @@ def _hash_follow(fd: int, size: int, frontier: _Frontier, digester: Digester) ->
 
 
 def _fetch_range(
-    backend: Backend,
+    backend: Reader,
     info: ObjectInfo,
     fd: int,
     start: int,
@@ -99,7 +99,7 @@ def ranges(size: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def download(
-    backend: Backend,
+    backend: Reader,
     info: ObjectInfo,
     dest: os.PathLike[str] | str,
     schemes: Sequence[Sequence[int]],
@@ -146,7 +146,7 @@ def download(
 
 
 def _run_range(
-    backend: Backend,
+    backend: Reader,
     info: ObjectInfo,
     fd: int,
     rng: tuple[int, int],

@@ -26,7 +26,6 @@ from swiftclient.client import Connection
 from swiftclient.exceptions import ClientException
 
 from registry_client import service
-from registry_client.backends.base import Backend
 from registry_client.backends.swift import SwiftBackend, fit_segment_size
 from registry_client.backends.swift_auth import SwiftAuth
 from registry_client.config import RemoteConfig
@@ -36,7 +35,7 @@ from registry_client.errors import AuthError, ConfigError, IntegrityError, NotFo
 from registry_client.names import parse_image_ref
 from registry_client.reporting import Reporter
 from registry_client.transfer import TransferSettings
-from tests.support.backend_contract import BackendContract, write_random
+from tests.support.backend_contract import BackendContract, OpenBackend, write_random
 from tests.support.helpers import make_context, run_cli, s3_client
 
 MiB = 1024 * 1024
@@ -133,10 +132,9 @@ class TestSwiftBackendContract(BackendContract):
     part_size = MiB  # SLOs of a few segments, quickly
 
     @pytest.fixture
-    def backend(self, swift_server: Any, container: str) -> Iterator[Backend]:
-        backend = SwiftBackend(container, "pre/", options=auth_options(swift_server), env={})
-        yield backend
-        backend.close()
+    def open_backend(self, swift_server: Any, container: str) -> OpenBackend:
+        options = auth_options(swift_server)
+        return lambda prefix: SwiftBackend(container, prefix, options=options, env={})
 
 
 # -- push and pull through the service ------------------------------------------------------

@@ -3,14 +3,14 @@
 - one `requests` session per fetcher, with our User-Agent and timeouts;
 - HTTP status and JSON error bodies mapped to our exceptions (exit codes), with URLs shown
   without their query strings (presigned URLs carry signatures) or user info;
-- `HttpSource`, a read-only Backend over a single URL, so an image or a blob goes through
-  the same parallel ranged download, resume (RetryingBackend) and in-order hashing
+- `HttpSource`, a read-only Reader over a single URL, so an image or a blob goes through
+  the same parallel ranged download, resume (RetryingReader) and in-order hashing
   (transfer.download) as a bucket object;
 - `download_verified`: that download plus the size, sha256 and md5 checks.
 
 Credentials are passed as headers bound to one origin (scheme, host, port); they are
 never sent to another origin, in particular not after a redirect to a presigned URL.
-Nothing here retries: wrap sources in RetryingBackend and calls in retry.retry_call.
+Nothing here retries: wrap sources in RetryingReader and calls in retry.retry_call.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import requests
 
 from registry_client import __version__
 from registry_client.backends._wire import retry_after
-from registry_client.backends.base import Backend, EtagPlan, Metadata, ObjectInfo, Progress
+from registry_client.backends.base import EtagPlan, ObjectInfo, Progress, Reader
 from registry_client.digests import DigestResult
 from registry_client.errors import (
     AuthError,
@@ -262,7 +262,7 @@ class Credentials:
         return f"Credentials(origin={safe_url(self.origin_url)!r})"
 
 
-class HttpSource(Backend):
+class HttpSource(Reader):
     """One object behind a URL: stat by a one-byte ranged GET, reads by ranged GETs.
 
     Redirects are followed here, by hand, so credentials stay with their origin. If the
@@ -345,25 +345,6 @@ class HttpSource(Backend):
             return start  # Range ignored: the whole body comes; skip what we have
         raise error_for(resp, what)
 
-    # -- a read-only source: no listing or writing --------------------------------
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        raise UsageError(f"{self.location} cannot be listed")
-
-    def put(
-        self,
-        key: str,
-        path: str,
-        metadata: Metadata,
-        *,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None = None,
-    ) -> ObjectInfo:
-        raise UsageError(f"{self.location} is read-only")
-
-    def delete(self, key: str) -> None:
-        raise UsageError(f"{self.location} is read-only")
-
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         # An HTTP ETag is opaque; fetchers verify the digests their registry publishes.
         return EtagPlan([], lambda _: False, verifiable=False, description="http source")
@@ -422,7 +403,7 @@ class Expected:
 
 
 def download_verified(
-    source: Backend,
+    source: Reader,
     info: ObjectInfo,
     dest: Path,
     expected: Expected,
@@ -433,7 +414,7 @@ def download_verified(
 ) -> tuple[DigestResult, tuple[str, ...]]:
     """Fetch into dest with transfer.download (parallel if ranges) and check every digest.
 
-    `source` should be wrapped in RetryingBackend. Raises IntegrityError on any mismatch;
+    `source` should be wrapped in RetryingReader. Raises IntegrityError on any mismatch;
     the caller publishes dest only after this returns.
     """
     from registry_client.settings import TransferSettings
@@ -463,9 +444,9 @@ def fetch_verified(
     progress: Progress | None = None,
 ) -> tuple[DigestResult, tuple[str, ...]]:
     """stat + download_verified of one HTTP source, under the retry policy."""
-    from registry_client.retry import RetryingBackend
+    from registry_client.retry import RetryingReader
 
-    source = RetryingBackend(inner)
+    source = RetryingReader(inner)
     info = source.stat(inner.label)
     return download_verified(
         source, info, dest, expected, ranges=inner.ranges, settings=settings, progress=progress

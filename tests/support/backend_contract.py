@@ -1,20 +1,30 @@
 """The conformance suite every backend passes, against a real server.
 
-A test module subclasses BackendContract and provides a `backend` fixture (an empty
-bucket / container / directory) and, optionally, `multipart_part_size`.
+A test module subclasses BackendContract and provides an `open_backend` fixture: a
+function from a key prefix to a backend on one empty bucket / container / directory
+(two prefixes share the bucket, for the isolation case), and optionally `part_size`.
+Every case runs twice: on the backend itself and through the retry wrapper every
+command uses (remotes.open_remote). Optional features are read from
+`backend.capabilities`, never guessed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from registry_client.backends.base import Backend
+from registry_client.backends.base import Backend, ObjectInfo
 from registry_client.digests import hash_file
-from registry_client.errors import NotFound, ObjectChanged
+from registry_client.errors import IntegrityError, NotFound, ObjectChanged, Unsupported
+from registry_client.retry import RetryingBackend, RetryPolicy
+
+OpenBackend = Callable[[str], Backend]
 
 MiB = 1024 * 1024
 
@@ -39,10 +49,28 @@ def plan_verifies(backend: Backend, key: str, path: Path) -> bool:
     return plan.verifiable and plan.check(hash_file(str(path), schemes).segment_md5s)
 
 
+def innermost(backend: Backend) -> Backend:
+    """The backend under any wrappers."""
+    while isinstance(backend, RetryingBackend):
+        backend = backend.inner
+    return backend
+
+
 class BackendContract:
     part_size = 5 * MiB
 
-    def put(self, backend: Backend, key: str, path: Path, meta: dict[str, str] | None = None):
+    @pytest.fixture(params=["plain", "retrying"])
+    def backend(
+        self, request: pytest.FixtureRequest, open_backend: OpenBackend
+    ) -> Iterator[Backend]:
+        inner = open_backend("pre/")
+        if request.param == "plain":
+            yield inner
+        else:
+            yield RetryingBackend(inner, RetryPolicy(attempts=3, base_delay=0.01))
+        inner.close()
+
+    def put(self, backend: Backend, key: str, path: Path, meta: Any = None) -> ObjectInfo:
         return backend.put(
             key, str(path), meta or {"sha256": "ab" * 32}, part_size=self.part_size, concurrency=3
         )
@@ -110,6 +138,10 @@ class BackendContract:
             backend.delete("c/d:1.sif")
 
     def test_copy_keeps_metadata(self, backend: Backend, tmp_path: Path) -> None:
+        if not backend.capabilities.copy:
+            with pytest.raises(Unsupported):
+                backend.copy("c/s:1.sif", "c/s:2.sif")
+            return
         data = write_random(tmp_path / "f", 2 * self.part_size + 1, seed=11)
         self.put(backend, "c/s:1.sif", tmp_path / "f", {"sha256": "ef" * 32})
         info = backend.copy("c/s:1.sif", "c/s:2.sif")
@@ -123,3 +155,77 @@ class BackendContract:
         assert info.size == 0
         assert plan_verifies(backend, "c/e:1.sif", tmp_path / "e")
         assert os.path.getsize(tmp_path / "e") == 0
+
+    # -- restic's harder cases ----------------------------------------------------------
+    def test_missing_key_everywhere_is_not_found(self, backend: Backend) -> None:
+        with pytest.raises(NotFound):
+            b"".join(backend.read_range("c/gone:1.sif", 0, 10, None))
+        with pytest.raises(NotFound):
+            backend.delete("c/gone:1.sif")
+        assert list(backend.list("c/gone")) == []
+        if backend.capabilities.copy:
+            with pytest.raises(NotFound):
+                backend.copy("c/gone:1.sif", "c/gone:2.sif")
+
+    def test_failed_upload_keeps_the_previous_object(
+        self, backend: Backend, tmp_path: Path
+    ) -> None:
+        """An upload that fails changes nothing. Here the metadata fails, as a push's does when
+        the file's sha256 is not the digest the reference pins: S3 asks for it first, Swift
+        after the segments (which must then go)."""
+        old = write_random(tmp_path / "old", 2 * self.part_size + 7, seed=21)
+        before = self.put(backend, "c/f:1.sif", tmp_path / "old", {"sha256": "01" * 32})
+        write_random(tmp_path / "new", 2 * self.part_size + 7, seed=22)
+
+        def broken() -> dict[str, str]:
+            raise IntegrityError("not the pinned digest")
+
+        with pytest.raises(IntegrityError):
+            self.put(backend, "c/f:1.sif", tmp_path / "new", broken)
+        with pytest.raises(IntegrityError):
+            self.put(backend, "c/f:2.sif", tmp_path / "new", broken)
+        after = backend.stat("c/f:1.sif")
+        assert (after.etag, after.sha256) == (before.etag, "01" * 32)
+        assert read_all(backend, "c/f:1.sif", after.etag) == old
+        with pytest.raises(NotFound):
+            backend.stat("c/f:2.sif")
+        assert sorted(i.key for i in backend.list("c/")) == ["c/f:1.sif"]
+
+    def test_listing_pages(self, backend: Backend, tmp_path: Path) -> None:
+        write_random(tmp_path / "f", 3)
+        keys = [f"p/n{i:02d}:1.sif" for i in range(7)]
+        for key in keys:
+            self.put(backend, key, tmp_path / "f")
+        innermost(backend).page_size = 2  # 4 requests for 7 objects where the store pages
+        assert [i.key for i in backend.list("p/")] == keys
+
+    def test_prefixes_are_isolated(
+        self, backend: Backend, open_backend: OpenBackend, tmp_path: Path
+    ) -> None:
+        """Two remotes on one bucket, one prefix a string-prefix of the other's."""
+        other = open_backend("pre2/")
+        try:
+            write_random(tmp_path / "f", 5)
+            self.put(backend, "c/a:1.sif", tmp_path / "f")
+            other.put("c/b:1.sif", str(tmp_path / "f"), {}, part_size=self.part_size, concurrency=1)
+            assert [i.key for i in backend.list()] == ["c/a:1.sif"]
+            assert [i.key for i in other.list()] == ["c/b:1.sif"]
+            with pytest.raises(NotFound):
+                other.stat("c/a:1.sif")
+            with pytest.raises(NotFound):
+                backend.delete("c/b:1.sif")
+            assert other.stat("c/b:1.sif").size == 5
+        finally:
+            other.close()
+
+    def test_random_reads(self, backend: Backend, tmp_path: Path) -> None:
+        size = 2 * self.part_size + 4321
+        data = write_random(tmp_path / "f", size, seed=31)
+        info = self.put(backend, "c/rand:1.sif", tmp_path / "f")
+        rng = random.Random(5)
+        for _ in range(12):
+            start = rng.randrange(size)
+            end = min(size, start + rng.choice((1, 17, 4096, self.part_size + 3)))
+            got = b"".join(backend.read_range("c/rand:1.sif", start, end, info.etag))
+            assert got == data[start:end], (start, end)
+        assert b"".join(backend.read_range("c/rand:1.sif", size - 1, size, info.etag)) == data[-1:]

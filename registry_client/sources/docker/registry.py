@@ -474,11 +474,11 @@ class RegistryClient:
 
     def config_json(self, desc: Descriptor) -> dict[str, Any]:
         """The image config blob (small, read into memory), verified against its digest."""
-        from registry_client.retry import RetryingBackend
+        from registry_client.retry import RetryingReader
 
         if desc.size > MAX_CONFIG:
             raise RegistryClientError(f"{self.ref}: image config of {desc.size} bytes is too large")
-        source = RetryingBackend(self.blob_source(desc))
+        source = RetryingReader(self.blob_source(desc))
         info = source.stat(desc.digest)
         if info.size != desc.size:
             raise IntegrityError(
