@@ -123,15 +123,18 @@ def push_images(pusher: Pusher) -> None:
     evil = {
         "traversal": [file("../../escape.txt", "x")],
         "absolute": [file("/tmp/registry-client-abs", "x")],
-        "symlink": [
-            symlink("esc", "../" * 30 + "tmp"),  # deep enough to reach the host /tmp
-            file("esc/registry-client-escape-canary", "x"),
-        ],
         "hardlink": [hardlink("passwd", "../../../../etc/passwd")],
+        "whiteout-dot": [file("etc/.wh..", b"")],  # would remove etc itself
+        "whiteout-empty": [file(".wh.", b"")],  # would remove the whole root
     }
     for tag, members in evil.items():
-        layers = [make_layer([file("ok", "fine")]), make_layer(members)]
+        layers = [make_layer([file("ok", "fine"), directory("etc")]), make_layer(members)]
         pusher.image("lab/evil", Image(layers, "amd64", {}), tag)
+    climbing = [
+        symlink("esc", "../" * 30 + "tmp"),  # deep enough to reach the host /tmp
+        file("esc/registry-client-escape-canary", "x"),
+    ]
+    pusher.image("lab/evil", Image([make_layer(climbing)], "amd64", {}), "symlink")
 
 
 @pytest.fixture
@@ -344,13 +347,23 @@ def test_docker_v2_media_types(ctx, registry, tmp_path):
     assert (squashfs_tree(tmp_path, data) / "etc/arch").read_text() == "docker"
 
 
-@pytest.mark.parametrize("tag", ["traversal", "absolute", "symlink", "hardlink"])
+@pytest.mark.parametrize(
+    "tag", ["traversal", "absolute", "hardlink", "whiteout-dot", "whiteout-empty"]
+)
 def test_unsafe_layers_are_refused(ctx, registry, tag):
     with pytest.raises(IntegrityError):
         pull(ctx, f"docker://{registry.host}/lab/evil:{tag}")
     assert published(ctx) == []
     assert list((ctx.cache.base / "tmp").iterdir()) == []  # build folder and temp file gone
     assert not os.path.exists(HOST_CANARY) and not os.path.exists("/tmp/registry-client-abs")
+
+
+def test_symlinks_out_of_the_root_are_clamped_as_in_a_chroot(ctx, registry, tmp_path):
+    result = pull(ctx, f"docker://{registry.host}/lab/evil:symlink")
+    partition = read_sif_independently(result.path)["objects"][2]["data"]
+    root = squashfs_tree(tmp_path, partition)
+    assert (root / "tmp/registry-client-escape-canary").read_text() == "x"
+    assert not os.path.exists(HOST_CANARY)
 
 
 def test_not_found(ctx, registry):

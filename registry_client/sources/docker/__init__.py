@@ -45,11 +45,20 @@ class DockerSource(Source):
         platform = str(self.platform).replace("/", "-")
         return self.ref.registry, self.ref.repository.replace("/", "+"), f"{tag}~{platform}"
 
-    def _key(self, digest: str) -> tuple[str, ...]:
-        return ("docker-sif", BUILDER_VERSION, self.ref.name, digest, str(self.platform))
+    def _key(self, manifest_digest: str) -> tuple[str, ...]:
+        """A build is named by its image manifest alone: whatever the reference or --arch
+        that led to it, one manifest is built once and gives one SIF."""
+        return ("docker-sif", BUILDER_VERSION, self.ref.name, manifest_digest)
+
+    def _index_key(self, index_digest: str) -> tuple[str, ...]:
+        return ("docker-sif", BUILDER_VERSION, self.ref.name, index_digest, str(self.platform))
 
     def pinned(self, cache: Any) -> str | None:
-        return cache.resolve_etag(*self._key(self.ref.digest)) if self.ref.digest else None
+        digest = self.ref.digest
+        if not digest:
+            return None
+        found: str | None = cache.resolve_etag(*self._key(digest))
+        return found or cache.resolve_etag(*self._index_key(digest))
 
     def resolve(self) -> Version:
         from registry_client.retry import retry_call
@@ -59,7 +68,7 @@ class DockerSource(Source):
             f"manifest of {self.ref}", lambda: self.client.resolve(self.platform)
         )
         r = self.resolved
-        aliases = (self._key(r.index_digest),) if r.index_digest else ()
+        aliases = (self._index_key(r.index_digest),) if r.index_digest else ()
         return Version(
             self._key(r.manifest_digest),
             None,
@@ -79,6 +88,7 @@ class DockerSource(Source):
         image = retry_call(
             f"config of {self.ref}", lambda: self.client.config_json(self.resolved.config)
         )
+        self._check_platform(ctx, image)
         layers = self._layers(ctx)
         work = _work_dir(ctx)
         try:
@@ -89,6 +99,16 @@ class DockerSource(Source):
         finally:
             remove_tree(work)
         return hash_file(str(dest)).sha256, ("manifest-digest", "blob-sha256", "diff-id")
+
+    def _check_platform(self, ctx: Context, image: dict[str, Any]) -> None:
+        """A manifest named by digest is built whatever its platform; say so when it is
+        not the one asked for (this node's, or --arch), as it may not run here."""
+        arch, os_name = str(image.get("architecture") or ""), str(image.get("os") or "linux")
+        if arch and (arch != self.platform.architecture or os_name != self.platform.os):
+            ctx.reporter.warn(
+                f"{self.text} is a {os_name[:20]}/{arch[:20]} image, not {self.platform}: "
+                "it may not run on this node (give --arch to choose another platform)"
+            )
 
     def _layers(self, ctx: Context) -> list[Any]:
         """Every layer blob, verified, in the shared blob cache (fetched at most once)."""
