@@ -164,7 +164,7 @@ def require_mksquashfs() -> str:
         raise UsageError(
             f"mksquashfs {'.'.join(map(str, version))} cannot read a tar stream; docker:// "
             "builds need squashfs-tools 4.5.1 or later",
-            hint="install a newer squashfs-tools (Debian 12, Ubuntu 24.04, EPEL 9 have one)",
+            hint="install squashfs-tools 4.5.1 or later (Debian 12 has 4.5.1)",
         )
     return tool
 
@@ -182,11 +182,13 @@ def make_squashfs(tool: str, tree: RootfsTree, work: Path, out: Path, epoch: int
     """The tree as a squashfs: streamed as tar, then the root's metadata in an empty
     append pass. No recovery file (it would land in $HOME), no progress output."""
     quiet = ["-no-recovery", "-no-progress", "-quiet", "-mkfs-time", str(max(epoch, 0))]
-    _run_mksquashfs([tool, "-", str(out), "-tar", "-noappend", "-comp", "gzip", *quiet], work, tree)
+    mode, mtime = tree.root_meta()
+    # The root's owner in both passes: the builder's uid would stay in the id table.
+    root = ["-all-root", "-root-mode", f"{mode:o}", "-root-uid", "0", "-root-gid", "0"]
+    tar = [tool, "-", str(out), "-tar", "-noappend", "-comp", "gzip", *root, *quiet]
+    _run_mksquashfs(tar, work, tree)
     empty = work / "empty"
     empty.mkdir(mode=0o700)
-    mode, mtime = tree.root_meta()
-    root = ["-root-mode", f"{mode:o}", "-root-uid", "0", "-root-gid", "0"]
     _run_mksquashfs([tool, str(empty), str(out), *root, "-root-time", str(mtime), *quiet], work)
 
 
