@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from registry_client import __version__
-from registry_client.console import ConsoleReporter, print_error, write_result
+from registry_client.console import ConsoleReporter, one_line, print_error, write_result
 from registry_client.errors import Interrupted, RegistryClientError, UsageError
 
 app = typer.Typer(
@@ -248,7 +248,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, str) and value.startswith("sha256:"):
         return value[:19]
-    return str(value)
+    return one_line(str(value), 200)  # names, labels, descriptions: what remotes sent
 
 
 @app.command()
@@ -404,7 +404,10 @@ def cache_verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def cache_prune(
     ctx: typer.Context,
     max_age: Annotated[
-        str | None, typer.Option("--max-age", help="Remove images unused for this long (30d, 12h).")
+        str | None,
+        typer.Option(
+            "--max-age", help="Remove images unused for this long (7d, 12h; a unit is required)."
+        ),
     ] = None,
     max_size: Annotated[
         str | None,
@@ -418,10 +421,10 @@ def cache_prune(
     from registry_client.maintenance import parse_age, parse_size, prune_cache
 
     try:
-        age = parse_age(max_age) if max_age else None
-        size = parse_size(max_size) if max_size else None
-    except (ValueError, KeyError):
-        raise UsageError("--max-age takes e.g. 30d, 12h; --max-size e.g. 20G, 500M") from None
+        age = parse_age(max_age) if max_age is not None else None
+        size = parse_size(max_size) if max_size is not None else None
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. cache prune --max-age 7d --max-size 20G") from None
     report = prune_cache(_g(ctx).context().cache, max_age=age, max_size=size)
     _emit(ctx, as_json, report.to_dict(), None)
 
@@ -500,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # click's usage errors (typer vendors click)
-        print_error(_usage_error(exc))
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help
+            exc.show()  # type: ignore[attr-defined]
+        else:
+            print_error(_usage_error(exc))
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         print_error(Interrupted("interrupted"))

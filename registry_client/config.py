@@ -17,16 +17,20 @@ stricter) or it is refused. Secrets are never printed: RemoteConfig.public() hid
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry_client.backends import OPTIONS as REMOTE_OPTIONS
 from registry_client.cache import Cache
 from registry_client.errors import ConfigError, NotFound
 from registry_client.names import check_segment
+from registry_client.schema import BOOLEAN, POSITIVE_INT, STRING, Kind, Schema, check_table
 
 APP = "registry-client"
 ENV_CONFIG = "REGISTRY_CLIENT_CONFIG"
@@ -34,7 +38,7 @@ ENV_CACHE = "REGISTRY_CLIENT_CACHE_DIR"
 ENV_CACHE_LOCKING = "REGISTRY_CLIENT_CACHE_LOCKING"
 ENV_DEFAULT_REMOTE = "REGISTRY_CLIENT_DEFAULT_REMOTE"
 ENV_LOCAL_DIR = "REGISTRY_CLIENT_LOCAL_DIR"
-REMOTE_TYPES = ("s3", "swift", "file")
+REMOTE_TYPES = tuple(REMOTE_OPTIONS)
 SECRET_KEYS = frozenset(
     {
         "secret_access_key",
@@ -135,6 +139,7 @@ def remote_from_table(name: str, table: Any, path: Path) -> RemoteConfig:
     kind = table.get("type")
     if kind not in REMOTE_TYPES:
         raise ConfigError(f"{path}: remote {name!r} needs type = one of {', '.join(REMOTE_TYPES)}")
+    check_table(table, REMOTE_OPTIONS[kind], f"[remotes.{name}] ({kind} remote)", path)
     options = {k: v for k, v in table.items() if k != "type"}
     if kind == "file" and not options.get("path"):
         raise ConfigError(f"{path}: file remote {name!r} needs path")
@@ -160,34 +165,40 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             raise ConfigError(f"cannot read config {cfg_path}: {exc}") from None
     elif explicit:
         raise ConfigError(f"config file {cfg_path} does not exist")
-    _check_keys(cfg_path, data)
+    check_document(cfg_path, data)
     remotes_table = data.get("remotes", {})
-    if not isinstance(remotes_table, dict):
-        raise ConfigError(f"{cfg_path}: [remotes] must be a table")
     if remotes_table:
         _check_mode(cfg_path, remotes_table)
     remotes = {n: remote_from_table(n, t, cfg_path) for n, t in remotes_table.items()}
     default = os.environ.get(ENV_DEFAULT_REMOTE) or data.get("default_remote") or LOCAL_REMOTE
-    if not isinstance(default, str):
-        raise ConfigError(f"{cfg_path}: default_remote must be a string")
     settings = {k: v for k, v in data.items() if k not in ("remotes", "default_remote")}
     return Config(cfg_path, remotes, default, settings)
 
 
-#: Top-level keys and tables of the config file; anything else is a typo to report, not to
-#: ignore (a misspelt `default_remote` would silently send pushes to the local remote).
-KNOWN_KEYS = ("default_remote", "remotes", "cache_dir", "cache", "transfer", "library", "shub")
+#: Every key and table of the config file but [remotes.NAME], whose keys depend on the
+#: remote's type (registry_client.backends.OPTIONS). Anything else is a typo to report,
+#: not to ignore: a misspelt `default_remote` would silently push to the local remote.
+SCHEMA: Schema = {
+    "default_remote": STRING,
+    # each [remotes.NAME] is checked against its type's keys by remote_from_table
+    "remotes": Kind("a table of [remotes.NAME] tables", lambda v: isinstance(v, dict)),
+    "cache_dir": STRING,
+    "cache": {"shared": BOOLEAN, "locking": BOOLEAN},
+    "transfer": {
+        "chunk_size": POSITIVE_INT,  # bytes
+        "concurrency": POSITIVE_INT,
+        "part_size": POSITIVE_INT,  # bytes
+        "push_concurrency": POSITIVE_INT,
+    },
+    "library": {"url": STRING, "token": STRING},
+    "shub": {"url": STRING},
+}
 
 
-def _check_keys(cfg_path: Path, data: dict[str, Any]) -> None:
-    unknown = sorted(k for k in data if k not in KNOWN_KEYS)
-    if not unknown:
-        return
-    import difflib
-
-    close = difflib.get_close_matches(unknown[0], KNOWN_KEYS, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(KNOWN_KEYS)}"
-    raise ConfigError(f"{cfg_path}: unknown key {unknown[0]!r}", hint=hint)
+def check_document(cfg_path: Path, data: dict[str, Any]) -> None:
+    """Every key and value of one parsed config file (the remotes are checked as they
+    are built, by remote_from_table); ConfigError (exit 2) with a suggestion otherwise."""
+    check_table(data, SCHEMA, "", cfg_path)
 
 
 def node_cache(config: Config, cache_dir: str | None = None) -> Cache:
@@ -198,7 +209,7 @@ def node_cache(config: Config, cache_dir: str | None = None) -> Cache:
     options: dict[str, Any] = table if isinstance(table, dict) else {}
     return Cache(
         Path(root).expanduser() if root else default_cache_dir(),
-        shared=bool(options.get("shared", False)),
+        shared=options.get("shared", False),
         locking=_locking_enabled(options),
     )
 
@@ -207,38 +218,68 @@ def _locking_enabled(cache_options: dict[str, Any]) -> bool:
     env = os.environ.get(ENV_CACHE_LOCKING)
     if env is not None:
         return env.lower() not in ("0", "false", "no", "off")
-    return bool(cache_options.get("locking", True))
-
-
-def check_transfer(table: Any) -> None:
-    """[transfer] holds positive integers (bytes or counts): checked by every command that
-    opens the cache, cache hits included, so a bad value fails the same way everywhere."""
-    if table is not None and (
-        not isinstance(table, dict)
-        or not all(
-            isinstance(table.get(k, 1), int) and table.get(k, 1) > 0
-            for k in ("chunk_size", "concurrency", "part_size", "push_concurrency")
-        )
-    ):
-        raise ConfigError("[transfer] values must be positive integers (bytes or counts)")
+    return cache_options.get("locking", True) is True
 
 
 def save_config(config: Config) -> None:
-    """Write atomically with mode 0600: the file may hold secrets."""
+    """Write the config atomically, mode 0600: it may hold secrets.
+
+    The temp file is created O_EXCL | O_NOFOLLOW under a random name, relative to the
+    opened folder, and renamed over the config: a name planted in advance (a symlink to
+    another user's file) is never written through. A config that is a symlink, or
+    belongs to someone else, or sits in a folder others may write to, is refused: the
+    secret would land where another user controls it.
+    """
     import tomli_w
 
     data: dict[str, Any] = dict(config.settings)
     data["default_remote"] = config.default_remote
     data["remotes"] = {n: {"type": r.type, **r.options} for n, r in config.remotes.items()}
-    config.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = config.path.with_name(f".{config.path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    text = tomli_w.dumps(data).encode()
+    folder, name = config.path.parent, config.path.name
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(tomli_w.dumps(data).encode())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, config.path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        _check_writable_target(config.path, dir_fd)
+        tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def _check_writable_target(path: Path, dir_fd: int) -> None:
+    me = os.geteuid()
+    folder = os.fstat(dir_fd)
+    if folder.st_uid not in (me, 0) or (
+        folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX
+    ):
+        raise ConfigError(
+            f"refusing to write {path}: its folder may be changed by other users",
+            hint="keep the config in a folder only you can write (e.g. mode 0700)",
+        )
+    try:
+        st = os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise ConfigError(
+            f"refusing to write {path}: it is a symlink or not a regular file",
+            hint="point --config (or REGISTRY_CLIENT_CONFIG) at the real file",
+        )
+    if st.st_uid != me:
+        raise ConfigError(
+            f"refusing to write {path}: it belongs to another user (uid {st.st_uid})",
+            hint="use a config file of your own with --config",
+        )

@@ -26,10 +26,10 @@ class ConsoleReporter(Reporter):
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
+            print(one_line(message), file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        print(f"warning: {one_line(message)}", file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
@@ -58,10 +58,35 @@ class ConsoleReporter(Reporter):
             yield lambda n: bar.advance(task, n)
 
 
+#: longest message line printed; a server's error text can be any length
+MAX_LINE = 2000
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """`text` safe to print as one line: control and format characters escaped.
+
+    Messages quote what servers, files and users sent (error bodies, ETags, names):
+    a newline there would forge an `error:` or `hint:` line, an escape sequence would
+    rewrite the terminal, a bidi override would reorder what is shown. Each such
+    character becomes a visible escape (\\n, \\x1b, \\u202e), and the line is bounded.
+    """
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(_escape(c) for c in text[: limit + 1])
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
+def _escape(char: str) -> str:
+    # Not printable: Unicode's control, format, surrogate, unassigned and separator
+    # characters other than the plain space.
+    return char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+
+
 def print_error(exc: RegistryClientError) -> None:
-    print(f"error: {exc.message}", file=sys.stderr)
+    """The contract's error lines: `error: …` and maybe `hint: …`, one line each."""
+    print(f"error: {one_line(exc.message)}", file=sys.stderr)
     if exc.hint:
-        print(f"hint: {exc.hint}", file=sys.stderr)
+        print(f"hint: {one_line(exc.hint)}", file=sys.stderr)
 
 
 def write_result(data: Any, text: str | None, *, as_json: bool) -> None:

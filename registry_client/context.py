@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry_client.cache import Cache
-from registry_client.config import Config, check_transfer, load_config, node_cache
+from registry_client.config import Config, load_config, node_cache
 from registry_client.reporting import Reporter
 from registry_client.settings import TransferSettings
 
@@ -37,8 +37,8 @@ def open_context(
     reporter: Reporter | None = None,
 ) -> Context:
     """Load the config (`config` path, else $REGISTRY_CLIENT_CONFIG, else the default),
-    open the node cache (`cache_dir`, else the environment, config or default) and check
-    the [transfer] table; ConfigError (exit 2) on anything invalid."""
+    open the node cache (`cache_dir`, else the environment, config or default);
+    ConfigError (exit 2) on anything invalid in the config."""
     loaded = load_config(config)
     cache = node_cache(loaded, cache_dir)
     settings = transfer_settings(loaded.settings.get("transfer"))
@@ -46,9 +46,8 @@ def open_context(
 
 
 def transfer_settings(table: Any) -> dict[str, Any]:
-    """[transfer] chunk_size, concurrency, part_size, push_concurrency from the config,
-    as keyword arguments of Context."""
-    check_transfer(table)
+    """[transfer] chunk_size, concurrency, part_size, push_concurrency from the config
+    (checked by config.load_config), as keyword arguments of Context."""
     if table is None:
         return {}
     default = TransferSettings()

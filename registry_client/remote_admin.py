@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from registry_client.backends import OPTIONS as REMOTE_OPTIONS
 from registry_client.config import Config, RemoteConfig, remote_from_table, save_config
 from registry_client.errors import NotFound, UsageError
 from registry_client.names import check_segment
+from registry_client.schema import Kind
 
 
 def _from_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -37,7 +39,7 @@ def add_remote(
 ) -> RemoteConfig:
     check_segment(name, "remote name")
     kind, base = _from_url(url)
-    extra = {k: v for k, v in (options or {}).items() if v not in (None, "")}
+    extra = {k: _typed(kind, k, v) for k, v in (options or {}).items() if v not in (None, "")}
     table = {"type": kind, **base, **extra}
     remote = remote_from_table(name, table, config.path)  # same validation as loading
     config.remotes[name] = remote
@@ -45,6 +47,14 @@ def add_remote(
         config.default_remote = name
     save_config(config)
     return remote
+
+
+def _typed(kind: str, key: str, value: Any) -> Any:
+    """A command-line string as the type the config file holds (`--option insecure=true`
+    is a boolean); keys the kind does not know stay strings, refused by the check."""
+    schema = REMOTE_OPTIONS.get(kind, {})
+    found = schema.get(key) if isinstance(value, str) else None
+    return found.from_text(value) if isinstance(found, Kind) else value
 
 
 def list_remotes(config: Config) -> list[dict[str, Any]]:

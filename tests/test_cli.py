@@ -39,9 +39,43 @@ def test_version_and_python_m() -> None:
     assert script.stdout == module.stdout and script.stdout.startswith("registry-client ")
 
 
-def test_usage_error_exit_2() -> None:
-    assert run_cli("pull").returncode == 2
-    assert run_cli("no-such-command").returncode == 2
+@pytest.mark.parametrize(
+    ("args", "said", "help_of"),
+    [
+        (["pull"], "error: Missing argument", "registry-client pull"),
+        (["no-such-command"], "error: No such command 'no-such-command'", "registry-client"),
+        (["pull", "--bogus", "x"], "error: No such option: --bogus", "registry-client pull"),
+        (["pull", "a", "b"], "error: Got unexpected extra argument", "registry-client pull"),
+        (["cache", "prune", "--max-age"], "error: Option '--max-age' requires", "registry-client"),
+    ],
+)
+def test_usage_errors_are_two_lines_exit_2(args: list[str], said: str, help_of: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(said), result.stderr
+    assert lines[1] == f"hint: see `{help_of} --help`"
+
+
+def test_a_bare_command_group_prints_its_help() -> None:
+    result = run_cli("cache")
+    assert result.returncode == 2 and "Usage:" in result.stdout + result.stderr
+    assert "\\n" not in result.stdout + result.stderr
+
+
+def test_error_lines_escape_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    from registry_client.console import print_error
+    from registry_client.errors import RegistryClientError
+
+    forged = "boom\nerror: forged\r\x1b[2K\u202edlrow\x00"
+    print_error(RegistryClientError(forged, hint="a\nhint: forged too"))
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: boom\\nerror: forged\\r\\x1b[2K\\u202edlrow\\x00",
+        "hint: a\\nhint: forged too",
+    ]
+    print_error(RegistryClientError("x" * 100_000))
+    assert len(capsys.readouterr().err) < 2100
 
 
 def test_missing_image_exit_3(tmp_path: Path) -> None:

@@ -43,6 +43,19 @@ def test_named_remotes_and_default(tmp_path: Path) -> None:
         "remotes = 3\n",
         '[remotes."Bad Name"]\ntype="file"\npath="/x"',
         "default_remote = 5\n",
+        "cache_dir = 5\n",
+        '[cache]\nshared = "false"\n',  # a non-empty string would turn sharing on
+        "[cache]\nlocking = 0\n",
+        '[transfer]\nconcurrency = "8"\n',
+        "[transfer]\nchunk_size = -1\n",
+        "[transfer]\npart_size = true\n",
+        "[library]\nurl = 3\n",
+        "cache = 1\n",
+        '[remotes.x]\ntype = "s3"\nbucket = "b"\nmax_connections = "8"\n',
+        '[remotes.x]\ntype = "s3"\nbucket = "b"\naddressing_style = "sideways"\n',
+        '[remotes.x]\ntype = "swift"\nbucket = "b"\ninsecure = "yes"\n',
+        '[remotes.x]\ntype = "swift"\nbucket = "b"\ntimeout = "soon"\n',
+        '[remotes.x]\ntype = "file"\npath = ["/x"]\n',
     ],
 )
 def test_bad_config_is_config_error(tmp_path: Path, body: str) -> None:
@@ -64,6 +77,74 @@ def test_unknown_top_level_key_is_refused_with_a_suggestion(tmp_path: Path) -> N
         'cache_dir = "/tmp/x"\n[transfer]\nconcurrency = 4\n[library]\nurl = "http://x"\n'
     )
     assert load_config(cfg).settings["transfer"] == {"concurrency": 4}
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "meant"),
+    [
+        ("[cache]\nsharde = true\n", "sharde", "shared"),
+        ("[transfer]\nchunksize = 1048576\n", "chunksize", "chunk_size"),
+        ('[library]\ntokn = "t"\n', "tokn", "token"),
+        ('[shub]\nulr = "http://x"\n', "ulr", "url"),
+        # `endpoint` for `endpoint_url` used to fall back to AWS itself
+        (
+            '[remotes.lab]\ntype = "s3"\nbucket = "b"\nendpoint = "http://x"\n',
+            "endpoint",
+            "endpoint_url",
+        ),
+        (
+            '[remotes.lab]\ntype = "swift"\nbucket = "b"\nauth_ulr = "http://x"\n',
+            "auth_ulr",
+            "auth_url",
+        ),
+        ('[remotes.lab]\ntype = "file"\npaht = "/x"\npath = "/x"\n', "paht", "path"),
+        ('[remotes.lab]\ntype = "s3"\nbucket = "b"\nauth_url = "http://x"\n', "auth_url", None),
+    ],
+)
+def test_typos_inside_tables_are_refused_with_a_suggestion(
+    tmp_path: Path, body: str, key: str, meant: str | None
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert f"unknown key {key!r}" in err.value.message and str(cfg) in err.value.message
+    if meant:
+        assert err.value.hint == f"did you mean {meant!r}?"
+
+
+def test_cli_typo_and_wrong_type_exit_2_with_a_hint(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[cache]\nsharde = true\n")
+    typo = run_cli("--config", str(cfg), "cache", "dir")
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert typo.stderr.splitlines() == [
+        f"error: {cfg}: unknown key 'sharde' in [cache]",
+        "hint: did you mean 'shared'?",
+    ]
+    cfg.write_text('[cache]\nshared = "false"\n')
+    wrong = run_cli("--config", str(cfg), "pull", "lab/app@sha256:" + "0" * 64)  # fast path too
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert "shared must be true or false" in wrong.stderr
+    assert wrong.stderr.splitlines()[1] == "hint: write shared = false, without quotes"
+
+
+def test_remote_add_options_take_the_config_types(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("")
+    ok = run_cli(
+        "--config", str(cfg), "remote", "add", "sw", "swift://c",
+        "--option", "insecure=true", "--option", "timeout=30",
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert load_config(cfg).remote("sw").options == {
+        "bucket": "c",
+        "insecure": True,
+        "timeout": 30.0,
+    }
+    bad = run_cli("--config", str(cfg), "remote", "add", "s", "s3://b", "--option", "endpoint=x")
+    assert bad.returncode == 2 and "did you mean 'endpoint_url'?" in bad.stderr
+    assert "[remotes.s]" not in cfg.read_text()
 
 
 def test_secret_in_group_readable_file_is_refused(tmp_path: Path) -> None:

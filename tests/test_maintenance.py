@@ -7,6 +7,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from registry_client import locks, service
 from registry_client.config import RemoteConfig
 from registry_client.context import Context
@@ -94,5 +96,32 @@ def test_cli_verify_and_prune(tmp_path: Path) -> None:
 
 def test_parse_units() -> None:
     assert parse_size("20G") == 20 << 30 and parse_size("500MiB") == 500 << 20
-    assert parse_size("1048576") == 1 << 20
-    assert parse_age("30d") == 30 * 86400 and parse_age("90") == 90.0
+    assert parse_size("1048576") == 1 << 20 and parse_size("1.5t") == 3 << 39
+    assert parse_age("30d") == 30 * 86400 and parse_age("90s") == 90.0
+    assert parse_age("2w") == 14 * 86400 and parse_age("1.5h") == 5400.0
+
+
+@pytest.mark.parametrize(
+    "value", ["-30d", "90", "7 days", "1e999d", "nand", "infd", "", "d", "3000000000d"]
+)
+def test_bad_ages_are_refused(value: str) -> None:
+    with pytest.raises(ValueError):
+        parse_age(value)
+
+
+@pytest.mark.parametrize("value", ["-1", "1e999", "inf", "nan", "5X", "", "9" * 400, "99999P"])
+def test_bad_sizes_are_refused(value: str) -> None:
+    with pytest.raises(ValueError):
+        parse_size(value)
+
+
+def test_cli_prune_refuses_bad_values_and_keeps_the_cache(tmp_path: Path) -> None:
+    """`--max-age -30d` used to be accepted and delete everything."""
+    ctx = filled(tmp_path, [5000])
+    kept = ctx.cache.entries()[0].path
+    env = {"REGISTRY_CLIENT_CACHE_DIR": str(ctx.cache.root)}
+    for args in (["--max-age", "-30d"], ["--max-age", "30"], ["--max-size", "1e999"]):
+        result = run_cli("cache", "prune", *args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error: --max-") and len(result.stderr.splitlines()) == 2
+    assert kept.exists()
