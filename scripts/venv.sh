@@ -1,6 +1,7 @@
 # Sourced by scripts/demo and scripts/test: pick the Python to install into and run with.
 #
 #   use_venv [EXTRAS]   sets PY to a Python that has this checkout installed (editable)
+#   find_venv           sets PY to that Python without installing; fails if there is none
 #
 # Inside an active virtual environment ($VIRTUAL_ENV) that one is used, as pip works
 # there directly. Otherwise a private `.venv` in the checkout is made with `python3 -m venv`:
@@ -48,19 +49,22 @@ _venv_make() {
     "$base" -m venv "$dir" || _venv_fail "could not create $dir with $base -m venv"
 }
 
-use_venv() {
-    local extras=${1:-} root
-    root=$(pwd)
-    export PIP_DISABLE_PIP_VERSION_CHECK=1
+_venv_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+find_venv() {
     if [[ -n ${VIRTUAL_ENV:-} && -x $VIRTUAL_ENV/bin/python ]]; then
         PY=$VIRTUAL_ENV/bin/python
     else
-        PY=$root/.venv/bin/python
-        # A venv whose interpreter is gone (Python upgraded, checkout moved) is made again.
-        if ! "$PY" -c 'import pip' 2>/dev/null; then
-            _venv_make "${PYTHON:-python3}" "$root/.venv"
-        fi
+        PY=$_venv_root/.venv/bin/python
+        # A venv whose interpreter is gone (Python upgraded, checkout moved) does not count.
+        "$PY" -c 'import pip' 2>/dev/null
     fi
+}
+
+use_venv() {
+    local extras=${1:-} root=$_venv_root
+    export PIP_DISABLE_PIP_VERSION_CHECK=1
+    find_venv || _venv_make "${PYTHON:-python3}" "$root/.venv"
     echo "installing registry-client${extras:+[$extras]} into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
     "$PY" -m pip install -q -e "$root${extras:+[$extras]}" ||
         _venv_fail "pip could not install registry-client${extras:+[$extras]}" \

@@ -71,3 +71,17 @@ def test_registry_port_documented() -> None:
     text = (ROOT / "docs" / "servers.md").read_text()
     for port in host_ports(compose()["registry"]):
         assert f"127.0.0.1:{port}" in text
+
+
+def test_non_docker_servers_documented_with_their_credentials() -> None:
+    from tests.support.servers import moto_server, swift_aio
+
+    text = (ROOT / "docs" / "servers.md").read_text()
+    section = text[text.index("## Without Docker") :]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if "|" in line}
+    assert f"user `{swift_aio.USER}`, key `{swift_aio.KEY}`" in rows["swift"]
+    assert (
+        f"access key `{moto_server.ACCESS_KEY}`, secret `{moto_server.SECRET_KEY}`" in rows["moto"]
+    )
+    assert "none" in rows["registry"]
+    assert (ROOT / "scripts" / "servers").stat().st_mode & 0o111

@@ -129,10 +129,12 @@ def test_registry_answers_v2(tmp_path: Path) -> None:
     assert_stopped(pids)
 
 
-def test_cli_prints_json_then_stops_children_on_sigterm() -> None:
+def test_cli_prints_json_then_stops_children_on_sigterm(tmp_path: Path) -> None:
+    """`scripts/servers` works from any folder (here: an empty one), without Docker."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.servers", "moto"],
-        cwd=REPO,
+        [str(REPO / "scripts" / "servers"), "moto"],
+        cwd=tmp_path,
+        env={**os.environ, "VIRTUAL_ENV": sys.prefix},
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -1,6 +1,7 @@
-"""Run one loopback server in the foreground: ``python -m tests.support.servers KIND``.
+"""Run one loopback server in the foreground: ``scripts/servers KIND`` from any folder
+(or ``python -m tests.support.servers KIND`` from the repository root).
 
-KIND is swift, moto or registry.
+KIND is swift, moto or registry; docs/servers.md lists their ports and credentials.
 
 Prints one JSON line (endpoints, credentials, PIDs) on stdout once the server is ready,
 then runs until SIGTERM/SIGINT (or until one of its processes or its parent dies) and
@@ -28,7 +29,7 @@ from .swift_aio import start_swift
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.servers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="scripts/servers", description=__doc__)
     parser.add_argument("kind", choices=("swift", "moto", "registry"))
     parser.add_argument(
         "--workdir",

@@ -290,7 +290,7 @@ class ManagedServer:
         return not self._stopped and all(not c.exited() for c in self.children)
 
     def info(self) -> dict[str, Any]:
-        """Endpoints and credentials as JSON-able data (``python -m tests.support.servers``)."""
+        """Endpoints and credentials as JSON-able data (``scripts/servers KIND``)."""
         return {"kind": self.kind, "pids": self.pids, "logs": str(self.log_dir)}
 
     def __enter__(self: T) -> T:
