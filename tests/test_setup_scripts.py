@@ -138,7 +138,7 @@ def test_no_venv_module_and_no_apt_is_one_clear_error(tmp_path: Path) -> None:
         f'#!/bin/sh\n[ "$2" = "import ensurepip, venv" ] && exit 1\nexec {sys.executable} "$@"\n'
     )
     fake_python.chmod(0o755)
-    for tool in ("bash", "rm", "id", "cat"):
+    for tool in ("bash", "rm", "id", "cat", "dirname"):
         if found := shutil.which(tool):
             (bin_dir / tool).symlink_to(found)
     script = f"source {ROOT}/scripts/venv.sh; _venv_make {fake_python} {tmp_path}/venv"
