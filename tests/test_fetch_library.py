@@ -73,10 +73,48 @@ def test_second_pull_is_a_cache_hit_without_download(ctx, library):
     assert offline.path == first.path
 
 
-def test_short_names_mean_library_default(ctx, library):
+def test_short_names_are_resolved_by_the_server(ctx, library):
     result = pull(ctx, library, "library://alpine")
     assert result.sha256 == library.images["library/default/alpine:latest"].sha256
-    assert library.api.log[0].path == "/v1/images/library/default/alpine:latest"
+    # As scs-library-client: the path goes as written; the Library expands it.
+    assert library.api.log[0].path == "/v1/images/alpine:latest"
+    assert library.api.requests_to("/v1/imagefile/")[0].path == "/v1/imagefile/alpine:latest"
+    assert pull(ctx, library, "library://alpine").cached
+
+
+def test_images_named_by_sif_uuid_are_checked_by_size_and_uuid(ctx, library, tmp_path):
+    image = tmp_path / "old.sif"
+    sif.make_test_sif(image, 200_000, seed=11)
+    old = library.add("lab/tools/old:1", LibraryImage(image.read_bytes(), by_uuid=True))
+    assert old.hash.startswith("sif.")
+    warnings: list[str] = []
+    ctx.reporter.warn = warnings.append  # type: ignore[method-assign]
+    result = pull(ctx, library, "library://lab/tools/old:1")
+    assert result.sha256 == old.sha256 and "sif-uuid" in result.verified
+    assert any("no sha256" in w for w in warnings)
+    assert pull(ctx, library, "library://lab/tools/old:1").cached
+
+    class WrongUuid(LibraryImage):
+        @property
+        def hash(self) -> str:
+            return "sif.00000000-1111-2222-3333-444444444444"
+
+    library.add("lab/tools/liar:1", WrongUuid(image.read_bytes()))
+    with pytest.raises(IntegrityError, match="UUID"):
+        pull(ctx, library, "library://lab/tools/liar:1")
+
+
+def test_the_fixture_takes_the_scheme_in_any_case(library):
+    import requests
+
+    url = f"{library.url}/v1/images/lab/tools/app:1.0?arch=amd64"
+    for scheme in ("BEARER", "bearer", "Bearer"):
+        answer = requests.get(url, headers={"Authorization": f"{scheme} {TOKEN}"}, timeout=10)
+        assert answer.status_code == 200, scheme
+    assert (
+        requests.get(url, headers={"Authorization": f"Basic {TOKEN}"}, timeout=10).status_code
+        == 401
+    )
 
 
 def test_pinned_hash_tag_is_checked_and_served_offline(ctx, library):

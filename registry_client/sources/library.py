@@ -7,9 +7,13 @@
     GET {base}/v1/search?value=QUERY
     errors: {"error": {"code": N, "message": "..."}}
 
-The Bearer token goes to the library's origin only; the presigned URL gets no
-Authorization header unless it is on that same origin (as scs-library-client does).
-The download is verified against the record's sha256 and size before it is published.
+The reference's path goes to the server as written (`library://alpine` asks for
+`alpine:latest`): the Library resolves short names itself, as it does for
+scs-library-client. The Bearer token goes to the library's origin only; the presigned URL
+gets no Authorization header unless it is on that same origin (as scs-library-client
+does). The download is verified against the record before it is published: its size,
+and its sha256 (`hash: sha256.<hex>`) or, for images the Library names by SIF UUID
+(`hash: sif.<uuid>`, older uploads), the UUID in the downloaded SIF's header.
 """
 
 from __future__ import annotations
@@ -47,27 +51,26 @@ if TYPE_CHECKING:
 DEFAULT_URL = "https://library.sylabs.io"
 ENV_URL = "REGISTRY_CLIENT_LIBRARY_URL"
 ENV_TOKENS = ("REGISTRY_CLIENT_LIBRARY_TOKEN", "SYLABS_TOKEN")
-# Singularity's shorthands: library://NAME is library/default/NAME, and a missing
-# entity is the public "library" entity.
-DEFAULT_ENTITY = "library"
-DEFAULT_COLLECTION = "default"
 # Library names: lower-case letters, digits and . _ - (the Library refuses the rest).
 NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 HASH_TAG_RE = re.compile(r"sha256\.([a-f0-9]{64})\Z")
+SIF_HASH_RE = re.compile(r"sif\.([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\Z")
 MIN_QUERY = 3
 
 
 @dataclass(frozen=True)
 class LibraryRef:
-    entity: str
-    collection: str
-    container: str
+    names: tuple[str, ...]  # [ENTITY/][COLLECTION/]CONTAINER, as written
     tag: str = DEFAULT_TAG
 
     @property
     def path(self) -> str:
-        return f"{self.entity}/{self.collection}/{self.container}:{self.tag}"
+        return f"{'/'.join(self.names)}:{self.tag}"
+
+    @property
+    def container(self) -> str:
+        return self.names[-1]
 
     @property
     def pinned_sha256(self) -> str | None:
@@ -100,16 +103,20 @@ def parse(body: str) -> LibraryRef:
                 f"invalid reference {text}: bad name {part[:130]!r}",
                 hint="names are lower-case letters, digits and . _ -",
             )
-    # NAME -> library/default/NAME; COLLECTION/NAME -> library/COLLECTION/NAME
-    parts = [DEFAULT_ENTITY, DEFAULT_COLLECTION][: 3 - len(parts)] + parts
-    return LibraryRef(parts[0], parts[1], parts[2], tag if sep else DEFAULT_TAG)
+    return LibraryRef(tuple(parts), tag if sep else DEFAULT_TAG)
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    sha256: str
+    sha256: str | None  # from `hash: sha256.<hex>`
     size: int
     data: dict[str, Any]
+    sif_uuid: str | None = None  # from `hash: sif.<uuid>`, when there is no sha256
+
+    @property
+    def version(self) -> str:
+        """What names this content upstream: the sha256, else the SIF UUID."""
+        return self.sha256 or f"sif.{self.sif_uuid}"
 
 
 class LibraryClient:
@@ -136,7 +143,8 @@ class LibraryClient:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict):
             raise RegistryClientError(f"{what}: the library answered without an image record")
-        return ImageRecord(_record_sha256(ref, data), _record_size(ref, data), data)
+        sha256, sif_uuid = _record_hash(ref, data)
+        return ImageRecord(sha256, _record_size(ref, data), data, sif_uuid)
 
     def source(self, ref: LibraryRef, arch: str) -> HttpSource:
         url = self._url(f"v1/imagefile/{ref.path}", arch=arch)
@@ -156,19 +164,23 @@ class LibraryClient:
         self.session.close()
 
 
-def _record_sha256(ref: LibraryRef, data: dict[str, Any]) -> str:
+def _record_hash(ref: LibraryRef, data: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(sha256, None) or (None, SIF UUID): what the download will be checked against."""
     value = str(data.get("hash") or "").lower()
     match = HASH_TAG_RE.match(value)
-    if not match:
-        raise UnverifiableError(
-            f"{ref}: the library records hash {value[:80]!r}, not a sha256; "
-            "the download could not be verified",
-            hint="ask the library's operator to re-upload the image",
-        )
-    sha = match.group(1)
-    if ref.pinned_sha256 and ref.pinned_sha256 != sha:
-        raise IntegrityError(f"{ref}: the library answered with sha256.{sha}")
-    return sha
+    if match:
+        sha = match.group(1)
+        if ref.pinned_sha256 and ref.pinned_sha256 != sha:
+            raise IntegrityError(f"{ref}: the library answered with sha256.{sha}")
+        return sha, None
+    match = SIF_HASH_RE.match(value)
+    if match and not ref.pinned_sha256:
+        return None, match.group(1)
+    raise UnverifiableError(
+        f"{ref}: the library records hash {value[:80]!r}, neither a sha256 nor a SIF UUID; "
+        "the download could not be verified",
+        hint="ask the library's operator to re-upload the image",
+    )
 
 
 def _record_size(ref: LibraryRef, data: dict[str, Any]) -> int:
@@ -212,7 +224,25 @@ def download(
     result, checks = fetch_verified(
         client.source(ref, arch), dest, expected, settings=settings, progress=progress
     )
+    if record.sif_uuid:
+        check_sif_uuid(ref, dest, record.sif_uuid)
+        checks = (*checks, "sif-uuid")
     return result.sha256, checks
+
+
+def check_sif_uuid(ref: LibraryRef, path: Path, expected: str) -> None:
+    """The Library names this image by the UUID in its SIF header: the file must carry it."""
+    from registry_client import sif
+
+    try:
+        found = sif.read_sif(str(path)).header.uuid
+    except (sif.SifError, OSError):
+        found = None
+    if found != expected:
+        raise IntegrityError(
+            f"{ref}: the download is not the SIF the library records "
+            f"(UUID {found or 'unreadable'}, expected {expected}); nothing was published"
+        )
 
 
 # -- the source ----------------------------------------------------------------------
@@ -240,7 +270,7 @@ class LibrarySource(Source):
 
     def slot(self) -> tuple[str, str, str]:
         return (
-            f"{self.ref.entity}+{self.ref.collection}",
+            "+".join(self.ref.names[:-1]) or "+",
             self.ref.container,
             f"{self.ref.tag}~{self.arch}",
         )
@@ -255,12 +285,18 @@ class LibrarySource(Source):
             f"library image {self.ref}", lambda: self.client.image(self.ref, self.arch)
         )
         return Version(
-            ("library", self.client.base, self.record.sha256),
+            ("library", self.client.base, self.record.version),
             self.record.sha256,
-            {"arch": self.arch, "size": self.record.size},
+            {"arch": self.arch, "size": self.record.size, "hash": self.record.version},
         )
 
     def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
+        if self.record.sif_uuid:
+            ctx.reporter.warn(
+                f"{self.text}: the library records no sha256 for this image (an older "
+                f"upload, named by SIF UUID {self.record.sif_uuid}): only its size and "
+                "UUID can be checked"
+            )
         with ctx.reporter.progress(f"pull {self.text}", self.record.size) as advance:
             return download(
                 self.client,

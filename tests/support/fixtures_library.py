@@ -4,11 +4,18 @@ Two servers: the API (images, imagefile, search) and an object store on another 
 plays the presigned URL the imagefile endpoint 303-redirects to. The API can require a
 Bearer token (401 with a JSON error otherwise); the store logs every request so a test can
 check that the token never reached it. `corrupt` flips one byte of what the store sends.
+
+It accepts what the real Library accepts from scs-library-client: the auth scheme in any
+case (`BEARER` is what that client sends; RFC 7235 schemes are case-insensitive), short
+paths resolved on the server (`NAME` is `library/default/NAME`, `COLLECTION/NAME` is
+`library/COLLECTION/NAME`), and images recorded by SIF UUID (`hash: sif.<uuid>`, as for
+older uploads) as well as by sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -20,10 +27,17 @@ class LibraryImage:
     data: bytes
     arch: str = "amd64"
     description: str = ""
+    by_uuid: bool = False  # recorded as `sif.<uuid of its SIF header>`, not by sha256
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def hash(self) -> str:
+        if self.by_uuid:
+            return f"sif.{uuid.UUID(bytes=self.data[48:64])}"  # the SIF header's UUID field
+        return f"sha256.{self.sha256}"
 
 
 @dataclass
@@ -47,7 +61,8 @@ class LibraryFixture:
 
     # -- the API ------------------------------------------------------------------
     def _authorized(self, req: Request) -> bool:
-        return self.token is None or req.headers.get("authorization") == f"Bearer {self.token}"
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        return self.token is None or (scheme.lower() == "bearer" and token == self.token)
 
     def _api(self, req: Request) -> Response:
         if self.unavailable:
@@ -65,6 +80,7 @@ class LibraryFixture:
         return _error(404, "no such endpoint")
 
     def _find(self, path: str, arch: str) -> LibraryImage | None:
+        path = resolve(path)
         image = self.images.get(path)
         if image is None and ":sha256." in path:  # by hash, as the Library allows
             digest = path.rpartition(":sha256.")[2]
@@ -75,12 +91,12 @@ class LibraryFixture:
         image = self._find(path, req.query.get("arch", ""))
         if image is None:
             return _error(404, f"image {path} not found")
-        entity, collection, rest = path.split("/", 2)
+        entity, collection, rest = resolve(path).split("/", 2)
         return json_response(
             {
                 "data": {
                     "id": image.sha256[:24],
-                    "hash": f"sha256.{image.sha256}",
+                    "hash": image.hash,
                     "size": len(image.data),
                     "arch": image.arch,
                     "entityName": entity,
@@ -106,7 +122,7 @@ class LibraryFixture:
         value = req.query.get("value", "")
         hits = [
             {
-                "hash": f"sha256.{img.sha256}",
+                "hash": img.hash,
                 "size": len(img.data),
                 "arch": img.arch,
                 "entityName": path.split("/")[0],
@@ -145,6 +161,14 @@ class LibraryFixture:
     def stop(self) -> None:
         self.api.stop()
         self.store.stop()
+
+
+def resolve(path: str) -> str:
+    """The Library's own reading of a short path: NAME:TAG or COLLECTION/NAME:TAG."""
+    names, colon, tag = path.partition(":")
+    parts = names.split("/")
+    parts = ["library", "default"][: max(3 - len(parts), 0)] + parts
+    return "/".join(parts) + colon + tag
 
 
 def _error(code: int, message: str) -> Response:
