@@ -191,7 +191,7 @@ SCHEMA: Schema = {
         "push_concurrency": POSITIVE_INT,
     },
     "library": {"url": STRING, "token": STRING},
-    "shub": {"url": STRING},
+    "shub": {"url": STRING, "username": STRING, "token": STRING},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from registry_client.errors import IntegrityError, InvalidReference, NotFound, UnverifiableError
+from registry_client.errors import (
+    AuthError,
+    IntegrityError,
+    InvalidReference,
+    NotFound,
+    UnverifiableError,
+)
 from registry_client.fetch import FetchOptions, pull_fetcher
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
@@ -74,6 +81,8 @@ def test_cache_hit_by_version_and_pinned_versions(ctx, hub):
     assert pinned.path == first.path  # md5-pinned: answered from the cache, no network
     by_commit = pull(ctx, hub, f"shub://vsoch/hello-world@{'f' * 40}")
     assert by_commit.sha256 != first.sha256
+    # As sregistry-cli: a version without a tag is asked for as :latest@VERSION.
+    assert hub.api.log[-1].path == f"/api/container/vsoch/hello-world:latest@{'f' * 40}"
 
 
 def test_corrupt_or_mismatched_publish_nothing(ctx, hub):
@@ -96,7 +105,8 @@ def test_errors(ctx, hub):
     hub.wrong_version = False
     for bad in (
         "shub://vsoch",
-        "shub://a/b/c",
+        "shub://a/b/c/d",
+        "shub://bad_host!/b/c",
         "shub://vsoch/x@123",
         "shub://-x/y",
         "shub://vsoch/x:",
@@ -129,3 +139,64 @@ def test_cli_exit_codes(tmp_path, hub):
     hub.corrupt = True
     bad = run_cli(*base, "--force", "shub://vsoch/hello-world", env=env)
     assert bad.returncode == 4 and bad.stdout == ""
+
+
+# -- self-hosted Singularity Registry Server ---------------------------------------------------
+
+
+def test_a_host_in_the_reference_names_the_registry(ctx, hub):
+    host = hub.url.split("://", 1)[1]
+    image = hub.images["vsoch/hello-world:v2"]
+    # No --shub-url: the reference names the server (plain HTTP because it is loopback).
+    result = pull_fetcher(ctx, parse_reference(f"shub://{host}/vsoch/hello-world:v2"))
+    assert Path(result.path).read_bytes() == image.data
+    assert hub.api.log[-1].path == "/api/container/vsoch/hello-world:v2"
+
+
+def test_private_collections_get_the_signed_header(ctx, hub, monkeypatch, tmp_path):
+    hub.private.add("lab")
+    hub.accounts["alice"] = "t0ken-of-alice"
+    hub.images["lab/secret:1"] = HubImage(make_simg(tmp_path, b"private"))
+    ref = "shub://lab/secret:1"
+    with pytest.raises(AuthError, match="needs an account"):
+        pull(ctx, hub, ref)
+    assert "authorization" not in hub.api.log[-1].headers
+    # sregistry-cli's secrets file, for this server only.
+    secrets = tmp_path / "sregistry.json"
+    other = {"registry": {"username": "alice", "token": "t0ken-of-alice", "base": "https://x.org"}}
+    secrets.write_text(json.dumps(other))
+    monkeypatch.setenv("SREGISTRY_CLIENT_SECRETS", str(secrets))
+    with pytest.raises(AuthError):
+        pull(ctx, hub, ref)  # its token is for another server: not sent here
+    assert "authorization" not in hub.api.log[-1].headers
+    secrets.write_text(json.dumps({"registry": {**other["registry"], "base": hub.url}}))
+    result = pull(ctx, hub, ref)
+    assert Path(result.path).read_bytes() == hub.images["lab/secret:1"].data
+    assert "authorization" not in hub.api.log[-2].headers  # asked unsigned first
+    signed = hub.api.log[-1].headers["authorization"]
+    assert signed.startswith("SREGISTRY-HMAC-SHA256 Credential=pull/YWxpY2U=/")
+    assert "t0ken" not in signed
+    assert all("authorization" not in r.headers for r in hub.files.log)
+    monkeypatch.setenv("REGISTRY_CLIENT_SHUB_USERNAME", "alice")
+    monkeypatch.setenv("REGISTRY_CLIENT_SHUB_TOKEN", "wrong")
+    with pytest.raises(AuthError) as err:
+        pull(ctx, hub, ref, force=True)
+    assert "wrong" not in str(err.value)
+
+
+def test_signature_matches_the_servers_formula():
+    import base64
+    import datetime
+    import hashlib
+    import hmac
+
+    from registry_client.sources.shub import ShubSecret, parse
+
+    when = datetime.datetime(2024, 5, 1, 13, 59, tzinfo=datetime.timezone.utc)
+    header = ShubSecret("bob", "k3y").header(parse("lab/app"), when)
+    payload = b"pull|lab|20240501T13Z|app|latest|"
+    signature = hmac.new(b"k3y", payload, hashlib.sha256).hexdigest()
+    user = base64.b64encode(b"bob").decode()
+    assert header == (
+        f"SREGISTRY-HMAC-SHA256 Credential=pull/{user}/20240501T13Z,Signature={signature}"
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,12 @@ MAX_REDIRECTS = 10
 MAX_JSON = 8 * 1024 * 1024  # manifests, records and tokens are small; refuse anything huge
 ERROR_BODY = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# HOST[:PORT] inside a reference (docker://, shub://): DNS labels or a bracketed IPv6.
+HOST_RE = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?\Z"
+)
 
 
 def new_session() -> requests.Session:
@@ -89,6 +96,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def host_url(host: str) -> str:
+    """The base URL of a host named in a reference: plain HTTP on loopback, as Docker
+    does, HTTPS everywhere else."""
+    scheme = "http" if is_loopback(urlsplit(f"//{host}").hostname or "") else "https"
+    return f"{scheme}://{host}"
 
 
 def check_base_url(url: str, what: str) -> str:

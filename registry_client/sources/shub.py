@@ -1,16 +1,34 @@
-"""shub:// — the Singularity Hub API (singularity 2.x, sregistry-cli, Apptainer's shub client).
+"""shub:// — the Singularity Hub API (singularity 2.x, sregistry-cli, Apptainer's shub client)
+and self-hosted Singularity Registry Servers, which speak the same API.
 
-    GET {base}/api/container/{user}/{repo}[:{tag}][@{version}]
+    GET {base}/api/container/{user}/{repo}:{tag}[@{version}]
         -> {"image": URL, "name": "user/repo", "tag": "...", "version": MD5, "commit": SHA1}
+
+`shub://HOST/USER/REPO` names a registry server by host (HTTPS; plain HTTP on loopback);
+otherwise the base URL is configured (the original Hub is an archive now). The tag is
+always sent, `latest` by default, as sregistry-cli sends it (`:latest@VERSION`).
 
 `version` is the md5 of the image file: the download is checked against it (and against
 the pinned version or commit, if the reference has one). Hub images are mostly older
-squashfs `.simg` files, so no SIF magic is required. The original Hub is an archive
-now, so the base URL is configurable.
+squashfs `.simg` files, so no SIF magic is required.
+
+Private collections on a registry server answer 403; the request is then repeated with
+sregistry-cli's signed header, `Authorization: SREGISTRY-HMAC-SHA256
+Credential=pull/<base64 user>/<UTC hour>,Signature=<hex HMAC-SHA256 over
+"pull|USER|<UTC hour>|REPO|TAG|" keyed with the user's token>`. The user name and token
+come from REGISTRY_CLIENT_SHUB_USERNAME / _TOKEN, `[shub] username` / `token` in the
+config, or sregistry-cli's own secrets file ($SREGISTRY_CLIENT_SECRETS, else ~/.sregistry)
+when its `registry.base` is this server; they are sent to this server's origin only.
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +37,26 @@ from urllib.parse import quote, urlsplit
 
 from registry_client.cache import short_id
 from registry_client.errors import (
+    AuthError,
     IntegrityError,
     InvalidReference,
     RegistryClientError,
     UnverifiableError,
 )
-from registry_client.sources import FetchOptions, Source, Version, endpoint
+from registry_client.sources import FetchOptions, Source, Version, endpoint, setting
 from registry_client.sources.http import (
+    HOST_RE,
+    Credentials,
     Expected,
     HttpSource,
     check_base_url,
     env_first,
     fetch_verified,
     get_json,
+    host_url,
     new_session,
     safe_url,
+    same_origin,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +64,10 @@ if TYPE_CHECKING:
 
 DEFAULT_URL = "https://singularity-hub.org"
 ENV_URL = "REGISTRY_CLIENT_SHUB_URL"
+ENV_USER, ENV_TOKEN = "REGISTRY_CLIENT_SHUB_USERNAME", "REGISTRY_CLIENT_SHUB_TOKEN"
+SREGISTRY_SECRETS = "SREGISTRY_CLIENT_SECRETS"
+DEFAULT_TAG = "latest"
+MAX_SECRETS_FILE = 1024 * 1024
 # What the Hub accepted: GitHub user and repository names, loose tags (branch names).
 USER_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})\Z")
 REPO_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}\Z")
@@ -53,43 +80,40 @@ COMMIT_RE = re.compile(r"[a-f0-9]{40}\Z")
 class ShubRef:
     user: str
     repo: str
-    tag: str | None = "latest"
+    tag: str = DEFAULT_TAG
     version: str | None = None  # md5 of the image (32 hex) or git commit (40 hex)
+    host: str | None = None  # a registry server named in the reference
 
     @property
     def api_path(self) -> str:
-        path = f"{self.user}/{self.repo}"
-        if self.tag:
-            path += f":{self.tag}"
-        if self.version:
-            path += f"@{self.version}"
-        return path
+        path = f"{self.user}/{self.repo}:{self.tag}"
+        return f"{path}@{self.version}" if self.version else path
 
     def __str__(self) -> str:
-        return f"shub://{self.api_path}"
+        return f"shub://{self.host + '/' if self.host else ''}{self.api_path}"
 
 
 def parse(body: str) -> ShubRef:
-    """`USER/REPO[:TAG][@VERSION]`; anything else is InvalidReference (exit 2)."""
+    """`[HOST/]USER/REPO[:TAG][@VERSION]`; anything else is InvalidReference (exit 2)."""
     text = f"shub://{body}"
     rest, at, version = body.partition("@")
     if at and not (MD5_RE.match(version) or COMMIT_RE.match(version)):
         raise _bad(text, "the version after @ is an md5 (32 hex) or a commit (40 hex)")
-    path, colon, tag = rest.partition(":")
+    parts = rest.split("/")
+    host = parts.pop(0) if len(parts) == 3 else None
+    if len(parts) != 2:
+        raise _bad(text, "expected shub://[HOST/]USER/REPO[:TAG][@VERSION]")
+    if host is not None and not HOST_RE.match(host):
+        raise _bad(text, f"bad registry host {host[:80]!r}")
+    user, (repo, colon, tag) = parts[0], parts[1].partition(":")
     if colon and not TAG_RE.match(tag):
         raise _bad(text, f"bad tag {tag[:70]!r}")
-    parts = path.split("/")
-    if len(parts) != 2:
-        raise _bad(
-            text, "expected shub://USER/REPO[:TAG][@VERSION]; for another Hub use --shub-url"
-        )
-    user, repo = parts
     if not USER_RE.match(user) or user.endswith("-"):
         raise _bad(text, f"bad user name {user[:50]!r}")
     if not REPO_RE.match(repo) or repo in (".", ".."):
         raise _bad(text, f"bad repository name {repo[:110]!r}")
-    # As Apptainer does: no tag and no version means the latest tag.
-    return ShubRef(user, repo, tag if colon else (None if at else "latest"), version or None)
+    # As sregistry-cli does: the tag is always sent, `latest` if none was given.
+    return ShubRef(user, repo, tag if colon else DEFAULT_TAG, version or None, host)
 
 
 def _bad(text: str, why: str) -> InvalidReference:
@@ -104,21 +128,78 @@ class Manifest:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class ShubSecret:
+    """A registry server account: user name and API token."""
+
+    username: str
+    token: str
+
+    def __repr__(self) -> str:  # keep the token out of tracebacks
+        return f"ShubSecret(username={self.username!r})"
+
+    def header(self, ref: ShubRef, now: _dt.datetime | None = None) -> str:
+        """sregistry-cli's signed pull header; the server recomputes it for this UTC hour."""
+        stamp = (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%dT%HZ")
+        user = base64.b64encode(self.username.encode()).decode()
+        payload = f"pull|{ref.user}|{stamp}|{ref.repo}|{ref.tag}|"
+        signature = hmac.new(self.token.encode(), payload.encode(), hashlib.sha256).hexdigest()
+        return f"SREGISTRY-HMAC-SHA256 Credential=pull/{user}/{stamp},Signature={signature}"
+
+
 class ShubClient:
-    def __init__(self, base_url: str | None = None) -> None:
+    def __init__(self, base_url: str | None = None, secret: ShubSecret | None = None) -> None:
         self.base = check_base_url(base_url or env_first(ENV_URL) or DEFAULT_URL, "shub URL")
+        self.secret = secret
         self.session = new_session()
 
     def manifest(self, ref: ShubRef) -> Manifest:
         what = f"shub manifest of {ref}"
         url = f"{self.base}/api/container/{quote(ref.api_path, safe='/:@')}"
-        data = get_json(self.session, url, what)
+        try:
+            data = get_json(self.session, url, what)
+        except AuthError:
+            # A private collection: ask again, signed, as sregistry-cli does after a 403.
+            if self.secret is None:
+                raise AuthError(
+                    f"{what}: the registry needs an account for this collection",
+                    hint=f"set {ENV_USER} and {ENV_TOKEN} (or log in with sregistry-cli)",
+                ) from None
+            signed = Credentials(self.base, {"Authorization": self.secret.header(ref)})
+            data = get_json(self.session, url, what, signed)
         if not isinstance(data, dict):
             raise RegistryClientError(f"{what}: not a container manifest")
         return _manifest(ref, data)
 
     def close(self) -> None:
         self.session.close()
+
+
+def find_secret(ctx: Context, base: str) -> ShubSecret | None:
+    """The account for the registry at `base`: environment, config, sregistry-cli's file."""
+    user, token = os.environ.get(ENV_USER), os.environ.get(ENV_TOKEN)
+    if not (user and token):
+        user, token = setting(ctx.config, "shub", "username"), setting(ctx.config, "shub", "token")
+    if user and token:
+        return ShubSecret(user, token)
+    return _sregistry_secret(base)
+
+
+def _sregistry_secret(base: str) -> ShubSecret | None:
+    path = Path(os.environ.get(SREGISTRY_SECRETS) or Path.home() / ".sregistry")
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(MAX_SECRETS_FILE))
+    except (OSError, ValueError):
+        return None
+    entry = data.get("registry") if isinstance(data, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    user, token, where = entry.get("username"), entry.get("token"), entry.get("base")
+    if not all(isinstance(v, str) and v for v in (user, token, where)):
+        return None
+    # Only the server the file was made for gets its token.
+    return ShubSecret(str(user), str(token)) if same_origin(str(where), base) else None
 
 
 def _manifest(ref: ShubRef, data: dict[str, Any]) -> Manifest:
@@ -163,13 +244,20 @@ class ShubSource(Source):
 
     def __init__(self, ctx: Context, body: str, options: FetchOptions) -> None:
         self.ref = parse(body)
-        self.client = ShubClient(endpoint(options.shub_url, ENV_URL, ctx.config, "shub"))
+        base = check_base_url(
+            host_url(self.ref.host)
+            if self.ref.host
+            else endpoint(options.shub_url, ENV_URL, ctx.config, "shub") or DEFAULT_URL,
+            "shub URL",
+        )
+        self.client = ShubClient(base, find_secret(ctx, base))
         self.text = str(self.ref)
         self.remote_id = short_id("shub", self.client.base)
         self.manifest: Any = None
 
     def slot(self) -> tuple[str, str, str]:
-        return self.ref.user, self.ref.repo, self.ref.tag or f"@{self.ref.version}"
+        version = f"@{self.ref.version}" if self.ref.version else ""
+        return self.ref.user, self.ref.repo, f"{self.ref.tag}{version}"
 
     def _key(self, md5: str) -> tuple[str, ...]:
         return ("shub", self.client.base, md5)

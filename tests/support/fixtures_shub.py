@@ -5,11 +5,20 @@
 `version` is the md5 of the image file, as on the Hub. Files are served from another port
 (the Hub kept them in cloud storage); `ranges` says whether that server honours Range,
 and `corrupt` flips one byte of what it sends.
+
+Like a self-hosted Singularity Registry Server it can hold private collections (`private`):
+without an Authorization header they answer 403, and the header must be sregistry-cli's
+`SREGISTRY-HMAC-SHA256 Credential=pull/<b64 user>/<UTC hour>,Signature=<hex>`, checked
+the way the server checks it: HMAC-SHA256 of `pull|COLLECTION|<this hour>|NAME|TAG|`
+keyed with the user's token (`accounts`).
 """
 
 from __future__ import annotations
 
+import base64
+import datetime
 import hashlib
+import hmac
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +43,8 @@ class ShubFixture:
     ranges: bool = False
     corrupt: bool = False
     wrong_version: bool = False  # the manifest's md5 does not match the file
+    private: set[str] = field(default_factory=set)  # collections (users) that need an account
+    accounts: dict[str, str] = field(default_factory=dict)  # user name -> token
 
     def __post_init__(self) -> None:
         self.api = FixtureServer(self._api)
@@ -41,12 +52,15 @@ class ShubFixture:
         self.url = self.api.url
 
     def _find(self, spec: str) -> tuple[str, HubImage] | None:
+        """USER/REPO[:TAG][@VERSION]; a version (md5 or commit) finds its image under any
+        tag, as the Hub looked versions up by themselves."""
         name, _, version = spec.partition("@")
-        if ":" not in name and not version:
-            name += ":latest"
+        base, colon, tag = name.partition(":")
         for key, image in self.images.items():
-            tag_ok = key == name or (":" not in name and key.startswith(f"{name}:"))
-            if tag_ok and (not version or version in (image.md5, image.commit)):
+            if version:
+                if key.startswith(f"{base}:") and version in (image.md5, image.commit):
+                    return key, image
+            elif key == f"{base}:{tag if colon else 'latest'}":
                 return key, image
         return None
 
@@ -59,6 +73,13 @@ class ShubFixture:
             return json_response({"detail": "Not found."}, 404)
         key, image = found
         name, _, tag = key.partition(":")
+        collection, _, container = name.partition("/")
+        if collection in self.private:
+            auth = req.headers.get("authorization")
+            if auth is None:
+                return json_response({"detail": "Authentication Required"}, 403)
+            if not self._valid(auth, collection, container, tag):
+                return json_response({"detail": "Unauthorized"}, 403)
         version = "0" * 32 if self.wrong_version else image.md5
         return json_response(
             {
@@ -70,6 +91,20 @@ class ShubFixture:
                 "id": 42,
             }
         )
+
+    def _valid(self, auth: str, collection: str, name: str, tag: str) -> bool:
+        scheme, _, content = auth.partition(" ")
+        values = dict(item.split("=", 1) for item in content.split(",") if "=" in item)
+        if scheme != "SREGISTRY-HMAC-SHA256" or not {"Credential", "Signature"} <= set(values):
+            return False
+        kind, user_b64, stamp = (values["Credential"].split("/") + ["", "", ""])[:3]
+        user = base64.b64decode(user_b64).decode(errors="replace")
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%HZ")
+        if kind != "pull" or stamp != now or user not in self.accounts:
+            return False
+        payload = f"pull|{collection}|{now}|{name}|{tag}|".encode()
+        want = hmac.new(self.accounts[user].encode(), payload, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(want, values["Signature"])
 
     def _file(self, req: Request) -> Response:
         md5 = req.path.rpartition("/")[2].removesuffix(".simg")

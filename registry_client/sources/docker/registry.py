@@ -40,12 +40,14 @@ from registry_client.errors import (
     UsageError,
 )
 from registry_client.sources.http import (
+    HOST_RE,
     Credentials,
     Expected,
     HttpSource,
     fetch_verified,
     get_following,
     get_json,
+    host_url,
     is_loopback,
     new_session,
     raise_unless_ok,
@@ -90,11 +92,6 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPO_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 DIGEST_RE = re.compile(r"sha256:([a-f0-9]{64})\Z")
-HOST_RE = re.compile(
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
-    r"(?::[0-9]{1,5})?\Z"
-)
 CHALLENGE_RE = re.compile(r'([A-Za-z_]+)\s*=\s*"([^"]*)"')
 # `uname -m` to OCI platform (architecture, variant)
 MACHINES = {
@@ -128,9 +125,7 @@ class DockerRef:
 
     @property
     def api_base(self) -> str:
-        host = HUB_API if self.is_hub else self.registry
-        scheme = "http" if is_loopback(urlsplit(f"//{host}").hostname or "") else "https"
-        return f"{scheme}://{host}"
+        return host_url(HUB_API if self.is_hub else self.registry)
 
     @property
     def reference(self) -> str:
