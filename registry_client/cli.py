@@ -155,25 +155,19 @@ def pull(
     as_json: JsonOpt = False,
 ) -> None:
     """Download once, verify, publish atomically; print the image's path."""
-    from registry_client.names import FetcherRef, parse_reference
-    from registry_client.service import pull as do_pull
+    from registry_client.fetch import pull_any
+    from registry_client.names import parse_reference
+    from registry_client.sources import FetchOptions
 
-    parsed = parse_reference(ref)
-    context = _g(ctx).context()
-    if isinstance(parsed, FetcherRef):
-        from registry_client.fetch import pull_fetcher
-        from registry_client.sources import FetchOptions
-
-        result = pull_fetcher(
-            context,
-            parsed,
-            output=output,
-            force=force,
-            offline=offline,
-            options=FetchOptions(arch, library_url, shub_url),
-        )
-    else:
-        result = do_pull(context, parsed, output=output, force=force, offline=offline)
+    parsed = parse_reference(ref)  # a bad reference is exit 2 before any config is read
+    result = pull_any(
+        _g(ctx).context(),
+        parsed,
+        output=output,
+        force=force,
+        offline=offline,
+        options=FetchOptions(arch, library_url, shub_url),
+    )
     _emit(ctx, as_json, result.to_dict(), result.path)
 
 
@@ -217,17 +211,9 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """List images: ref, size, digest, pushed."""
-    from registry_client.remotes import open_remote, parse_remote_target
-    from registry_client.service import list_images
+    from registry_client.service import list_remote
 
-    config = _g(ctx).config()
-    remote, prefix = parse_remote_target(config, target)
-    backend = open_remote(remote)
-    try:
-        name = None if remote.name == config.default_remote and not target else remote.name
-        records = list_images(backend, prefix, name if ":" not in remote.name else None)
-    finally:
-        backend.close()
+    records = list_remote(_g(ctx).config(), target)
     _emit(ctx, as_json, records, _table(records, ("ref", "size", "digest", "pushed")))
 
 
@@ -360,19 +346,9 @@ def cache_dir_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @cache_app.command("ls")
 def cache_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List cached images."""
-    cache = _g(ctx).context().cache
-    refs: dict[str, list[str]] = {}
-    for rec in cache.refs():
-        refs.setdefault(str(rec.get("sha256")), []).append(str(rec.get("ref")))
-    rows = [
-        {
-            "digest": f"sha256:{e.sha256}",
-            "size": e.size,
-            "path": str(e.path),
-            "refs": sorted(refs.get(e.sha256, [])),
-        }
-        for e in cache.entries()
-    ]
+    from registry_client.maintenance import cache_listing
+
+    rows = cache_listing(_g(ctx).context().cache)
     text_rows = [{**r, "refs": ",".join(r["refs"]) or "-"} for r in rows]
     _emit(ctx, as_json, rows, _table(text_rows, ("digest", "size", "refs", "path")))
 

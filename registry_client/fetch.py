@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from registry_client.cache import raise_for_os_error, short_id
 from registry_client.errors import NotFound
 from registry_client.hits import PullResult, cache_hit
-from registry_client.names import FetcherRef, parse_image_ref, parse_reference
+from registry_client.names import FetcherRef, ImageRef, parse_image_ref, parse_reference
 from registry_client.sources import FetchOptions, Source, Version, open_source
 
 if TYPE_CHECKING:
@@ -28,6 +28,23 @@ if TYPE_CHECKING:
 
 
 # -- the pull -----------------------------------------------------------------------------
+
+
+def pull_any(
+    ctx: Context,
+    ref: ImageRef | FetcherRef,
+    *,
+    output: str | None = None,
+    force: bool = False,
+    offline: bool = False,
+    options: FetchOptions | None = None,
+) -> PullResult:
+    """`pull`: a bucket image from its remote, anything else from its source."""
+    from registry_client import service
+
+    if isinstance(ref, FetcherRef):
+        return pull_fetcher(ctx, ref, output=output, force=force, offline=offline, options=options)
+    return service.pull(ctx, ref, output=output, force=force, offline=offline)
 
 
 def pull_fetcher(
@@ -136,11 +153,7 @@ def copy(ctx: Context, src: str, dst: str, options: FetchOptions | None = None) 
     from registry_client.remotes import open_remote, remote_for
 
     target = parse_image_ref(dst)  # source references cannot be written: exit 2
-    source = parse_reference(src)
-    if isinstance(source, FetcherRef):
-        pulled = pull_fetcher(ctx, source, options=options)
-    else:
-        pulled = service.pull(ctx, source)
+    pulled = pull_any(ctx, parse_reference(src), options=options)
     backend = open_remote(remote_for(ctx.config, target))
     try:
         present = service.stat_image(backend, target).sha256

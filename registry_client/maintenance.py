@@ -153,3 +153,19 @@ def parse_age(text: str) -> float:
     if age > MAX_AGE:
         raise ValueError(f"--max-age {text!r} is too large")
     return age
+
+
+def cache_listing(cache: Cache) -> list[dict[str, Any]]:
+    """`cache ls`: each cached image with the references that last resolved to it."""
+    refs: dict[str, list[str]] = {}
+    for rec in cache.refs():
+        refs.setdefault(str(rec.get("sha256")), []).append(str(rec.get("ref")))
+    return [
+        {
+            "digest": f"sha256:{e.sha256}",
+            "size": e.size,
+            "path": str(e.path),
+            "refs": sorted(refs.get(e.sha256, [])),
+        }
+        for e in cache.entries()
+    ]

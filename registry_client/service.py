@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from registry_client import __version__
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo
 from registry_client.cache import raise_for_os_error, short_id
+from registry_client.config import Config
 from registry_client.context import Context
 from registry_client.errors import (
     IntegrityError,
@@ -459,6 +460,19 @@ def image_record(info: ObjectInfo, ref: ImageRef) -> dict[str, Any]:
         "arch": info.metadata.get("arch"),
         "labels": labels or {},
     }
+
+
+def list_remote(config: Config, target: str | None) -> list[dict[str, Any]]:
+    """`ls`: the images of REMOTE, REMOTE:COLLECTION or a bucket URL (default remote if None)."""
+    from registry_client.remotes import parse_remote_target
+
+    remote, prefix = parse_remote_target(config, target)
+    backend = open_remote(remote)
+    try:
+        name = None if remote.name == config.default_remote and not target else remote.name
+        return list_images(backend, prefix, name if ":" not in remote.name else None)
+    finally:
+        backend.close()
 
 
 def list_images(backend: Backend, prefix: str, remote_name: str | None) -> list[dict[str, Any]]:

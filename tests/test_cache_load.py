@@ -116,7 +116,7 @@ def run_herd(
     return results, [o[1] for o in outs], wall
 
 
-@pytest.mark.parametrize("n", [2, 8, 32])
+@pytest.mark.parametrize("n", [2, 8, pytest.param(32, marks=pytest.mark.slow)])
 def test_thundering_herd_downloads_once(herd_rig: Rig, n: int) -> None:
     rig = herd_rig
     size = 24 * MiB

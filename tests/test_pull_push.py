@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from registry_client.names import parse_image_ref
 from registry_client.settings import TransferSettings
 from tests.support.backend_contract import write_random
 from tests.support.helpers import (
-    console_script,
     make_context,
     push_then_ctrl_c,
     run_cli,
@@ -252,28 +250,6 @@ def test_cli_wrong_secret_is_exit_5_without_the_secret(
     assert result.returncode == 5, result.stderr
     assert "not-the-secret-xyz" not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_eight_concurrent_pulls_download_once(cli_env: dict[str, str], tmp_path: Path) -> None:
-    image = tmp_path / "herd.sif"
-    write_random(image, 24 * MiB, seed=3)
-    assert run_cli("push", str(image), "lab/herd:1", env=cli_env).returncode == 0
-    procs = [
-        subprocess.Popen(
-            [*console_script(), "pull", "--json", "lab/herd:1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **cli_env},
-        )
-        for _ in range(8)
-    ]
-    outs = [p.communicate(timeout=180) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 8, [o[1] for o in outs]
-    results = [json.loads(o[0]) for o in outs]
-    assert len({r["path"] for r in results}) == 1
-    assert sum(not r["cached"] for r in results) == 1  # exactly one download
-    assert Path(results[0]["path"]).read_bytes() == image.read_bytes()
 
 
 def test_ctrl_c_mid_push_exits_130_promptly_and_aborts_the_upload(
