@@ -406,6 +406,87 @@ def test_token_auth_with_credentials_from_docker_config(ctx, proxy, tmp_path, mo
     assert "wrong" not in str(err.value)
 
 
+def credential_helper(tmp_path: Path, name: str, answers: dict[str, dict[str, str]]) -> Path:
+    """A docker-credential-NAME on a private PATH folder; it logs each server asked for."""
+    folder = tmp_path / "helpers"
+    folder.mkdir(exist_ok=True)
+    script = folder / f"docker-credential-{name}"
+    script.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, sys\n"
+        f"answers = {json.dumps(answers)!r}\n"
+        "server = sys.stdin.read().strip()\n"
+        f"open({str(folder / 'asked')!r}, 'a').write(sys.argv[1] + ' ' + server + '\\n')\n"
+        "if server not in json.loads(answers):\n"
+        "    print('credentials not found in native keychain'); sys.exit(1)\n"
+        "print(json.dumps(json.loads(answers)[server]))\n"
+    )
+    script.chmod(0o755)
+    return folder
+
+
+def use_docker_config(tmp_path: Path, monkeypatch: Any, config: dict[str, Any], helpers: Path):
+    folder = tmp_path / "docker-config"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    monkeypatch.setenv("PATH", f"{helpers}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("kind", ["credHelpers", "credsStore"])
+def test_credential_helpers(ctx, proxy, tmp_path, monkeypatch, kind):
+    proxy.credentials = ("alice", "pa55")
+    login = {"ServerURL": proxy.host, "Username": "alice", "Secret": "pa55"}
+    helpers = credential_helper(tmp_path, "fixture", {proxy.host: login})
+    config: dict[str, Any] = (
+        {"credHelpers": {proxy.host: "fixture"}}
+        if kind == "credHelpers"
+        else {"credsStore": "fixture"}
+    )
+    use_docker_config(tmp_path, monkeypatch, {"auths": {proxy.host: {}}, **config}, helpers)
+    result = pull(ctx, f"docker://{proxy.host}/lab/multi:1")
+    assert sif.read_sif(result.path).primary_arch() == "amd64"
+    assert (helpers / "asked").read_text() == f"get {proxy.host}\n"  # once, at the challenge
+    # A helper that knows nothing of this registry: anonymous, then the registry's refusal.
+    other = credential_helper(tmp_path, "fixture", {"elsewhere.example": login})
+    use_docker_config(tmp_path, monkeypatch, {"credsStore": "fixture"}, other)
+    with pytest.raises(AuthError, match="401"):
+        pull(ctx, f"docker://{proxy.host}/lab/multi:1", force=True)
+    use_docker_config(tmp_path, monkeypatch, {"credsStore": "missing-helper"}, other)
+    with pytest.raises(AuthError, match="docker-credential-missing-helper"):
+        pull(ctx, f"docker://{proxy.host}/lab/multi:1", force=True)
+
+
+def test_identity_tokens_are_exchanged_not_sent(ctx, proxy, tmp_path, monkeypatch):
+    proxy.credentials = ("alice", "pa55")
+    proxy.refresh_token = "refresh-0f9e"
+    login = {"ServerURL": proxy.host, "Username": "<token>", "Secret": "refresh-0f9e"}
+    helpers = credential_helper(tmp_path, "fixture", {proxy.host: login})
+    use_docker_config(tmp_path, monkeypatch, {"credHelpers": {proxy.host: "fixture"}}, helpers)
+    assert pull(ctx, f"docker://{proxy.host}/lab/multi:1").sha256
+    posts = [r for r in proxy.server.requests_to("/token") if r.method == "POST"]
+    assert posts and posts[0].form["grant_type"] == "refresh_token"
+    assert posts[0].form["scope"] == "repository:lab/multi:pull"
+    assert all("refresh-0f9e" not in str(r.headers) for r in proxy.server.log)
+    # The same token straight from config.json (docker login with an identity token).
+    use_docker_config(
+        tmp_path, monkeypatch, {"auths": {proxy.host: {"identitytoken": "refresh-0f9e"}}}, helpers
+    )
+    assert pull(ctx, f"docker://{proxy.host}/lab/multi:1", force=True).sha256
+
+
+def test_tokens_that_expire_mid_download_are_renewed(ctx, proxy, tmp_path, monkeypatch):
+    proxy.credentials = ("alice", "pa55")
+    proxy.token_ttl, proxy.delay = 0.3, 0.08  # a slow registry whose tokens die quickly
+    monkeypatch.setenv("REGISTRY_CLIENT_DOCKER_USERNAME", "alice")
+    monkeypatch.setenv("REGISTRY_CLIENT_DOCKER_PASSWORD", "pa55")
+    result = pull(ctx, f"docker://{proxy.host}/lab/multi:1")
+    assert sif.read_sif(result.path).primary_arch() == "amd64"
+    assert len(proxy.server.requests_to("/token")) >= 2
+    refused = [r for r in proxy.server.requests_to("/v2/") if r.headers.get("authorization")]
+    assert len({r.headers["authorization"] for r in refused}) >= 2  # more than one token used
+
+
 def test_corrupt_blobs_publish_nothing(ctx, proxy):
     proxy.corrupt = True
     with pytest.raises(IntegrityError):
@@ -463,3 +544,25 @@ def test_copy_docker_image_to_a_bucket(ctx, registry, tmp_path):
     assert not again["copied"] and again["sha256"] == first["sha256"]
     with pytest.raises(InvalidReference):
         copy(ctx, dst, f"docker://{registry.host}/lab/x:1")
+
+
+def test_token_headers_renew_before_expiry_and_once_per_refusal(monkeypatch):
+    from registry_client.sources.docker import credentials
+
+    now = [1000.0]
+    monkeypatch.setattr(credentials.time, "monotonic", lambda: now[0])
+    issued: list[str] = []
+
+    def fetch() -> tuple[str, int | None]:
+        issued.append(f"t{len(issued)}")
+        return issued[-1], 30  # renewed 10 s early: after 20 s
+
+    headers = credentials.TokenHeaders(fetch)
+    assert dict(headers) == {"Authorization": "Bearer t0"}
+    now[0] += 19
+    assert dict(headers)["Authorization"] == "Bearer t0"
+    now[0] += 2
+    assert dict(headers)["Authorization"] == "Bearer t1"
+    stale = {"Authorization": "Bearer t1"}
+    assert headers.renew(stale) and headers.renew(stale)  # two threads refused the same one
+    assert issued == ["t0", "t1", "t2"]

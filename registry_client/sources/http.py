@@ -232,6 +232,12 @@ def get_json(
     return read_json(raise_unless_ok(resp, what), what)
 
 
+def post_form(session: requests.Session, url: str, what: str, form: Mapping[str, str]) -> Any:
+    """POST a form to a small JSON API (an OAuth2 token endpoint); no redirects followed."""
+    resp = request(session, "POST", url, what=what, data=dict(form), stream=True)
+    return read_json(raise_unless_ok(resp, what), what)
+
+
 def read_json(resp: requests.Response, what: str) -> Any:
     """The JSON body of a successful response, bounded in size."""
     length = resp.headers.get("Content-Length")
@@ -271,6 +277,12 @@ class Credentials:
 
     def for_url(self, url: str) -> dict[str, str]:
         return dict(self.headers) if same_origin(self.origin_url, url) else {}
+
+    def renew(self, stale: Mapping[str, str]) -> bool:
+        """After a 401 to headers `stale`: True if fresh ones may now be sent (a registry
+        token that expired); the headers object decides, plain ones never renew."""
+        renew = getattr(self.headers, "renew", None)
+        return bool(stale) and callable(renew) and bool(renew(stale))
 
     def __repr__(self) -> str:  # keep tokens out of tracebacks
         return f"Credentials(origin={safe_url(self.origin_url)!r})"
@@ -312,9 +324,17 @@ class HttpSource(Reader):
         return headers
 
     def _get(self, url: str, extra: Mapping[str, str]) -> tuple[requests.Response, str]:
-        return get_following(
-            self.session, url, f"GET {self.label}", lambda u: self._headers(u, extra)
-        )
+        def attempt() -> tuple[requests.Response, str]:
+            return get_following(
+                self.session, url, f"GET {self.label}", lambda u: self._headers(u, extra)
+            )
+
+        sent = self.credentials.for_url(url) if self.credentials else {}
+        resp, final = attempt()
+        if resp.status_code == 401 and self.credentials and self.credentials.renew(sent):
+            resp.close()  # a token that expired during a long download: once more, renewed
+            resp, final = attempt()
+        return resp, final
 
     def stat(self, key: str) -> ObjectInfo:
         resp, url = self._get(self.url, {"Range": "bytes=0-0", "Accept-Encoding": "identity"})

@@ -23,6 +23,7 @@ class Request:
     path: str
     query: dict[str, str]
     headers: dict[str, str]
+    form: dict[str, str] = field(default_factory=dict)  # a POSTed urlencoded body
 
 
 @dataclass
@@ -79,6 +80,9 @@ class FixtureServer:
             def do_HEAD(self) -> None:  # noqa: N802
                 owner._serve(self, "HEAD")
 
+            def do_POST(self) -> None:  # noqa: N802
+                owner._serve(self, "POST")
+
             def log_message(self, *_args: Any) -> None:
                 pass
 
@@ -93,6 +97,10 @@ class FixtureServer:
         parts = urlsplit(h.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         req = Request(method, parts.path, query, {k.lower(): v for k, v in h.headers.items()})
+        if method == "POST":
+            length = min(int(h.headers.get("Content-Length") or 0), 1 << 20)
+            form = parse_qs(h.rfile.read(length).decode(errors="replace"))
+            req.form = {k: v[0] for k, v in form.items()}
         with self._lock:
             self.log.append(req)
         resp = self.handler(req)

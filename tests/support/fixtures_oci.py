@@ -17,6 +17,8 @@ import json
 import shutil
 import subprocess
 import tarfile
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -256,8 +258,13 @@ class RegistryProxy:
 
         self.registry = registry_url.rstrip("/")
         self.credentials: tuple[str, str] | None = None
+        self.refresh_token: str | None = None  # an identity token the token service takes
         self.token = "fixture-token-7f3a"
+        self.token_ttl: float | None = None  # tokens are refused this many seconds after issue
+        self.delay = 0.0  # seconds added to every forwarded request (a slow registry)
+        self.issued: dict[str, float] = {}  # token -> monotonic time it stops working
         self.corrupt = False
+        self._lock = threading.Lock()
         self.session = requests.Session()
         self.server = FixtureServer(self._handle)
         self.url = self.server.url
@@ -271,10 +278,18 @@ class RegistryProxy:
         if req.path == "/token":
             user, password = self.credentials or ("", "")
             basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-            if req.headers.get("authorization") != basic:
+            if req.method == "POST":  # OAuth2, as for identity tokens
+                ok = req.form.get("grant_type") == "refresh_token" and (
+                    self.refresh_token and req.form.get("refresh_token") == self.refresh_token
+                )
+            else:
+                ok = req.headers.get("authorization") == basic
+            if not ok:
                 return json_response({"details": "incorrect username or password"}, 401)
-            return json_response({"token": self.token, "expires_in": 300})
-        if self.credentials and req.headers.get("authorization") != f"Bearer {self.token}":
+            token = self._issue()
+            key = "access_token" if req.method == "POST" else "token"
+            return json_response({key: token, "expires_in": 300})
+        if self.credentials and not self._accept(req.headers.get("authorization", "")):
             repo = req.path.split("/manifests/")[0].split("/blobs/")[0][len("/v2/") :]
             challenge = (
                 f'Bearer realm="{self.url}/token",service="fixture-registry",'
@@ -288,9 +303,25 @@ class RegistryProxy:
             )
         return self._forward(req)
 
+    def _issue(self) -> str:
+        with self._lock:
+            token = self.token
+            if self.token_ttl is not None:
+                token = f"{self.token}-{len(self.issued) + 1}"
+            self.issued[token] = time.monotonic() + (self.token_ttl or float("inf"))
+            return token
+
+    def _accept(self, authorization: str) -> bool:
+        """A token we issued that has not expired."""
+        token = authorization.removeprefix("Bearer ")
+        with self._lock:
+            expires = self.issued.get(token) if authorization.startswith("Bearer ") else None
+            return expires is not None and time.monotonic() < expires
+
     def _forward(self, req: Any) -> Any:
         from tests.support.fixtures_http import Response
 
+        time.sleep(self.delay)
         headers = {k: v for k, v in req.headers.items() if k in ("accept", "range")}
         up = self.session.request(
             req.method,

@@ -5,9 +5,10 @@
     GET /v2/<repo>/blobs/<digest>           (config and layers; may redirect to a CDN)
 
 Auth: anonymous first; on 401 the WWW-Authenticate challenge says what to do: Bearer
-(token from the realm, with basic credentials if we have them) or Basic. Credentials
-come from REGISTRY_CLIENT_DOCKER_USERNAME/PASSWORD or the Docker config file
-(`auths[registry].auth`). Registries on loopback addresses are spoken to over plain HTTP,
+(token from the realm, with basic credentials if we have them, or an identity token
+exchanged by POST; renewed before it expires and when a request is refused) or Basic.
+Credentials come from the environment, Docker credential helpers or the Docker config
+file (credentials.py). Registries on loopback addresses are spoken to over plain HTTP,
 as Docker does; everything else over HTTPS.
 
 Every manifest is checked against the digest that names it (or that the registry
@@ -17,13 +18,11 @@ shared blob cache.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
-import os
 import platform as _platform
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +38,13 @@ from registry_client.errors import (
     RegistryClientError,
     UsageError,
 )
+from registry_client.sources.docker.credentials import (
+    ENV_PASSWORD,
+    ENV_USER,
+    RegistryLogin,
+    TokenHeaders,
+    find_login,
+)
 from registry_client.sources.http import (
     HOST_RE,
     Credentials,
@@ -50,6 +56,7 @@ from registry_client.sources.http import (
     host_url,
     is_loopback,
     new_session,
+    post_form,
     raise_unless_ok,
     read_limited,
     safe_url,
@@ -60,8 +67,8 @@ if TYPE_CHECKING:
 
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 HUB_API = "registry-1.docker.io"
-ENV_USER = "REGISTRY_CLIENT_DOCKER_USERNAME"
-ENV_PASSWORD = "REGISTRY_CLIENT_DOCKER_PASSWORD"
+TOKEN_CLIENT_ID = "registry-client"  # OAuth2 client_id for identity-token exchanges
+MAX_TOKEN_LIFETIME = 24 * 3600
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -273,69 +280,6 @@ class ResolvedImage:
         return f"{self.ref.name}@{self.manifest_digest}"
 
 
-# -- credentials ---------------------------------------------------------------------------
-
-
-def docker_config_path() -> Path:
-    folder = os.environ.get("DOCKER_CONFIG")
-    return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
-
-
-def _config_keys(registry: str) -> list[str]:
-    if registry == "docker.io":
-        return [
-            "https://index.docker.io/v1/",
-            "index.docker.io",
-            "docker.io",
-            "registry-1.docker.io",
-            "https://registry-1.docker.io",
-        ]
-    return [
-        registry,
-        f"https://{registry}",
-        f"http://{registry}",
-        f"https://{registry}/v1/",
-        f"https://{registry}/v2/",
-    ]
-
-
-def find_credentials(registry: str) -> tuple[str, str] | None:
-    """(user, password) from the environment, else from the Docker config file."""
-    user, password = os.environ.get(ENV_USER), os.environ.get(ENV_PASSWORD)
-    if user and password:
-        return user, password
-    try:
-        data = json.loads(docker_config_path().read_text())
-    except (OSError, ValueError):
-        return None
-    auths = data.get("auths") if isinstance(data, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    for key in _config_keys(registry):
-        entry = auths.get(key)
-        if isinstance(entry, dict) and (found := _entry_credentials(entry)):
-            return found
-    return None
-
-
-def _entry_credentials(entry: dict[str, Any]) -> tuple[str, str] | None:
-    if isinstance(entry.get("auth"), str) and entry["auth"]:
-        try:
-            text = base64.b64decode(entry["auth"], validate=True).decode()
-        except (ValueError, UnicodeDecodeError):
-            return None
-        user, sep, password = text.partition(":")
-        return (user, password) if sep and user else None
-    name, secret = entry.get("username"), entry.get("password")
-    if isinstance(name, str) and isinstance(secret, str) and name:
-        return name, secret
-    return None
-
-
-def _basic(creds: tuple[str, str]) -> str:
-    return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
-
-
 # -- the registry client ------------------------------------------------------------------
 
 
@@ -344,34 +288,44 @@ class RegistryClient:
     """One repository on one registry; negotiates auth once and reuses it for blobs."""
 
     ref: DockerRef
-    creds: tuple[str, str] | None = None
+    login: RegistryLogin | None = None
     session: requests.Session = field(default_factory=new_session)
     credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         self.base = self.ref.api_base
-        if self.creds is None:
-            self.creds = find_credentials(self.ref.registry)
+        self._looked_up = self.login is not None
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.ref})"
+
+    def _login(self) -> RegistryLogin | None:
+        """Looked up at the first challenge: anonymous pulls never run a helper."""
+        if not self._looked_up:
+            self.login = find_login(self.ref.registry)
+            self._looked_up = True
+        return self.login
 
     # -- requests with auth ------------------------------------------------------
     def _headers(self, url: str) -> dict[str, str]:
         return self.credentials.for_url(url) if self.credentials else {}
 
     def get(self, path: str, what: str, headers: dict[str, str] | None = None) -> Any:
-        """GET base+path; on a 401 answer its challenge once and try again."""
+        """GET base+path; on a 401 answer its challenge (or renew the token) and retry once."""
         url = f"{self.base}{path}"
 
         def headers_for(hop: str) -> dict[str, str]:
             return {**(headers or {}), **self._headers(hop)}
 
+        sent = self._headers(url)
         resp, _ = get_following(self.session, url, what, headers_for)
-        if resp.status_code == 401 and self.credentials is None:
+        if resp.status_code == 401:
             challenge = resp.headers.get("WWW-Authenticate", "")
             resp.close()
-            self.credentials = Credentials(self.base, self._authorize(challenge, what))
+            if self.credentials is None:
+                self.credentials = Credentials(self.base, self._authorize(challenge, what))
+            elif not self.credentials.renew(sent):
+                raise self._auth_error(what)
             resp, _ = get_following(self.session, url, what, headers_for)
         if resp.status_code == 401:
             resp.close()
@@ -381,26 +335,28 @@ class RegistryClient:
     def _auth_error(self, what: str) -> AuthError:
         hint = (
             f"set {ENV_USER} and {ENV_PASSWORD}, or log in with docker"
-            if not self.creds
+            if not self.login
             else "the registry refused these credentials"
         )
         return AuthError(f"{what}: HTTP 401 (authentication required)", hint=hint)
 
-    def _authorize(self, challenge: str, what: str) -> dict[str, str]:
+    def _authorize(self, challenge: str, what: str) -> Mapping[str, str]:
         scheme, _, rest = challenge.strip().partition(" ")
         params = dict(CHALLENGE_RE.findall(rest))
+        login = self._login()
         if scheme.lower() == "basic":
-            if not self.creds:
+            if not login or login.is_identity_token:
                 raise AuthError(
                     f"{what}: {self.ref.registry} needs a user name and password",
                     hint=f"set {ENV_USER} and {ENV_PASSWORD}",
                 )
-            return {"Authorization": _basic(self.creds)}
+            return {"Authorization": login.basic()}
         if scheme.lower() == "bearer" and params.get("realm"):
-            return {"Authorization": f"Bearer {self._token(params, what)}"}
+            return TokenHeaders(lambda: self._token(params, what))
         raise AuthError(f"{what}: unsupported authentication challenge {scheme[:20]!r}")
 
-    def _token(self, params: dict[str, str], what: str) -> str:
+    def _token(self, params: dict[str, str], what: str) -> tuple[str, int | None]:
+        """A token from the realm: (token, lifetime in seconds if the service said)."""
         realm = params["realm"]
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -411,17 +367,20 @@ class RegistryClient:
         query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
-        url = f"{realm}{'&' if parts.query else '?'}{urlencode(query)}"
-        basic = Credentials(realm, {"Authorization": _basic(self.creds)} if self.creds else {})
         what = f"token for {self.ref.name}"
+        login = self.login
         try:
-            body = get_json(self.session, url, what, basic)
+            if login and login.is_identity_token:  # OAuth2: the refresh token is no password
+                form = {"grant_type": "refresh_token", "refresh_token": login.secret}
+                form.update(query, client_id=TOKEN_CLIENT_ID)
+                body = post_form(self.session, realm, what, form)
+            else:
+                url = f"{realm}{'&' if parts.query else '?'}{urlencode(query)}"
+                basic = Credentials(realm, {"Authorization": login.basic()} if login else {})
+                body = get_json(self.session, url, what, basic)
         except AuthError:
             raise self._auth_error(what) from None
-        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise AuthError(f"{what}: the token service answered without a token")
-        return token
+        return _token_answer(body, what)
 
     # -- manifests -------------------------------------------------------------------
     def manifest(self, reference: str) -> tuple[dict[str, Any], str, str]:
@@ -492,6 +451,16 @@ class RegistryClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _token_answer(body: Any, what: str) -> tuple[str, int | None]:
+    token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        raise AuthError(f"{what}: the token service answered without a token")
+    lifetime = body.get("expires_in")
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int):
+        return token, None
+    return token, min(max(lifetime, 0), MAX_TOKEN_LIFETIME)
 
 
 def _check_manifest_digest(what: str, digest: str, reference: str, header: str | None) -> None:
