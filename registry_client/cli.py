@@ -65,6 +65,11 @@ def _emit(ctx: typer.Context, as_json: bool, data: Any, text: str | None) -> Non
     write_result(data, text, as_json=as_json or _g(ctx).json)
 
 
+def _done(ctx: typer.Context, message: str) -> None:
+    """What a command that changes something did, on stderr (not with -q)."""
+    _g(ctx).reporter().info(message)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"registry-client {__version__}")
@@ -429,8 +434,10 @@ def remote_add(
     from registry_client.remote_admin import add_remote
 
     extra = _parse_labels(option or [])
+    config = _g(ctx).config()
+    replaced = name in config.remotes
     remote = add_remote(
-        _g(ctx).config(),
+        config,
         name,
         url,
         default=default,
@@ -442,6 +449,8 @@ def remote_add(
             **extra,
         },
     )
+    verb = "replaced" if replaced else "added"
+    _done(ctx, f"{verb} remote {name!r} ({url}) in {config.path}{' (default)' if default else ''}")
     _emit(ctx, as_json, remote.public(), None)
 
 
@@ -454,7 +463,8 @@ def remote_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     text_rows = [
         {**r, "location": r.get("bucket") or r.get("path") or r.get("container")} for r in rows
     ]
-    _emit(ctx, as_json, rows, _table(text_rows, ("name", "type", "location", "default")))
+    columns = ("name", "type", "location", "default", "source")
+    _emit(ctx, as_json, rows, _table(text_rows, columns))
 
 
 @remote_app.command("rm")
@@ -464,7 +474,9 @@ def remote_rm(
     """Remove a named remote."""
     from registry_client.remote_admin import remove_remote
 
-    remove_remote(_g(ctx).config(), name)
+    config = _g(ctx).config()
+    remove_remote(config, name)
+    _done(ctx, f"removed remote {name!r} from {config.path}")
     _emit(ctx, as_json, {"removed": name}, None)
 
 

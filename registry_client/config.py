@@ -13,6 +13,18 @@
 With no file at all, the default remote is `local`: a directory laid out like a bucket
 under the user's data directory. A file that holds a secret must be mode 0600 (or
 stricter) or it is refused. Secrets are never printed: RemoteConfig.public() hides them.
+
+Two files, read in this order, the later winning (docs/config.md):
+
+1. the site file, `/etc/registry-client/config.toml` ($REGISTRY_CLIENT_SITE_CONFIG): what
+   an admin sets once for every user of a node (remotes, cache location and policy). It
+   is trusted, so it must belong to root (or to the user reading it) and be writable by
+   nobody else, its folder too;
+2. the user's file (--config, $REGISTRY_CLIENT_CONFIG, $XDG_CONFIG_HOME/...).
+
+Both get the same checks (keys, types, 0600 when holding a secret). A remote the user
+defines replaces the site's remote of that name as a whole; other settings merge key by
+key within their table. Environment variables and command-line options come on top.
 """
 
 from __future__ import annotations
@@ -34,6 +46,8 @@ from registry_client.schema import BOOLEAN, POSITIVE_INT, STRING, Kind, Schema, 
 
 APP = "registry-client"
 ENV_CONFIG = "REGISTRY_CLIENT_CONFIG"
+ENV_SITE_CONFIG = "REGISTRY_CLIENT_SITE_CONFIG"
+SITE_CONFIG = Path("/etc/registry-client/config.toml")
 ENV_CACHE = "REGISTRY_CLIENT_CACHE_DIR"
 ENV_CACHE_LOCKING = "REGISTRY_CLIENT_CACHE_LOCKING"
 ENV_DEFAULT_REMOTE = "REGISTRY_CLIENT_DEFAULT_REMOTE"
@@ -76,6 +90,8 @@ class RemoteConfig:
     name: str
     type: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: the file that defines it; "" for built-in and direct-URL remotes
+    source: str = field(default="", compare=False)
 
     @property
     def location(self) -> str:
@@ -99,10 +115,11 @@ class RemoteConfig:
 
 @dataclass
 class Config:
-    path: Path
+    path: Path  # the user's file: the one `remote add|rm` writes
     remotes: dict[str, RemoteConfig]
     default_remote: str
     settings: dict[str, Any] = field(default_factory=dict)
+    site_path: Path | None = None  # the site file, when one was read
 
     def remote(self, name: str | None) -> RemoteConfig:
         name = name or self.default_remote
@@ -110,8 +127,9 @@ class Config:
             return self.remotes[name]
         if name == LOCAL_REMOTE:
             return local_remote()
+        where = f"{self.path} or {self.site_path}" if self.site_path else str(self.path)
         raise NotFound(
-            f"no remote named {name!r} in {self.path}",
+            f"no remote named {name!r} in {where}",
             hint="see `registry-client remote ls`; add one with `registry-client remote add`",
         )
 
@@ -129,7 +147,7 @@ def _check_mode(path: Path, remotes: dict[str, Any]) -> None:
         )
 
 
-def remote_from_table(name: str, table: Any, path: Path) -> RemoteConfig:
+def remote_from_table(name: str, table: Any, path: Path | str) -> RemoteConfig:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [remotes.{name}] must be a table")
     try:
@@ -145,34 +163,95 @@ def remote_from_table(name: str, table: Any, path: Path) -> RemoteConfig:
         raise ConfigError(f"{path}: file remote {name!r} needs path")
     if kind in ("s3", "swift") and not (options.get("bucket") or options.get("container")):
         raise ConfigError(f"{path}: {kind} remote {name!r} needs bucket")
-    return RemoteConfig(name, kind, options)
+    return RemoteConfig(name, kind, options, str(path))
+
+
+def user_config_path(path: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
+    """The user's config file, and whether it was asked for explicitly."""
+    explicit = path or os.environ.get(ENV_CONFIG)
+    return (Path(explicit), True) if explicit else (default_config_path(), False)
+
+
+def site_config_path() -> tuple[Path, bool]:
+    """The site file, and whether it was asked for explicitly."""
+    explicit = os.environ.get(ENV_SITE_CONFIG)
+    return (Path(explicit), True) if explicit else (SITE_CONFIG, False)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read the config; a missing default file means the zero-config defaults."""
-    explicit = path or os.environ.get(ENV_CONFIG)
-    cfg_path = Path(explicit) if explicit else default_config_path()
-    data: dict[str, Any] = {}
-    if cfg_path.exists():
+    """The site file (if any) overlaid with the user's file (if any); a missing default
+    file means its defaults, a missing file that was named is an error."""
+    site_path, site_named = site_config_path()
+    site = read_config_file(site_path, site_named, site=True)
+    cfg_path, named = user_config_path(path)
+    data = read_config_file(cfg_path, named)
+    remotes: dict[str, RemoteConfig] = {}
+    for source, layer in ((site_path, site), (cfg_path, data)):
+        for name, table in (layer or {}).get("remotes", {}).items():
+            remotes[name] = remote_from_table(name, table, source)
+    merged = _merge(site or {}, data or {})
+    default = os.environ.get(ENV_DEFAULT_REMOTE) or merged.get("default_remote") or LOCAL_REMOTE
+    settings = {k: v for k, v in merged.items() if k not in ("remotes", "default_remote")}
+    return Config(cfg_path, remotes, default, settings, site_path if site is not None else None)
+
+
+def _merge(site: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys: the user's win; tables other than [remotes]: merged key by key."""
+    merged = dict(site)
+    for key, value in user.items():
+        below = merged.get(key)
+        if key != "remotes" and isinstance(value, dict) and isinstance(below, dict):
+            merged[key] = {**below, **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: Path, named: bool, *, site: bool = False) -> dict[str, Any] | None:
+    """One config file, parsed and checked (keys, types, modes); None if it does not exist
+    and was not named. The site file must also be trusted: see check_site_file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if named:
+            what = "site config" if site else "config file"
+            raise ConfigError(f"{what} {path} does not exist") from None
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if site:
+            check_site_file(path, os.fstat(fd))
         # Imported here: the parser costs ~2 ms, and most nodes have no config file.
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - exercised on 3.10 only
             import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
         try:
-            data = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
+            data: dict[str, Any] = tomllib.loads(fh.read().decode("utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {cfg_path}: {exc}") from None
-    elif explicit:
-        raise ConfigError(f"config file {cfg_path} does not exist")
-    check_document(cfg_path, data)
-    remotes_table = data.get("remotes", {})
-    if remotes_table:
-        _check_mode(cfg_path, remotes_table)
-    remotes = {n: remote_from_table(n, t, cfg_path) for n, t in remotes_table.items()}
-    default = os.environ.get(ENV_DEFAULT_REMOTE) or data.get("default_remote") or LOCAL_REMOTE
-    settings = {k: v for k, v in data.items() if k not in ("remotes", "default_remote")}
-    return Config(cfg_path, remotes, default, settings)
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    check_document(path, data)
+    if data.get("remotes"):
+        _check_mode(path, data["remotes"])
+    return data
+
+
+def check_site_file(path: Path, st: os.stat_result) -> None:
+    """The site file steers every user of the node (where images come from, where the
+    cache lives): only root, or the user reading it, may own or change it and its folder."""
+    folder = Path(os.path.realpath(path)).parent
+    for what, info in ((str(path), st), (str(folder), os.stat(folder))):
+        if info.st_uid not in (0, os.geteuid()):
+            raise ConfigError(
+                f"refusing the site config {path}: {what} belongs to uid {info.st_uid}, not root",
+                hint=f"run as root: chown root {what}",
+            )
+        if info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != 0):
+            raise ConfigError(
+                f"refusing the site config {path}: {what} is writable by other users",
+                hint=f"run as root: chmod go-w {what}",
+            )
 
 
 #: Every key and table of the config file but [remotes.NAME], whose keys depend on the
@@ -222,7 +301,22 @@ def _locking_enabled(cache_options: dict[str, Any]) -> bool:
 
 
 def save_config(config: Config) -> None:
-    """Write the config atomically, mode 0600: it may hold secrets.
+    """Write the user's config from `config` (its remotes of that file and its settings),
+    atomically, mode 0600 (see write_config_text)."""
+    import tomlkit
+
+    data: dict[str, Any] = dict(config.settings)
+    data["default_remote"] = config.default_remote
+    data["remotes"] = {
+        n: {"type": r.type, **r.options}
+        for n, r in config.remotes.items()
+        if r.source in ("", str(config.path))
+    }
+    write_config_text(config.path, tomlkit.dumps(data))
+
+
+def write_config_text(path: Path, text: str) -> None:
+    """Write a config file atomically, mode 0600: it may hold secrets.
 
     The temp file is created O_EXCL | O_NOFOLLOW under a random name, relative to the
     opened folder, and renamed over the config: a name planted in advance (a symlink to
@@ -230,23 +324,17 @@ def save_config(config: Config) -> None:
     belongs to someone else, or sits in a folder others may write to, is refused: the
     secret would land where another user controls it.
     """
-    import tomli_w
-
-    data: dict[str, Any] = dict(config.settings)
-    data["default_remote"] = config.default_remote
-    data["remotes"] = {n: {"type": r.type, **r.options} for n, r in config.remotes.items()}
-    text = tomli_w.dumps(data).encode()
-    folder, name = config.path.parent, config.path.name
+    folder, name = path.parent, path.name
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _check_writable_target(config.path, dir_fd)
+        _check_writable_target(path, dir_fd)
         tmp = f".{name}.{secrets.token_hex(8)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(text)
+                fh.write(text.encode())
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -28,6 +28,11 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("XDG_DATA_HOME", "data"),
     ):
         monkeypatch.setenv(var, str(tmp_path / "home" / sub))
+    # An empty site file: this machine's /etc/registry-client/config.toml stays out of it.
+    site = tmp_path / "home" / "site-config.toml"
+    site.parent.mkdir(parents=True, exist_ok=True)
+    site.write_text("")
+    monkeypatch.setenv("REGISTRY_CLIENT_SITE_CONFIG", str(site))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "home" / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "home" / "aws-creds"))
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
 
 GiB = 1024**3
 MiB = 1024**2
@@ -171,7 +171,7 @@ class World:
             data["transfer"] = dict(self.transfer)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w") as fh:
-            fh.write(tomli_w.dumps(data))
+            fh.write(tomlkit.dumps(data))
         return path
 
     def rc_env(
