@@ -20,19 +20,26 @@ for _var in [v for v in os.environ if v.startswith(("AWS_", "OS_", "ST_", "REGIS
         del os.environ[_var]
 
 
+@pytest.fixture(scope="session")
+def _empty_site_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty site file: this machine's /etc/registry-client/config.toml stays out."""
+    path = tmp_path_factory.mktemp("site") / "config.toml"
+    path.write_text("")
+    path.chmod(0o444)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_site_config: Path
+) -> None:
     for var, sub in (
         ("XDG_CONFIG_HOME", "cfg"),
         ("XDG_CACHE_HOME", "cache"),
         ("XDG_DATA_HOME", "data"),
     ):
         monkeypatch.setenv(var, str(tmp_path / "home" / sub))
-    # An empty site file: this machine's /etc/registry-client/config.toml stays out of it.
-    site = tmp_path / "home" / "site-config.toml"
-    site.parent.mkdir(parents=True, exist_ok=True)
-    site.write_text("")
-    monkeypatch.setenv("REGISTRY_CLIENT_SITE_CONFIG", str(site))
+    monkeypatch.setenv("REGISTRY_CLIENT_SITE_CONFIG", str(_empty_site_config))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "home" / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "home" / "aws-creds"))
 

@@ -36,9 +36,11 @@ path = "{archive}"
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
-    path = Path(os.environ["REGISTRY_CLIENT_SITE_CONFIG"])
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "etc" / "config.toml"
+    path.parent.mkdir()
     path.write_text(SITE.format(cache=tmp_path / "node-cache", archive=tmp_path / "archive"))
+    monkeypatch.setenv("REGISTRY_CLIENT_SITE_CONFIG", str(path))
     return path
 
 
