@@ -65,7 +65,7 @@ _AUTH_VERSION = Kind(
 
 #: kind → the keys its remotes take, and their types
 OPTIONS = {
-    "file": {**_COMMON, "path": STRING},
+    "file": {**_COMMON, "path": STRING, "max_connections": POSITIVE_INT},
     "s3": {
         **_COMMON,
         **dict.fromkeys(_S3_KEYS, STRING),
@@ -80,6 +80,7 @@ OPTIONS = {
         "auth_version": _AUTH_VERSION,
         "timeout": POSITIVE_NUMBER,
         "insecure": BOOLEAN,
+        "max_connections": POSITIVE_INT,
     },
 }
 

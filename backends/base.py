@@ -1,20 +1,32 @@
 """The backend interface: a few verbs every storage kind implements.
 
-Modelled on restic's backend: stat / read_range / list / put / delete are required;
-optional features (server-side `copy`) are declared in `Capabilities`, which wrappers
-forward. `Reader` is the read half (stat / read_range) that the transfer engine needs,
-shared with read-only sources. Retries, limits and logging are wrappers stacked in one
+Modelled on restic's backend: stat / read_range / list / start_upload / delete are
+required; optional features (server-side `copy`) are declared in `Capabilities`, which
+wrappers forward. `Reader` is the read half (stat / read_range) that the transfer engine
+needs, shared with read-only sources. Retries and logging are wrappers stacked in one
 place (registry_client.retry), never inside a backend. Keys are bucket-relative object
 names ("collection/name:tag.sif"); a backend adds its own prefix. The conformance suite
 every backend passes is tests/support/backend_contract.py.
+
+Writing is split into steps so that a failure costs one step, not the object: a backend
+opens an `Upload` (an S3 multipart upload, a Swift SLO, a temp file), which takes the
+object's parts one by one from a `PartSource` (a local file, or a buffer filled from
+another store) and is then completed or aborted. `put` drives those steps, parts in
+parallel; the retry policy (registry_client.retry) wraps each step, never the whole.
+Every request to one remote runs under that remote's `Limiter`, sized from its config.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Mapping
+import io
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, BinaryIO, TypeVar
 
 from registry_client.digests import EtagPlan, plain_md5_plan
 from registry_client.errors import Unsupported
@@ -24,11 +36,22 @@ __all__ = [
     "Capabilities",
     "Reader",
     "EtagPlan",
+    "FileParts",
+    "Limiter",
     "Metadata",
     "ObjectInfo",
+    "PartSource",
     "Progress",
+    "RangeReader",
+    "Upload",
     "metadata_of",
+    "parallel",
+    "upload",
 ]
+
+T = TypeVar("T")
+R = TypeVar("R")
+DEFAULT_CONNECTIONS = 16
 
 Progress = Callable[[int], None]
 """Called with a number of bytes just moved."""
@@ -85,6 +108,20 @@ class Reader(abc.ABC):
     #: a human-readable location, never containing credentials
     location: str = ""
 
+    _limiter: Limiter | None = None
+
+    @property
+    def limiter(self) -> Limiter:
+        """Requests in flight to this store, across every pool that talks to it; a
+        store sets its own from its config, anything else gets a default one."""
+        if self._limiter is None:
+            self._limiter = Limiter()
+        return self._limiter
+
+    @limiter.setter
+    def limiter(self, value: Limiter) -> None:
+        self._limiter = value
+
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
         """Size, ETag and metadata of one object; NotFound if absent."""
@@ -119,21 +156,35 @@ class Backend(Reader):
         """Objects under prefix (metadata may be empty: call stat for it)."""
 
     @abc.abstractmethod
+    def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
+        """Open an upload of `size` bytes cut in parts of about `part_size` (the backend
+        fits it to its limits). `metadata` is read when the backend needs it."""
+
     def put(
         self,
         key: str,
-        path: str,
+        source: str | os.PathLike[str] | PartSource,
         metadata: Metadata,
         *,
         part_size: int,
         concurrency: int,
         progress: Progress | None = None,
     ) -> ObjectInfo:
-        """Upload a local file as one object, with checksums the server verifies.
+        """Upload a local file (a path) or a PartSource as one object, with checksums the
+        server verifies; parts go `concurrency` at a time.
 
         Either the whole object becomes visible or, on failure, nothing changes: a
         previous object under `key` stays as it was.
         """
+        return upload(
+            self,
+            key,
+            source,
+            metadata,
+            part_size=part_size,
+            concurrency=concurrency,
+            progress=progress,
+        )
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
@@ -146,3 +197,238 @@ class Backend(Reader):
             f"{self.location} cannot copy objects inside the store",
             hint="pull and push instead: registry-client copy SRC DST",
         )
+
+
+# -- limits -------------------------------------------------------------------------------
+
+
+class Limiter:
+    """At most `slots` requests in flight to one remote, whichever pool sends them.
+
+    Sized once per remote from its config (`max_connections`), it replaces fixed thread
+    counts at the call sites: a pool is `width(wanted)` threads and each of its requests
+    holds a slot (`with limiter:`), so three docker layers of eight ranges each, or a push
+    beside a listing, never open more connections than the remote was given. Slots are
+    taken only around single requests, never around work that takes more slots itself.
+    """
+
+    def __init__(self, slots: int = DEFAULT_CONNECTIONS) -> None:
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise ValueError("a limiter needs at least one slot")
+        self.slots = slots
+        self._sem = threading.BoundedSemaphore(slots)
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, Any], default: int = DEFAULT_CONNECTIONS
+    ) -> Limiter:
+        """`max_connections` of a remote's table (a positive integer), else `default`."""
+        from registry_client.errors import ConfigError
+
+        value = options.get("max_connections", default)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
+            raise ConfigError("max_connections must be an integer from 1 to 1024")
+        return cls(value)
+
+    def width(self, wanted: int, items: int | None = None) -> int:
+        """Threads for a pool that wants `wanted` (and has `items` jobs): at least one."""
+        width = min(wanted, self.slots, items if items is not None else wanted)
+        return max(1, width)
+
+    def __enter__(self) -> Limiter:
+        self._sem.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sem.release()
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], wanted: int | None = None) -> list[R]:
+        """fn over items in parallel, each call holding a slot; results in order."""
+
+        def limited(item: T) -> R:
+            with self:
+                return fn(item)
+
+        return parallel(limited, items, self.width(wanted or self.slots, len(items)))
+
+
+def parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """fn over items on up to `workers` threads, results in order. The first failure
+    cancels what is still queued and is raised once the running calls end; so does Ctrl-C."""
+    if len(items) <= 1 or workers <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="rc-io") as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C: drop what is queued, let the running calls end
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        for fut in done:
+            if (error := fut.exception()) is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise error
+        return [fut.result() for fut in futures]
+
+
+# -- uploads ------------------------------------------------------------------------------
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable, read-only view of [offset, offset+length) of a file descriptor.
+
+    Parts are streamed from disk through it instead of being held in memory; pread keeps
+    threads that share the descriptor independent. Rewinding (seek) is how a client
+    library re-sends a body, and how a retried part is read again.
+    """
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self.fd, self.offset, self.length, self.pos = fd, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
+        self.pos = min(max(0, base + pos), self.length)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self.length - self.pos
+        size = left if size is None or size < 0 else min(size, left)
+        if size <= 0:
+            return b""
+        data = os.pread(self.fd, size, self.offset + self.pos)
+        if not data:
+            from registry_client.errors import IntegrityError
+
+            raise IntegrityError("the file shrank while it was being uploaded")
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class PartSource(abc.ABC):
+    """Where the bytes of an upload come from.
+
+    `open(offset, length)` gives a fresh reader of exactly those bytes each time it is
+    called: several parts are read at once (one reader each, from several threads), and a
+    retried part is opened again. A local file (FileParts) reads them with pread; a
+    store-to-store copy can hand out buffers it filled with ranged reads.
+    """
+
+    size: int
+
+    @abc.abstractmethod
+    def open(self, offset: int, length: int) -> BinaryIO:
+        """A reader of bytes [offset, offset + length), positioned at its start."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the source holds (a file descriptor, buffers)."""
+
+
+class FileParts(PartSource):
+    """The parts of a local file, read with pread from one descriptor."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+
+    def open(self, offset: int, length: int) -> BinaryIO:
+        return RangeReader(self.fd, offset, length)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class Upload(abc.ABC):
+    """One object being written part by part (Backend.start_upload).
+
+    `parts` lists (offset, length) of each part as the backend cut the object. Each step
+    may be retried on its own: `put_part` again replaces that part; `complete` again after
+    a lost answer must not fail if the first one took effect.
+    """
+
+    key: str
+    parts: list[tuple[int, int]]
+
+    @abc.abstractmethod
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        """Send part `index` from a reader of exactly its bytes; IntegrityError if the
+        checksum the server computed differs from the bytes read."""
+
+    @abc.abstractmethod
+    def complete(self) -> ObjectInfo:
+        """Make the object live (metadata included) and check its final ETag."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Remove what was uploaded; best effort, never raises."""
+
+
+Attempt = Callable[[str, Callable[[], T]], T]
+"""Runs one step of an upload (`what` names it): once, or under a retry policy."""
+
+
+def once(what: str, step: Callable[[], T]) -> T:
+    return step()
+
+
+def upload(
+    backend: Backend,
+    key: str,
+    source: str | os.PathLike[str] | PartSource,
+    metadata: Metadata,
+    *,
+    part_size: int,
+    concurrency: int,
+    progress: Progress | None = None,
+    attempt: Attempt = once,  # type: ignore[assignment]
+) -> ObjectInfo:
+    """Open an upload on `backend`, send its parts `concurrency` at a time (each under
+    `attempt`, holding a slot of the remote's limiter), complete it; abort on any failure
+    or Ctrl-C. A retried part costs that part, never the object."""
+    owned = not isinstance(source, PartSource)
+    parts_of = FileParts(source) if owned else source  # type: ignore[arg-type]
+    try:
+        session = attempt(
+            f"upload {key}",
+            lambda: backend.start_upload(key, parts_of.size, metadata, part_size=part_size),
+        )
+        try:
+
+            def send(index: int) -> None:
+                offset, length = session.parts[index]
+
+                def step() -> None:
+                    with backend.limiter:
+                        session.put_part(index, parts_of.open(offset, length))
+
+                attempt(f"part {index + 1} of {key}", step)
+                if progress:
+                    progress(length)
+
+            parallel(send, range(len(session.parts)), backend.limiter.width(concurrency))
+            return attempt(f"upload {key}", session.complete)
+        except BaseException:
+            session.abort()
+            raise
+    finally:
+        if owned:
+            parts_of.close()

@@ -12,17 +12,18 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from registry_client.backends.base import (
     Backend,
     Capabilities,
+    Limiter,
     Metadata,
     ObjectInfo,
-    Progress,
+    Upload,
     metadata_of,
 )
 from registry_client.errors import AuthError, NotFound, ObjectChanged, RegistryClientError
@@ -32,20 +33,27 @@ if TYPE_CHECKING:
 
 BLOCK = 4 * 1024 * 1024
 SIDECAR = ".{}.meta.json"
+LOCAL_IO = 8  # reads and writes at once on a local or shared filesystem
 
 
 class FileBackend(Backend):
     kind = "file"
     capabilities = Capabilities(copy=True)
 
-    def __init__(self, root: str | os.PathLike[str], prefix: str = "") -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        prefix: str = "",
+        options: Mapping[str, object] | None = None,
+    ) -> None:
         self.root = Path(root).absolute()
         self.prefix = prefix
         self.location = f"file://{self.root}/{prefix}"
+        self.limiter = Limiter.from_options(options or {}, default=LOCAL_IO)
 
     @classmethod
     def from_remote(cls, remote: RemoteConfig) -> FileBackend:
-        return cls(os.path.expanduser(remote.location), remote.prefix)
+        return cls(os.path.expanduser(remote.location), remote.prefix, remote.options)
 
     # -- paths ----------------------------------------------------------------
     def _path(self, key: str) -> Path:
@@ -116,33 +124,8 @@ class FileBackend(Backend):
                     with contextlib.suppress(NotFound):
                         yield self.stat(key)
 
-    def put(
-        self,
-        key: str,
-        path: str,
-        metadata: Metadata,
-        *,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None = None,
-    ) -> ObjectInfo:
-        dest = self._path(key)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.partial")
-            md5 = _copy_hashing(path, tmp, progress)
-            size = tmp.stat().st_size
-            meta = {**metadata_of(metadata), "etag": md5, "size": str(size)}
-            self._write_json(self._sidecar(dest), meta)
-            os.replace(tmp, dest)
-        except PermissionError as exc:
-            raise AuthError(f"cannot write {key} in {self.location}: {exc.strerror}") from None
-        except OSError as exc:
-            raise RegistryClientError(f"cannot write {key}: {exc.strerror or exc}") from None
-        finally:
-            with contextlib.suppress(UnboundLocalError, FileNotFoundError):
-                tmp.unlink()
-        return self.stat(key)
+    def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
+        return _FileUpload(self, key, size, metadata)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -165,14 +148,52 @@ class FileBackend(Backend):
         os.replace(tmp, path)
 
 
-def _copy_hashing(src: str, dest: Path, progress: Progress | None) -> str:
+class _FileUpload(Upload):
+    """One part, copied into a temp file beside the object (md5 taken while copying),
+    fsynced, then renamed over it with its sidecar written first."""
+
+    def __init__(self, backend: FileBackend, key: str, size: int, metadata: Metadata) -> None:
+        self.backend, self.key, self.metadata = backend, key, metadata
+        self.parts = [(0, size)]
+        self.dest = backend._path(key)
+        self.tmp = self.dest.with_name(f".{self.dest.name}.{secrets.token_hex(6)}.partial")
+        self.md5 = ""
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        with self._writing():
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self.md5 = _copy_hashing(body, self.tmp)
+
+    def complete(self) -> ObjectInfo:
+        with self._writing():
+            size = self.tmp.stat().st_size
+            meta = {**metadata_of(self.metadata), "etag": self.md5, "size": str(size)}
+            self.backend._write_json(self.backend._sidecar(self.dest), meta)
+            os.replace(self.tmp, self.dest)
+        return self.backend.stat(self.key)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except PermissionError as exc:
+            raise AuthError(
+                f"cannot write {self.key} in {self.backend.location}: {exc.strerror}"
+            ) from None
+        except OSError as exc:
+            raise RegistryClientError(f"cannot write {self.key}: {exc.strerror or exc}") from None
+
+
+def _copy_hashing(body: BinaryIO, dest: Path) -> str:
     md5 = hashlib.md5(usedforsecurity=False)
-    with open(src, "rb", buffering=0) as fin, open(dest, "wb") as fout:
-        while chunk := fin.read(BLOCK):
+    with open(dest, "wb") as fout:
+        while chunk := body.read(BLOCK):
             md5.update(chunk)
             fout.write(chunk)
-            if progress:
-                progress(len(chunk))
         fout.flush()
         os.fsync(fout.fileno())
     return md5.hexdigest()

@@ -15,11 +15,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import botocore.exceptions as bexc
 import botocore.session
@@ -27,12 +25,14 @@ from botocore.config import Config as BotoConfig
 
 from registry_client.backends._wire import first_line, is_transport_error, retry_after
 from registry_client.backends.base import (
+    DEFAULT_CONNECTIONS,
     Backend,
     Capabilities,
     EtagPlan,
+    Limiter,
     Metadata,
     ObjectInfo,
-    Progress,
+    Upload,
     metadata_of,
 )
 from registry_client.digests import s3_etag_plan, s3_multipart_etag, segments
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from registry_client.config import RemoteConfig
 
 READ_BLOCK = 1024 * 1024
+OCTET = "application/octet-stream"
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 AUTH_CODES = {
@@ -100,61 +101,15 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
     return RegistryClientError(f"{what}: {type(exc).__name__}")
 
 
-def _md5_of_range(fd: int, offset: int, length: int) -> tuple[str, bytes]:
-    """Content-MD5 (base64) and raw md5 of a file range, read in blocks (flat memory)."""
+def _md5_of(body: BinaryIO) -> tuple[str, bytes]:
+    """Content-MD5 (base64) and raw md5 of a part's reader, read in blocks (flat memory);
+    the reader is rewound for sending."""
     md5 = hashlib.md5(usedforsecurity=False)
-    for block in RangeFile(fd, offset, length).blocks():
+    while block := body.read(READ_BLOCK):
         md5.update(block)
+    body.seek(0)
     digest = md5.digest()
     return base64.b64encode(digest).decode(), digest
-
-
-class RangeFile(io.RawIOBase):
-    """A seekable, read-only view of [offset, offset+length) of a file descriptor.
-
-    Uploads stream parts from disk through it instead of holding them in memory: botocore
-    reads it to sign the payload, rewinds it, then sends it. pread keeps threads that share
-    the descriptor independent.
-    """
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        self.fd, self.offset, self.length, self.pos = fd, offset, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.length}[whence]
-        self.pos = min(max(0, base + pos), self.length)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def read(self, size: int = -1) -> bytes:
-        left = self.length - self.pos
-        size = left if size is None or size < 0 else min(size, left)
-        if size <= 0:
-            return b""
-        data = os.pread(self.fd, size, self.offset + self.pos)
-        self.pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def blocks(self, size: int = READ_BLOCK) -> Iterator[bytes]:
-        self.seek(0)
-        while block := self.read(size):
-            yield block
 
 
 class S3Backend(Backend):
@@ -172,7 +127,8 @@ class S3Backend(Backend):
         self.bucket = bucket
         self.prefix = prefix
         self.options = options or {}
-        self.client = client or make_client(self.options)
+        self.limiter = Limiter.from_options(self.options)
+        self.client = client or make_client(self.options, self.limiter.slots)
         endpoint = self.client.meta.endpoint_url
         self.location = f"s3://{bucket}/{prefix} ({endpoint})"
 
@@ -240,128 +196,21 @@ class S3Backend(Backend):
         except Exception as exc:
             raise translate(exc, f"list {self.bucket}/{self.prefix}{prefix}") from None
 
-    def put(
-        self,
-        key: str,
-        path: str,
-        metadata: Metadata,
-        *,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None = None,
-    ) -> ObjectInfo:
-        size = os.path.getsize(path)
+    def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
         part_size = fit_part_size(size, part_size)
+        if size <= part_size:
+            return _SinglePut(self, key, size, metadata)
         try:
-            # S3 takes the metadata first (PutObject, CreateMultipartUpload).
-            meta = metadata_of(metadata)
-            if size <= part_size:
-                etag = self._put_single(key, path, meta, progress)
-            else:
-                etag = self._put_multipart(key, path, size, meta, part_size, concurrency, progress)
-        except Exception as exc:
-            raise translate(exc, f"upload {key}") from None
-        info = self.stat(key)
-        if info.etag != etag:
-            raise IntegrityError(f"upload {key}: server ETag {info.etag} != expected {etag}")
-        return info
-
-    def _put_single(
-        self, key: str, path: str, metadata: dict[str, str], progress: Progress | None
-    ) -> str:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            size = os.fstat(fd).st_size
-            md5_b64, digest = _md5_of_range(fd, 0, size)
-            self.client.put_object(
+            # S3 takes the metadata first, with CreateMultipartUpload.
+            created = self.client.create_multipart_upload(
                 Bucket=self.bucket,
                 Key=self._key(key),
-                Body=RangeFile(fd, 0, size),
-                ContentLength=size,
-                ContentMD5=md5_b64,
-                Metadata=metadata,
-                ContentType="application/octet-stream",
+                Metadata=metadata_of(metadata),
+                ContentType=OCTET,
             )
-        finally:
-            os.close(fd)
-        if progress:
-            progress(size)
-        return digest.hex()
-
-    def _put_multipart(
-        self,
-        key: str,
-        path: str,
-        size: int,
-        metadata: dict[str, str],
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None,
-    ) -> str:
-        full_key = self._key(key)
-        upload = self.client.create_multipart_upload(
-            Bucket=self.bucket,
-            Key=full_key,
-            Metadata=metadata,
-            ContentType="application/octet-stream",
-        )
-        upload_id = upload["UploadId"]
-        lengths = segments(size, part_size)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="rc-put") as pool:
-                    results = list(
-                        pool.map(
-                            lambda i: self._upload_part(
-                                fd, full_key, upload_id, i, part_size, lengths[i], progress
-                            ),
-                            range(len(lengths)),
-                        )
-                    )
-            finally:
-                os.close(fd)
-            parts = [{"PartNumber": i + 1, "ETag": r[0]} for i, r in enumerate(results)]
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=full_key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):  # the first error is the one to report
-                self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=full_key, UploadId=upload_id
-                )
-            raise
-        return s3_multipart_etag([r[1] for r in results])
-
-    def _upload_part(
-        self,
-        fd: int,
-        full_key: str,
-        upload_id: str,
-        index: int,
-        part_size: int,
-        length: int,
-        progress: Progress | None,
-    ) -> tuple[str, bytes]:
-        offset = index * part_size
-        md5_b64, digest = _md5_of_range(fd, offset, length)
-        resp = self.client.upload_part(
-            Bucket=self.bucket,
-            Key=full_key,
-            UploadId=upload_id,
-            PartNumber=index + 1,
-            Body=RangeFile(fd, offset, length),
-            ContentLength=length,
-            ContentMD5=md5_b64,
-        )
-        if str(resp["ETag"]).strip('"') != digest.hex():
-            raise IntegrityError(f"part {index + 1} of {full_key}: server ETag mismatch")
-        if progress:
-            progress(length)
-        return resp["ETag"], digest
+        except Exception as exc:
+            raise translate(exc, f"upload {key}") from None
+        return _Multipart(self, key, str(created["UploadId"]), segments(size, part_size))
 
     def delete(self, key: str) -> None:
         self.stat(key)  # S3 deletes are idempotent: say NotFound ourselves
@@ -424,6 +273,113 @@ class S3Backend(Backend):
         self.client.close()
 
 
+class _SinglePut(Upload):
+    """An object up to the part size: one PutObject with its metadata and Content-MD5."""
+
+    def __init__(self, backend: S3Backend, key: str, size: int, metadata: Metadata) -> None:
+        self.backend, self.key, self.metadata = backend, key, metadata
+        self.parts = [(0, size)]
+        self.etag = ""
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        b = self.backend
+        md5_b64, digest = _md5_of(body)
+        try:
+            b.client.put_object(
+                Bucket=b.bucket,
+                Key=b._key(self.key),
+                Body=body,
+                ContentLength=self.parts[0][1],
+                ContentMD5=md5_b64,
+                Metadata=metadata_of(self.metadata),
+                ContentType=OCTET,
+            )
+        except Exception as exc:
+            raise translate(exc, f"upload {self.key}") from None
+        self.etag = digest.hex()
+
+    def complete(self) -> ObjectInfo:
+        return _check_etag(self.backend.stat(self.key), self.etag)
+
+    def abort(self) -> None:
+        pass  # nothing is live until PutObject succeeds, and then the object is whole
+
+
+class _Multipart(Upload):
+    """A multipart upload: parts with Content-MD5, each part's ETag checked."""
+
+    def __init__(self, backend: S3Backend, key: str, upload_id: str, lengths: list[int]) -> None:
+        self.backend, self.key, self.upload_id = backend, key, upload_id
+        self.parts = list(zip(_offsets(lengths), lengths, strict=True))
+        self.digests: list[bytes | None] = [None] * len(lengths)
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        b = self.backend
+        md5_b64, digest = _md5_of(body)
+        try:
+            resp = b.client.upload_part(
+                Bucket=b.bucket,
+                Key=b._key(self.key),
+                UploadId=self.upload_id,
+                PartNumber=index + 1,
+                Body=body,
+                ContentLength=self.parts[index][1],
+                ContentMD5=md5_b64,
+            )
+        except Exception as exc:
+            raise translate(exc, f"part {index + 1} of {self.key}") from None
+        if str(resp["ETag"]).strip('"') != digest.hex():
+            raise IntegrityError(f"part {index + 1} of {self.key}: server ETag mismatch")
+        self.digests[index] = digest
+
+    def complete(self) -> ObjectInfo:
+        b = self.backend
+        digests = [d for d in self.digests if d is not None]
+        expected = s3_multipart_etag(digests)
+        parts = [{"PartNumber": i + 1, "ETag": f'"{d.hex()}"'} for i, d in enumerate(digests)]
+        try:
+            b.client.complete_multipart_upload(
+                Bucket=b.bucket,
+                Key=b._key(self.key),
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except Exception as exc:
+            error = translate(exc, f"upload {self.key}")
+            # A retry after a lost answer finds the upload gone: done if the object is ours.
+            if not isinstance(error, NotFound) or _etag_or_none(b, self.key) != expected:
+                raise error from None
+        return _check_etag(b.stat(self.key), expected)
+
+    def abort(self) -> None:
+        b = self.backend
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            b.client.abort_multipart_upload(
+                Bucket=b.bucket, Key=b._key(self.key), UploadId=self.upload_id
+            )
+
+
+def _offsets(lengths: list[int]) -> list[int]:
+    out, pos = [], 0
+    for length in lengths:
+        out.append(pos)
+        pos += length
+    return out
+
+
+def _etag_or_none(backend: S3Backend, key: str) -> str | None:
+    try:
+        return backend.stat(key).etag
+    except RegistryClientError:
+        return None
+
+
+def _check_etag(info: ObjectInfo, expected: str) -> ObjectInfo:
+    if info.etag != expected:
+        raise IntegrityError(f"upload {info.key}: server ETag {info.etag} != expected {expected}")
+    return info
+
+
 def _check_content_range(header: str | None, start: int, end: int, key: str) -> None:
     expected = f"bytes {start}-{end - 1}/"
     if header is None or not header.startswith(expected):
@@ -442,7 +398,7 @@ def fit_part_size(size: int, wanted: int) -> int:
     return part
 
 
-def make_client(options: dict[str, Any]) -> Any:
+def make_client(options: dict[str, Any], connections: int = DEFAULT_CONNECTIONS) -> Any:
     """An S3 client following AWS conventions, overridable by the remote's options."""
     session = botocore.session.Session(profile=options.get("profile") or None)
     endpoint = options.get("endpoint_url") or None
@@ -455,8 +411,8 @@ def make_client(options: dict[str, Any]) -> Any:
         s3={"addressing_style": style, "payload_signing_enabled": False},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        retries={"max_attempts": 1, "mode": "standard"},
-        max_pool_connections=int(options.get("max_connections", 32)),
+        retries={"total_max_attempts": 1, "mode": "standard"},  # max_attempts counts retries
+        max_pool_connections=connections,  # the remote's limiter: no request waits for one
         connect_timeout=float(options.get("connect_timeout", 10)),
         read_timeout=float(options.get("read_timeout", 60)),
         signature_version="s3v4",

@@ -36,11 +36,10 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote
 
 from swiftclient.exceptions import ClientException
@@ -50,9 +49,10 @@ from registry_client.backends.base import (
     Backend,
     Capabilities,
     EtagPlan,
+    Limiter,
     Metadata,
     ObjectInfo,
-    Progress,
+    Upload,
     metadata_of,
 )
 from registry_client.backends.swift_auth import SwiftAuth, SwiftConnection, TokenStore, translate
@@ -72,8 +72,6 @@ if TYPE_CHECKING:
     from registry_client.config import RemoteConfig
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-R = TypeVar("R")
 
 MiB = 1024 * 1024
 READ_BLOCK = MiB
@@ -208,19 +206,12 @@ def _parse_iso(text: str | None) -> datetime | None:
     return None
 
 
-def _md5_of(path: str, offset: int, length: int) -> str:
+def _md5_of(body: BinaryIO) -> str:
+    """md5 of a part's reader, read in blocks; the reader is rewound for sending."""
     digest = hashlib.md5(usedforsecurity=False)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pos, end = offset, offset + length
-        while pos < end:
-            data = os.pread(fd, min(HASH_BLOCK, end - pos), pos)
-            if not data:
-                raise IntegrityError(f"{path} shrank while it was being uploaded")
-            digest.update(data)
-            pos += len(data)
-    finally:
-        os.close(fd)
+    while data := body.read(HASH_BLOCK):
+        digest.update(data)
+    body.seek(0)
     return digest.hexdigest()
 
 
@@ -238,25 +229,6 @@ def _copied_headers(head: Mapping[str, str]) -> dict[str, str]:
 def _stamp() -> str:
     # The swift CLI uses the file's mtime; the random tail keeps concurrent pushes apart.
     return f"{time.time():.6f}-{uuid.uuid4().hex[:8]}"
-
-
-def parallel(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
-    """fn over items on up to `workers` threads; the first failure cancels what is queued."""
-    if not items:
-        return []
-    workers = max(1, min(workers, len(items)))
-    with ThreadPoolExecutor(workers, thread_name_prefix="rc-swift") as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-        except BaseException:  # Ctrl-C: drop what is queued, let the running calls end
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        for fut in futures:
-            if fut.done() and not fut.cancelled() and fut.exception() is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise fut.exception()  # type: ignore[misc]
-        return [fut.result() for fut in futures]
 
 
 def fit_segment_size(size: int, wanted: int, max_segments: int, max_object: int) -> int:
@@ -306,6 +278,7 @@ class SwiftBackend(Backend):
         self.tokens = TokenStore(self.auth, self.timeout, self.verify)
         endpoint = self.auth.storage_url or self.auth.auth_url
         self.location = f"swift://{container}/{prefix} ({endpoint})"
+        self.limiter = Limiter.from_options(options)
         self._local = threading.local()
         self._connections: weakref.WeakSet[SwiftConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -437,122 +410,16 @@ class SwiftBackend(Backend):
             yield from items
             marker = items[-1]["name"]
 
-    def put(
-        self,
-        key: str,
-        path: str,
-        metadata: Metadata,
-        *,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None = None,
-    ) -> ObjectInfo:
-        size = os.path.getsize(path)
+    def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
         try:
             self._prepare_containers()
             segment = fit_segment_size(size, part_size, *self._cluster_limits())
             old = self._segments_of(key)
-            if size <= segment:
-                etag = self._put_whole(key, path, size, metadata_of(metadata), progress)
-                new: set[str] = set()
-            else:
-                etag, new = self._put_slo(key, path, size, segment, metadata, concurrency, progress)
         except Exception as exc:
             raise translate(exc, f"upload {key}") from None
-        info = self.stat(key)
-        if info.etag != etag:
-            raise IntegrityError(f"upload {key}: server ETag {info.etag} != expected {etag}")
-        self._remove_segments(old - new, concurrency)
-        return info
-
-    def _put_whole(
-        self, key: str, path: str, size: int, metadata: dict[str, str], progress: Progress | None
-    ) -> str:
-        md5 = _md5_of(path, 0, size)
-        with open(path, "rb") as fh:
-            etag = self._conn().put_object(
-                self.container,
-                self._full(key),
-                LengthWrapper(fh, size),
-                content_length=size,
-                etag=md5,
-                content_type=OCTET,
-                headers=_meta_headers(metadata),
-            )
-        if etag != md5:  # Swift checked our md5 (422 otherwise); this guards the proxy path
-            raise IntegrityError(f"upload {key}: server ETag {etag} != md5 {md5}")
-        if progress:
-            progress(size)
-        return md5
-
-    def _put_slo(
-        self,
-        key: str,
-        path: str,
-        size: int,
-        segment: int,
-        metadata: Metadata,
-        concurrency: int,
-        progress: Progress | None,
-    ) -> tuple[str, set[str]]:
-        lengths = segments(size, segment)
-        base = f"{self._full(key)}/slo/{_stamp()}/{size}/{segment}/"
-        names = [f"/{self.segment_container}/{base}{i:08d}" for i in range(len(lengths))]
-        uploaded: builtins.list[str] = []
-        try:
-            etags = parallel(
-                lambda i: self._put_segment(
-                    path, names[i], i * segment, lengths[i], progress, uploaded
-                ),
-                range(len(lengths)),
-                concurrency,
-            )
-            manifest = [
-                _segment_entry(n, e, n_bytes)
-                for n, e, n_bytes in zip(names, etags, lengths, strict=True)
-            ]
-            # The metadata goes with the manifest, so it is asked for only now.
-            meta = metadata_of(metadata)
-            if "part-size" in meta:
-                meta["part-size"] = str(segment)
-            self._put_manifest(key, manifest, {**_meta_headers(meta), "Content-Type": OCTET})
-        except BaseException:  # Ctrl-C too: no manifest names these segments, so no one will
-            self._remove_segments(set(uploaded), concurrency)
-            raise
-        flat = [_Entry(n, b, e) for n, b, e in zip(names, lengths, etags, strict=True)]
-        return slo_etag(flat, lambda e: e.hash), set(names)
-
-    def _put_segment(
-        self,
-        path: str,
-        name: str,
-        offset: int,
-        length: int,
-        progress: Progress | None,
-        uploaded: builtins.list[str],
-    ) -> str:
-        # The md5 is taken from the bytes as they are sent, not in a read beforehand: a
-        # segment is not live until the manifest names it, and the manifest is written
-        # only once every segment's ETag (Swift's md5 of what it stored) matched ours.
-        container, obj = _split(name)
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            body = LengthWrapper(fh, length, md5=True)
-            try:
-                etag = self._conn().put_object(
-                    container, obj, body, content_length=length, content_type=OCTET
-                )
-            except Exception:
-                if os.path.getsize(path) < offset + length:  # the body ran out
-                    raise IntegrityError(f"{path} shrank while it was being uploaded") from None
-                raise
-        uploaded.append(name)
-        md5 = body.get_md5sum()
-        if etag != md5:
-            raise IntegrityError(f"segment {name}: server ETag {etag} != md5 {md5}")
-        if progress:
-            progress(length)
-        return md5
+        if size <= segment:
+            return _WholeObject(self, key, size, metadata, old)
+        return _SloUpload(self, key, size, segment, metadata, old)
 
     def _put_manifest(
         self, key: str, manifest: builtins.list[dict[str, Any]], headers: dict[str, str]
@@ -626,7 +493,7 @@ class SwiftBackend(Backend):
             self._conn().delete_object(self.container, self._full(key))
         except Exception as exc:
             raise translate(exc, f"delete {key}") from None
-        self._remove_segments(doomed, 8)
+        self._remove_segments(doomed)
 
     def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
         head = self._head(src_key)
@@ -644,7 +511,7 @@ class SwiftBackend(Backend):
         except Exception as exc:
             raise translate(exc, f"copy {src_key} to {dst_key}") from None
         info = self.stat(dst_key)
-        self._remove_segments(old - keep, 8)
+        self._remove_segments(old - keep)
         return info
 
     def _copy_slo(self, src_key: str, dst_key: str, head: Mapping[str, str]) -> set[str]:
@@ -664,7 +531,7 @@ class SwiftBackend(Backend):
         jobs = [(leaf, dst) for leaf, dst in zip(leaves, targets, strict=True) if dst]
         copied: builtins.list[str] = []
         try:
-            parallel(lambda job: self._copy_segment(job[0], job[1], copied), jobs, 8)
+            self.limiter.map(lambda job: self._copy_segment(job[0], job[1], copied), jobs)
             manifest = [
                 _segment_entry(dst, leaf.hash, leaf.size, leaf)
                 if dst
@@ -673,7 +540,7 @@ class SwiftBackend(Backend):
             ]
             self._put_manifest(dst_key, manifest, _copied_headers(head))
         except Exception:
-            self._remove_segments(set(copied), 8)
+            self._remove_segments(set(copied))
             raise
         return set(copied)
 
@@ -713,7 +580,7 @@ class SwiftBackend(Backend):
             return {f"/{container}/{i['name']}" for i in self._listing(container, prefix)}
         return set()
 
-    def _remove_segments(self, names: set[str], concurrency: int) -> None:
+    def _remove_segments(self, names: set[str]) -> None:
         """Best effort: the image itself is already replaced or gone; leftovers are logged."""
         failed: builtins.list[str] = []
 
@@ -727,7 +594,7 @@ class SwiftBackend(Backend):
             except Exception:  # noqa: BLE001 - counted and logged below
                 failed.append(name)
 
-        parallel(remove, sorted(names), max(1, concurrency))
+        self.limiter.map(remove, sorted(names))
         if failed:
             log.warning(
                 "could not remove %d old segment(s) of %s, e.g. %s",
@@ -888,6 +755,125 @@ class SwiftBackend(Backend):
         for conn in connections:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+class _WholeObject(Upload):
+    """An object up to the segment size: one PUT with `ETag:` set to its md5, so Swift
+    refuses (422) bytes that differ; nothing is live before the PUT succeeds."""
+
+    def __init__(
+        self, backend: SwiftBackend, key: str, size: int, metadata: Metadata, old: set[str]
+    ) -> None:
+        self.backend, self.key, self.metadata, self.old = backend, key, metadata, old
+        self.parts = [(0, size)]
+        self.md5 = ""
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        b, size = self.backend, self.parts[0][1]
+        md5 = _md5_of(body)
+        try:
+            etag = b._conn().put_object(
+                b.container,
+                b._full(self.key),
+                LengthWrapper(body, size),
+                content_length=size,
+                etag=md5,
+                content_type=OCTET,
+                headers=_meta_headers(metadata_of(self.metadata)),
+            )
+        except Exception as exc:
+            raise translate(exc, f"upload {self.key}") from None
+        if etag != md5:  # Swift checked our md5 (422 otherwise); this guards the proxy path
+            raise IntegrityError(f"upload {self.key}: server ETag {etag} != md5 {md5}")
+        self.md5 = md5
+
+    def complete(self) -> ObjectInfo:
+        info = _check_etag(self.backend.stat(self.key), self.md5)
+        self.backend._remove_segments(self.old)  # it was an SLO before
+        return info
+
+    def abort(self) -> None:
+        pass
+
+
+class _SloUpload(Upload):
+    """A Static Large Object: segments under a fresh name, then the manifest.
+
+    Segment md5s are taken from the bytes as they are sent, not in a read beforehand: a
+    segment is not live until the manifest names it, and the manifest is written only once
+    every segment's ETag (Swift's md5 of what it stored) matched ours. Swift HEADs every
+    segment again when it takes the manifest.
+    """
+
+    def __init__(
+        self,
+        backend: SwiftBackend,
+        key: str,
+        size: int,
+        segment: int,
+        metadata: Metadata,
+        old: set[str],
+    ) -> None:
+        self.backend, self.key, self.metadata, self.old = backend, key, metadata, old
+        self.segment = segment
+        lengths = segments(size, segment)
+        self.parts = [(i * segment, n) for i, n in enumerate(lengths)]
+        base = f"{backend._full(key)}/slo/{_stamp()}/{size}/{segment}/"
+        self.names = [f"/{backend.segment_container}/{base}{i:08d}" for i in range(len(lengths))]
+        self.etags: list[str | None] = [None] * len(lengths)
+        self._uploaded: set[str] = set()
+        self._lock = threading.Lock()
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        name, length = self.names[index], self.parts[index][1]
+        container, obj = _split(name)
+        wrapped = LengthWrapper(body, length, md5=True)
+        try:
+            etag = self.backend._conn().put_object(
+                container, obj, wrapped, content_length=length, content_type=OCTET
+            )
+        except Exception as exc:
+            raise translate(exc, f"segment {index + 1} of {self.key}") from None
+        with self._lock:
+            self._uploaded.add(name)
+        md5 = wrapped.get_md5sum()
+        if etag != md5:
+            raise IntegrityError(f"segment {name}: server ETag {etag} != md5 {md5}")
+        self.etags[index] = md5
+
+    def complete(self) -> ObjectInfo:
+        b = self.backend
+        etags = [e or "" for e in self.etags]
+        manifest = [
+            _segment_entry(n, e, length)
+            for n, e, (_, length) in zip(self.names, etags, self.parts, strict=True)
+        ]
+        # The metadata goes with the manifest, so it is asked for only now.
+        meta = metadata_of(self.metadata)
+        if "part-size" in meta:
+            meta["part-size"] = str(self.segment)
+        try:
+            b._put_manifest(self.key, manifest, {**_meta_headers(meta), "Content-Type": OCTET})
+        except Exception as exc:
+            raise translate(exc, f"upload {self.key}") from None
+        flat = [
+            _Entry(n, length, e)
+            for n, e, (_, length) in zip(self.names, etags, self.parts, strict=True)
+        ]
+        info = _check_etag(b.stat(self.key), slo_etag(flat, lambda e: e.hash))
+        b._remove_segments(self.old - set(self.names))
+        return info
+
+    def abort(self) -> None:
+        # Ctrl-C too: no manifest names these segments, so no one else will remove them.
+        with contextlib.suppress(Exception):
+            self.backend._remove_segments(set(self._uploaded))
+
+
+def _check_etag(info: ObjectInfo, expected: str) -> ObjectInfo:
+    if info.etag != expected:
+        raise IntegrityError(f"upload {info.key}: server ETag {info.etag} != expected {expected}")
+    return info
 
 
 def _check_content_range(head: Mapping[str, str], start: int, end: int, key: str) -> None:

@@ -3,13 +3,18 @@
 Transient failures (RemoteUnavailable: connection errors, timeouts, 5xx, 429) are retried
 with exponential backoff and full jitter, honouring Retry-After, up to a bounded number
 of attempts; then the last error surfaces (exit 6). A read that breaks mid-body resumes
-from the byte it reached, pinned to the same ETag. ObjectChanged is not retried here:
-the caller starts the pull again from a fresh stat.
+from the byte it reached, pinned to the same ETag. An upload is retried step by step
+(start, each part, completion), so a failed part costs that part, not the object.
+ObjectChanged is not retried here: the caller starts the pull again from a fresh stat.
+
+Each operation has exactly one retry loop: nothing wrapped here is called from inside
+another retry loop (retry_call is for calls that are not backend verbs).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +26,11 @@ from registry_client.backends.base import (
     EtagPlan,
     Metadata,
     ObjectInfo,
+    PartSource,
     Progress,
     Reader,
+    Upload,
+    upload,
 )
 from registry_client.errors import RemoteUnavailable
 
@@ -56,6 +64,7 @@ class RetryingReader(Reader):
         self.policy = policy or RetryPolicy()
         self.kind = inner.kind
         self.location = inner.location
+        self.limiter = inner.limiter
         self._sleep = sleep
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -121,26 +130,32 @@ class RetryingBackend(RetryingReader, Backend):
             except RemoteUnavailable as exc:
                 attempt = self._backoff(f"list {prefix}", attempt, exc)
 
+    def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
+        return self._call(
+            f"upload {key}",
+            lambda: self.inner.start_upload(key, size, metadata, part_size=part_size),
+        )
+
     def put(
         self,
         key: str,
-        path: str,
+        source: str | os.PathLike[str] | PartSource,
         metadata: Metadata,
         *,
         part_size: int,
         concurrency: int,
         progress: Progress | None = None,
     ) -> ObjectInfo:
-        return self._call(
-            f"upload {key}",
-            lambda: self.inner.put(
-                key,
-                path,
-                metadata,
-                part_size=part_size,
-                concurrency=concurrency,
-                progress=progress,
-            ),
+        """The inner backend's upload, each step (start, part, completion) retried alone."""
+        return upload(
+            self.inner,
+            key,
+            source,
+            metadata,
+            part_size=part_size,
+            concurrency=concurrency,
+            progress=progress,
+            attempt=self._call,
         )
 
     def delete(self, key: str) -> None:

@@ -476,8 +476,6 @@ def list_remote(config: Config, target: str | None) -> list[dict[str, Any]]:
 
 
 def list_images(backend: Backend, prefix: str, remote_name: str | None) -> list[dict[str, Any]]:
-    from concurrent.futures import ThreadPoolExecutor
-
     from registry_client.names import ref_from_key
 
     found = [
@@ -485,8 +483,7 @@ def list_images(backend: Backend, prefix: str, remote_name: str | None) -> list[
         for info in backend.list(prefix)
         if (ref := ref_from_key(info.key, remote=remote_name)) is not None
     ]
-    with ThreadPoolExecutor(8) as pool:
-        infos = list(pool.map(lambda pair: _stat_or(backend, pair[0]), found))
+    infos = backend.limiter.map(lambda pair: _stat_or(backend, pair[0]), found)
     return [image_record(info, ref) for info, (_, ref) in zip(infos, found, strict=True)]
 
 

@@ -126,7 +126,7 @@ def download(
             frontier.finish(start, end)
         held = set(have)
         jobs = [r for r in ranges(info.size, settings.chunk_size) if r not in held]
-        workers = max(1, min(settings.concurrency, len(jobs)))
+        workers = backend.limiter.width(settings.concurrency, len(jobs))
         with ThreadPoolExecutor(workers + 1, thread_name_prefix="rc-get") as pool:
             hasher = pool.submit(_hash_follow, fd, info.size, frontier, digester)
             futures = [
@@ -157,7 +157,8 @@ def _run_range(
     if frontier.failed:
         return
     try:
-        _fetch_range(backend, info, fd, rng[0], rng[1], progress, frontier)
+        with backend.limiter:
+            _fetch_range(backend, info, fd, rng[0], rng[1], progress, frontier)
     except _Abandoned:
         return  # the failure that stopped us is reported by the range that had it
     except BaseException:

@@ -566,3 +566,23 @@ def test_token_headers_renew_before_expiry_and_once_per_refusal(monkeypatch):
     stale = {"Authorization": "Bearer t1"}
     assert headers.renew(stale) and headers.renew(stale)  # two threads refused the same one
     assert issued == ["t0", "t1", "t2"]
+
+
+def test_a_failing_config_blob_is_tried_by_one_retry_loop(ctx, registry, monkeypatch):
+    """The image config is read under the retry policy once: five GETs, one message."""
+    from registry_client.errors import RemoteUnavailable
+    from registry_client.retry import RetryPolicy
+    from tests.support.faultproxy import Fault, FaultProxy
+
+    monkeypatch.setattr(RetryPolicy, "delay", lambda self, attempt, error: 0.0)
+    with FaultProxy(registry.url) as faults:
+        faults.add_fault(Fault.status(503, times=None, path="/blobs/"))  # the config comes first
+        host = faults.url.split("//", 1)[1]
+        with pytest.raises(RemoteUnavailable) as caught:
+            pull(ctx, f"docker://{host}/lab/docker-types:1")
+        blob_gets = [r for r in faults.stats.log if "/blobs/" in r.target]
+    attempts = RetryPolicy().attempts
+    assert len(blob_gets) == attempts
+    assert str(caught.value).count("gave up after") == 1
+    assert f"gave up after {attempts} attempts" in str(caught.value)
+    assert published(ctx) == []

@@ -29,7 +29,7 @@ import requests
 
 from registry_client import __version__
 from registry_client.backends._wire import retry_after
-from registry_client.backends.base import EtagPlan, ObjectInfo, Progress, Reader
+from registry_client.backends.base import EtagPlan, Limiter, ObjectInfo, Progress, Reader
 from registry_client.digests import DigestResult
 from registry_client.errors import (
     AuthError,
@@ -54,6 +54,7 @@ HOST_RE = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])"
     r"(?::[0-9]{1,5})?\Z"
 )
+REGISTRY_CONNECTIONS = 8  # requests at once to one registry (all of a pull's blobs together)
 
 
 def new_session() -> requests.Session:
@@ -306,8 +307,10 @@ class HttpSource(Reader):
         credentials: Credentials | None = None,
         label: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.url = url
+        self.limiter = limiter or Limiter(REGISTRY_CONNECTIONS)
         self.final_url = url
         self.session = session or new_session()
         self.credentials = credentials

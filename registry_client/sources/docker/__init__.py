@@ -26,7 +26,7 @@ from registry_client.sources.docker.sifbuild import BUILDER_VERSION
 if TYPE_CHECKING:
     from registry_client.context import Context
 
-BLOB_WORKERS = 3  # layers fetched at once; each also uses parallel ranged reads
+BLOB_WORKERS = 3  # layers fetched at once; their ranged reads share the registry's limiter
 
 
 class DockerSource(Source):
@@ -82,12 +82,10 @@ class DockerSource(Source):
 
     def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
         from registry_client.digests import hash_file
-        from registry_client.retry import retry_call
         from registry_client.sources.docker.sifbuild import BuildSpec, build_sif, remove_tree
 
-        image = retry_call(
-            f"config of {self.ref}", lambda: self.client.config_json(self.resolved.config)
-        )
+        # One retry loop: config_json reads through the retry wrapper itself.
+        image = self.client.config_json(self.resolved.config)
         self._check_platform(ctx, image)
         layers = self._layers(ctx)
         work = _work_dir(ctx)
@@ -118,7 +116,9 @@ class DockerSource(Source):
         total = sum(d.size for d in layers if ctx.cache.lookup_blob(d.hex) is None)
         with (
             ctx.reporter.progress(f"pull {self.text}", total) as advance,
-            ThreadPoolExecutor(BLOB_WORKERS, thread_name_prefix="rc-blob") as pool,
+            ThreadPoolExecutor(
+                self.client.limiter.width(BLOB_WORKERS, len(layers)), thread_name_prefix="rc-blob"
+            ) as pool,
         ):
             paths = list(
                 pool.map(

@@ -30,6 +30,7 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 
+from registry_client.backends.base import Limiter
 from registry_client.errors import (
     AuthError,
     IntegrityError,
@@ -47,6 +48,7 @@ from registry_client.sources.docker.credentials import (
 )
 from registry_client.sources.http import (
     HOST_RE,
+    REGISTRY_CONNECTIONS,
     Credentials,
     Expected,
     HttpSource,
@@ -295,6 +297,7 @@ class RegistryClient:
     def __post_init__(self) -> None:
         self.base = self.ref.api_base
         self._looked_up = self.login is not None
+        self.limiter = Limiter(REGISTRY_CONNECTIONS)  # shared by every blob of this pull
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.ref})"
@@ -424,6 +427,7 @@ class RegistryClient:
             session=self.session,
             credentials=self.credentials,
             label=f"{self.ref.name}@{desc.digest[:19]}",
+            limiter=self.limiter,
         )
 
     def config_json(self, desc: Descriptor) -> dict[str, Any]:
