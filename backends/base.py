@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from registry_client.digests import EtagPlan, plain_md5_plan
 from registry_client.errors import Unsupported
@@ -382,8 +382,10 @@ class Upload(abc.ABC):
         """Remove what was uploaded; best effort, never raises."""
 
 
-Attempt = Callable[[str, Callable[[], T]], T]
-"""Runs one step of an upload (`what` names it): once, or under a retry policy."""
+class Attempt(Protocol):
+    """Runs one step of an upload (`what` names it): once, or under a retry policy."""
+
+    def __call__(self, what: str, step: Callable[[], T], /) -> T: ...
 
 
 def once(what: str, step: Callable[[], T]) -> T:
@@ -399,13 +401,13 @@ def upload(
     part_size: int,
     concurrency: int,
     progress: Progress | None = None,
-    attempt: Attempt = once,  # type: ignore[assignment]
+    attempt: Attempt = once,
 ) -> ObjectInfo:
     """Open an upload on `backend`, send its parts `concurrency` at a time (each under
     `attempt`, holding a slot of the remote's limiter), complete it; abort on any failure
     or Ctrl-C. A retried part costs that part, never the object."""
     owned = not isinstance(source, PartSource)
-    parts_of = FileParts(source) if owned else source  # type: ignore[arg-type]
+    parts_of = source if isinstance(source, PartSource) else FileParts(source)
     try:
         session = attempt(
             f"upload {key}",
