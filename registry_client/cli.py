@@ -177,6 +177,19 @@ def pull(
 
 
 @app.command()
+def resolve(
+    ctx: typer.Context,
+    refs: Annotated[list[str], typer.Argument(help="[REMOTE:]COLLECTION/NAME[:TAG] or URL")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Pin references to the digests the store holds now: prints REF@sha256:HEX."""
+    from registry_client.batch import resolve as do_resolve
+
+    rows = do_resolve(_g(ctx).context(), refs)
+    _emit(ctx, as_json, rows, "\n".join(r["pinned"] for r in rows))
+
+
+@app.command()
 def push(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="A SIF image file.")],
@@ -346,6 +359,52 @@ def cache_dir_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Print the cache root."""
     cache = _g(ctx).context().cache
     _emit(ctx, as_json, {"path": str(cache.root)}, str(cache.root))
+
+
+@cache_app.command("warm")
+def cache_warm(
+    ctx: typer.Context,
+    source: Annotated[
+        str,
+        typer.Argument(help="File with one reference per line (# comments), or - for stdin."),
+    ] = "-",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Pulls at a time.")] = 4,
+    arch: ArchOpt = None,
+    library_url: LibraryUrlOpt = None,
+    shub_url: ShubUrlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pull a list of references into the cache, in parallel (prologs, staging)."""
+    from registry_client.batch import read_reference_list, warm
+    from registry_client.sources import FetchOptions
+
+    refs = read_reference_list(_read_lines(source))
+    g = _g(ctx)
+    context = g.context()
+    context.reporter = ConsoleReporter(quiet=g.quiet, verbose=g.verbose, progress=False)
+    report = warm(context, refs, jobs=jobs, options=FetchOptions(arch, library_url, shub_url))
+    lines = [f"{r['ref']}\t{r.get('path') or 'FAILED'}" for r in report.results]
+    _done(ctx, report.summary())
+    _emit(ctx, as_json, report.to_dict(), "\n".join(lines) or None)
+    if report.failed:
+        worst = report.failed[0]
+        raise RegistryClientError(
+            f"{len(report.failed)} of {len(refs)} reference(s) could not be pulled, "
+            f"the first: {worst['ref']}",
+            hint="each failure is a warning above; run `cache warm` again to retry them",
+        ).with_exit(worst["exit"])
+
+
+def _read_lines(source: str) -> list[str]:
+    if source == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        with open(source, encoding="utf-8") as fh:
+            return fh.read().splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"{source}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {source}: {exc}") from None
 
 
 @cache_app.command("ls")

@@ -262,7 +262,14 @@ SCHEMA: Schema = {
     # each [remotes.NAME] is checked against its type's keys by remote_from_table
     "remotes": Kind("a table of [remotes.NAME] tables", lambda v: isinstance(v, dict)),
     "cache_dir": STRING,
-    "cache": {"shared": BOOLEAN, "locking": BOOLEAN},
+    "cache": {
+        "shared": BOOLEAN,
+        "locking": BOOLEAN,
+        "max_size": Kind(
+            'a size such as "200G" or "500M", or a number of bytes', lambda v: _is_size(v)
+        ),
+        "stale_if_error": BOOLEAN,
+    },
     "transfer": {
         "chunk_size": POSITIVE_INT,  # bytes
         "concurrency": POSITIVE_INT,
@@ -272,6 +279,21 @@ SCHEMA: Schema = {
     "library": {"url": STRING, "token": STRING},
     "shub": {"url": STRING, "username": STRING, "token": STRING},
 }
+
+
+def _is_size(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > 0
+    if not isinstance(value, str):
+        return False
+    from registry_client.maintenance import parse_size  # only when the key is there
+
+    try:
+        return parse_size(value) > 0
+    except ValueError:
+        return False
 
 
 def check_document(cfg_path: Path, data: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from registry_client import policy
 from registry_client.cache import raise_for_os_error, short_id
 from registry_client.errors import NotFound
 from registry_client.hits import PullResult, cache_hit
@@ -67,6 +68,8 @@ def pull_fetcher(
                     f"{source.text} is not in the cache", hint="pull it once without --offline"
                 )
             result = _pull(ctx, source, force)
+            if not result.cached:
+                policy.after_publish(ctx, result.sha256)
     finally:
         source.close()
     return place_output(result, output) if output else result

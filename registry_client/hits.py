@@ -25,6 +25,7 @@ class PullResult:
     cached: bool
     verified: tuple[str, ...] = ()
     resumed_bytes: int = 0
+    stale: bool = False  # answered from the cache because the store was unreachable
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -35,16 +36,29 @@ class PullResult:
             "cached": self.cached,
             "verified": list(self.verified),
             "resumed_bytes": self.resumed_bytes,
+            "stale": self.stale,
         }
+
+
+def pinned_key(ref: ImageRef, sha256: str) -> str:
+    """The record (beside the tag's own) saying this node saw REF with this digest."""
+    return f"{ref.tag}@sha256:{sha256}"
 
 
 def pull_from_cache(cache: Cache, ref: ImageRef, rid: str, offline: bool) -> PullResult | None:
     """A digest-pinned pull, or an --offline one by the tag's last recorded digest.
 
+    A pinned pull answers without network only where this node has seen the reference
+    with that digest (its pull recorded it), so that a job script behaves the same on
+    every node: elsewhere it costs one HEAD, which checks the name still has that digest.
+    --offline asks for the cache alone: there the digest is enough.
     `rid` is the remote's id (remotes.remote_id), under which tags are recorded.
     None when the image is not cached (or nothing pins it): the caller asks the remote.
     """
     sha = ref.digest
+    if sha is not None and not offline:
+        seen = cache.resolve_ref(rid, ref.collection, ref.name, pinned_key(ref, sha))
+        sha = sha if seen else None
     if sha is None and offline:
         record = cache.resolve_ref(rid, ref.collection, ref.name, ref.tag)
         sha = record.get("sha256") if record else None

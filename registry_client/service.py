@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry_client import __version__
+from registry_client import __version__, policy
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo
 from registry_client.cache import raise_for_os_error, short_id
 from registry_client.config import Config
@@ -27,7 +27,7 @@ from registry_client.errors import (
     RemoteUnavailable,
     UsageError,
 )
-from registry_client.hits import PullResult, cache_hit, pull_from_cache
+from registry_client.hits import PullResult, cache_hit, pinned_key, pull_from_cache
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
 from registry_client.remotes import open_remote, remote_for, remote_id
 from registry_client.reporting import Reporter
@@ -59,11 +59,16 @@ def pull(
     if result is None:
         if offline:
             raise NotFound(f"{ref} is not in the cache", hint="pull it once without --offline")
-        backend = open_remote(remote)
         try:
-            result = _pull_remote(ctx, backend, ref, rid, force)
-        finally:
-            backend.close()
+            backend = open_remote(remote)
+            try:
+                result = _pull_remote(ctx, backend, ref, rid, force)
+            finally:
+                backend.close()
+        except RemoteUnavailable as exc:
+            result = policy.answer_when_unreachable(ctx, ref, rid, exc)
+        if not result.cached:
+            policy.after_publish(ctx, result.sha256)
     if output:
         result = place_output(result, output)
     return result
@@ -144,20 +149,18 @@ def _cached_version(
 
 
 def _record_ref(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo, sha: str) -> None:
-    ctx.cache.record_ref(
-        rid,
-        ref.collection,
-        ref.name,
-        ref.tag,
-        {
-            "ref": str(ref),
-            "sha256": sha,
-            "etag": info.etag,
-            "size": info.size,
-            "key": info.key,
-            "pulled": time.time(),
-        },
-    )
+    """What the tag resolved to (for --offline and stale answers), and that this node saw
+    the reference with this digest (for pinned pulls without network: hits.pull_from_cache)."""
+    record = {
+        "ref": str(ref),
+        "sha256": sha,
+        "etag": info.etag,
+        "size": info.size,
+        "key": info.key,
+        "pulled": time.time(),
+    }
+    ctx.cache.record_ref(rid, ref.collection, ref.name, ref.tag, record)
+    ctx.cache.record_ref(rid, ref.collection, ref.name, pinned_key(ref, sha), record)
 
 
 @dataclass(frozen=True)

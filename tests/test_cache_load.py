@@ -38,6 +38,7 @@ class Rig:
         self, server: Any, tmp: Path, proxy: FaultProxy, timeouts: dict[str, int] | None = None
     ) -> None:
         self.proxy = proxy
+        self.server = server
         self.bucket = new_bucket(server)
         options = {**s3_options(server, self.bucket), "endpoint_url": proxy.url, **(timeouts or {})}
         cfg = write_config(tmp / "config.toml", {"lab": RemoteConfig("lab", "s3", options)}, "lab")

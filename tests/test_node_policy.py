@@ -1,0 +1,158 @@
+"""Node cache policy for batch jobs: `cache warm`, `[cache] max_size`, `resolve`, and
+pinned pulls — against the zero-config local remote (a folder laid out like a bucket)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from registry_client.cache import Cache
+from tests.support.helpers import console_script, run_cli
+
+MiB = 1 << 20
+
+
+def push(tmp_path: Path, ref: str, size: int = MiB, seed: int = 0) -> str:
+    from registry_client.sif import make_test_sif
+
+    path = tmp_path / f"{ref.replace('/', '_').replace(':', '_')}.sif"
+    make_test_sif(path, size, seed=seed)
+    result = run_cli("push", str(path), ref)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().removeprefix("sha256:")
+
+
+def user_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "home" / "cfg" / "registry-client" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def cached(tmp_path: Path) -> set[str]:
+    folder = tmp_path / "home" / "cache" / "registry-client" / "v1" / "sif" / "sha256"
+    return {p.stem for p in folder.glob("*.sif")}
+
+
+# -- cache warm ------------------------------------------------------------------------
+
+
+def test_cache_warm_from_a_file_is_parallel_idempotent_and_summarised(tmp_path: Path) -> None:
+    shas = [push(tmp_path, f"lab/app{i}:1", seed=i) for i in range(3)]
+    listing = tmp_path / "images.txt"
+    listing.write_text(
+        "# images for this allocation\n"
+        "lab/app0:1\n\nlab/app1:1   # the solver\nlab/app2:1\nlab/app0:1\n"
+    )
+    first = run_cli("--json", "cache", "warm", str(listing), "--jobs", "3")
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["downloaded"], report["cached"], report["failed"]) == (3, 0, 0)
+    assert "warmed 3 image(s): 3 downloaded, 0 already cached, 0 failed" in first.stderr
+    assert cached(tmp_path) == set(shas)
+    again = run_cli("cache", "warm", str(listing))
+    assert again.returncode == 0
+    assert "0 downloaded, 3 already cached" in again.stderr
+    assert [line.split("\t")[0] for line in again.stdout.splitlines()] == [
+        "lab/app0:1",
+        "lab/app1:1",
+        "lab/app2:1",
+    ]
+
+
+def test_cache_warm_from_stdin_keeps_going_past_a_failure(tmp_path: Path) -> None:
+    push(tmp_path, "lab/ok:1")
+    proc = subprocess.run(
+        [*console_script(), "cache", "warm", "-"],
+        input="lab/missing:1\nlab/ok:1\n",
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr  # the first failure's exit code: not found
+    assert "1 downloaded, 0 already cached, 1 failed" in proc.stderr
+    assert "error: 1 of 2 reference(s) could not be pulled" in proc.stderr
+    assert "lab/ok:1\t/" in proc.stdout and "lab/missing:1\tFAILED" in proc.stdout
+
+
+def test_cache_warm_checks_every_reference_first(tmp_path: Path) -> None:
+    push(tmp_path, "lab/ok:1")
+    listing = tmp_path / "l.txt"
+    listing.write_text("lab/ok:1\n../etc/passwd\n")
+    result = run_cli("cache", "warm", str(listing))
+    assert result.returncode == 2 and cached(tmp_path) == set()
+    assert run_cli("cache", "warm", str(tmp_path / "nope")).returncode == 2
+    assert run_cli("cache", "warm", str(listing), "--jobs", "0").returncode == 2
+
+
+# -- [cache] max_size ----------------------------------------------------------------------
+
+
+def test_max_size_trims_least_recently_used_after_each_download(tmp_path: Path) -> None:
+    user_config(tmp_path, '[cache]\nmax_size = "2500K"\n')
+    a, b, c = (push(tmp_path, f"lab/{n}:1", seed=i) for i, n in enumerate("abc"))
+    assert run_cli("pull", "lab/a:1").returncode == 0
+    assert run_cli("pull", "lab/b:1").returncode == 0
+    assert run_cli("pull", "lab/a:1").returncode == 0  # a used again: b is now the oldest
+    result = run_cli("pull", "lab/c:1")
+    assert result.returncode == 0, result.stderr
+    assert "cache over max_size: removed 1" in result.stderr
+    assert cached(tmp_path) == {a, c}
+
+
+def test_max_size_never_removes_an_image_in_use(tmp_path: Path) -> None:
+    user_config(tmp_path, "[cache]\nmax_size = 1048576\n")  # bytes: less than two images
+    a = push(tmp_path, "lab/a:1", seed=1)
+    b = push(tmp_path, "lab/b:1", seed=2)
+    assert run_cli("pull", "lab/a:1").returncode == 0
+    cache = Cache(tmp_path / "home" / "cache" / "registry-client")
+    with cache.using(a):  # a running job holds a (as pulls do while they hand it out)
+        result = run_cli("pull", "lab/b:1")
+    assert result.returncode == 0, result.stderr
+    assert cached(tmp_path) == {a, b}  # neither the one in use nor the new one went
+    assert "over max_size" in result.stderr and "in use" in result.stderr
+
+
+@pytest.mark.parametrize("value", ['"lots"', "-5", "true", '"-1G"'])
+def test_bad_max_size_is_a_config_error(tmp_path: Path, value: str) -> None:
+    user_config(tmp_path, f"[cache]\nmax_size = {value}\n")
+    result = run_cli("cache", "dir")
+    assert result.returncode == 2 and "max_size" in result.stderr
+
+
+# -- resolve and pinned pulls --------------------------------------------------------------
+
+
+def test_resolve_pins_references(tmp_path: Path) -> None:
+    a = push(tmp_path, "lab/a:1", seed=1)
+    b = push(tmp_path, "lab/b:2", seed=2)
+    result = run_cli("resolve", "lab/a:1", "lab/b:2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"lab/a:1@sha256:{a}", f"lab/b:2@sha256:{b}"]
+    rows = json.loads(run_cli("resolve", "--json", "lab/a:1").stdout)
+    assert rows == [{"ref": "lab/a:1", "pinned": f"lab/a:1@sha256:{a}", "sha256": a}]
+    assert run_cli("resolve", f"lab/a:1@sha256:{a}").returncode == 0
+    stale = run_cli("resolve", f"lab/a:1@sha256:{b}")
+    assert stale.returncode == 4 and "not the pinned digest" in stale.stderr
+    assert run_cli("resolve", "lab/none:1").returncode == 3
+    assert run_cli("resolve", "docker://alpine:3").returncode == 2
+
+
+def test_pinned_pull_reads_only_what_this_node_has_seen(tmp_path: Path) -> None:
+    """The same bytes under two names: pinned by the other name, the store is asked."""
+    sha = push(tmp_path, "lab/a:1", seed=7)
+    assert push(tmp_path, "lab/copy:1", seed=7) == sha
+    assert run_cli("pull", "lab/a:1").returncode == 0
+    store = tmp_path / "home" / "data" / "registry-client" / "images" / "lab"
+    (store / "copy:1.sif").rename(store / "moved.sif")  # the name no longer exists there
+    seen = run_cli("pull", f"lab/a:1@sha256:{sha}")
+    assert seen.returncode == 0, seen.stderr
+    unseen = run_cli("pull", f"lab/copy:1@sha256:{sha}")
+    assert unseen.returncode == 3, unseen.stderr  # asked the store, as any other node would
+    offline = run_cli("pull", "--offline", f"lab/copy:1@sha256:{sha}")
+    assert offline.returncode == 0 and offline.stdout == seen.stdout  # cache only: the digest
