@@ -157,15 +157,15 @@ def parse_age(text: str) -> float:
 
 def cache_listing(cache: Cache) -> list[dict[str, Any]]:
     """`cache ls`: each cached image with the references that last resolved to it."""
-    refs: dict[str, list[str]] = {}
-    for rec in cache.refs():
-        refs.setdefault(str(rec.get("sha256")), []).append(str(rec.get("ref")))
+    refs: dict[str, set[str]] = {}
+    for rec in cache.refs():  # a pull records its tag and its (ref, digest) pair: once each
+        refs.setdefault(str(rec.get("sha256")), set()).add(str(rec.get("ref")))
     return [
         {
             "digest": f"sha256:{e.sha256}",
             "size": e.size,
             "path": str(e.path),
-            "refs": sorted(refs.get(e.sha256, [])),
+            "refs": sorted(refs.get(e.sha256, ())),
         }
         for e in cache.entries()
     ]
