@@ -34,16 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
         code = _fast_pull(args)
+        if code is not None:
+            return code
+        # Loading the full CLI takes a while on a busy node: Ctrl-C then is no traceback.
+        from registry_client.cli import main as cli_main
     except KeyboardInterrupt:  # as the full CLI reports it
         from registry_client.console import print_error
         from registry_client.errors import Interrupted
 
         print_error(Interrupted("interrupted"))
         return 130
-    if code is not None:
-        return code
-    from registry_client.cli import main as cli_main
-
     return cli_main(argv)
 
 
