@@ -1,9 +1,11 @@
-"""Storage kinds behind one interface (see base.Backend): file, s3, swift.
+"""Storage kinds behind one interface (see base.Backend): file, s3, swift, azure, gcs.
 
 Installed as `registry_client.backends`. Modules are imported lazily, per kind, so a
 cache hit never pays for boto3 or swiftclient. `OPTIONS` says which keys a remote of
 each kind takes in the config file, and of what type (registry_client.schema checks
-them when the config is read, so a misspelt key is refused, never ignored).
+them when the config is read, so a misspelt key is refused, never ignored). The cloud
+SDKs are optional extras (`registry-client[azure]`, `[gcs]`): a missing one is a usage
+error naming the extra.
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ _KINDS = {
     "file": "registry_client.backends.file:FileBackend",
     "s3": "registry_client.backends.s3:S3Backend",
     "swift": "registry_client.backends.swift:SwiftBackend",
+    "azure": "registry_client.backends.azure:AzureBackend",
+    "gcs": "registry_client.backends.gcs:GcsBackend",
 }
+#: the optional extra that brings each kind's SDK, and the top-level modules it installs
+_EXTRAS = {"azure": ("azure", ("azure",)), "gcs": ("gcs", ("google", "google_crc32c"))}
 
 _COMMON = {"type": STRING, "prefix": STRING}
+_CONNECTIONS = {
+    "max_connections": POSITIVE_INT,
+    "connect_timeout": POSITIVE_NUMBER,
+    "read_timeout": POSITIVE_NUMBER,
+}
 _S3_KEYS = (
     "bucket",
     "endpoint_url",
@@ -82,6 +93,18 @@ OPTIONS = {
         "insecure": BOOLEAN,
         "max_connections": POSITIVE_INT,
     },
+    "azure": {
+        **_COMMON,
+        **dict.fromkeys(("bucket", "container", "account_url", "account", "api_version"), STRING),
+        **dict.fromkeys(("account_key", "sas_token", "connection_string"), STRING),
+        **_CONNECTIONS,
+    },
+    "gcs": {
+        **_COMMON,
+        **dict.fromkeys(("bucket", "endpoint_url", "credentials_file", "project"), STRING),
+        "anonymous": BOOLEAN,
+        **_CONNECTIONS,
+    },
 }
 
 
@@ -93,6 +116,15 @@ def open_backend(remote: RemoteConfig) -> Backend:
     if target is None:
         raise ConfigError(f"unknown remote type {remote.type!r}")
     module_name, _, cls_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: Backend = cls.from_remote(remote)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra, packages = _EXTRAS.get(remote.type, ("", ()))
+        if not (exc.name or "").startswith(packages) or not extra:
+            raise
+        raise ConfigError(
+            f"{remote.type} remotes need the optional {extra!r} extra ({exc.name} is missing)",
+            hint=f"pip install 'registry-client[{extra}]'",
+        ) from None
+    backend: Backend = getattr(module, cls_name).from_remote(remote)
     return backend

@@ -25,3 +25,19 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line, bounded, for one-line error messages."""
     text = str(exc)
     return text.splitlines()[0][:limit] if text else ""
+
+
+MAX_META_ENTRIES = 64
+MAX_META_VALUE = 8192
+
+
+def store_metadata(meta: Mapping[str, object] | None) -> dict[str, str]:
+    """Object metadata as a store returned it (untrusted): string names and values only,
+    bounded in count and length, names lower-case."""
+    out: dict[str, str] = {}
+    for key, value in (meta or {}).items():
+        if len(out) >= MAX_META_ENTRIES:
+            break
+        if isinstance(key, str) and isinstance(value, str) and len(value) <= MAX_META_VALUE:
+            out[key.lower()[:128]] = value
+    return out

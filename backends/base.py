@@ -73,6 +73,9 @@ class ObjectInfo:
     etag: str | None = None  # without quotes
     metadata: dict[str, str] = field(default_factory=dict)  # our metadata, lower-case keys
     modified: datetime | None = None
+    #: checksums the store keeps of the whole object, validated lower-case hex by the
+    #: backend: "md5" (Azure Content-MD5, GCS md5Hash), "crc32c" (GCS)
+    checksums: dict[str, str] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str | None:

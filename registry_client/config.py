@@ -3,8 +3,8 @@
     default_remote = "lab"
 
     [remotes.lab]
-    type = "s3"                 # s3 | swift | file
-    bucket = "images"           # s3 bucket / swift container; `path` for file
+    type = "s3"                 # s3 | swift | azure | gcs | file
+    bucket = "images"           # s3/gcs bucket, swift/azure container; `path` for file
     prefix = ""                 # optional key prefix
     endpoint_url = "http://127.0.0.1:9000"
     region = "us-east-1"
@@ -62,6 +62,9 @@ SECRET_KEYS = frozenset(
         "token",
         "auth_token",
         "application_credential_secret",
+        "account_key",  # Azure
+        "sas_token",  # Azure
+        "connection_string",  # Azure (holds the account key or a SAS)
     }
 )
 LOCAL_REMOTE = "local"
@@ -161,7 +164,7 @@ def remote_from_table(name: str, table: Any, path: Path | str) -> RemoteConfig:
     options = {k: v for k, v in table.items() if k != "type"}
     if kind == "file" and not options.get("path"):
         raise ConfigError(f"{path}: file remote {name!r} needs path")
-    if kind in ("s3", "swift") and not (options.get("bucket") or options.get("container")):
+    if kind != "file" and not (options.get("bucket") or options.get("container")):
         raise ConfigError(f"{path}: {kind} remote {name!r} needs bucket")
     return RemoteConfig(name, kind, options, str(path))
 

@@ -4,6 +4,9 @@ An S3 ETag is the md5 of a single-part object, or md5(concat(part md5s)) + "-N" 
 multipart one; a Swift SLO ETag is md5(concat(hex segment etags)). Both are checked from
 the md5 of each segment, so the downloader asks a backend for an EtagPlan (candidate
 segmentations plus a check) and feeds every byte once through a Digester.
+
+A plan may name another segment hash than md5: GCS composite objects carry only a CRC32C
+(`algorithm="crc32c"`, google-crc32c, imported only then).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,16 +38,47 @@ def segments(size: int, part_size: int) -> list[int]:
     return [part_size] * full + ([rest] if rest else [])
 
 
+class _Crc32c:
+    """CRC32C with hashlib's update/digest shape (digest: 4 bytes, big-endian, as GCS)."""
+
+    __slots__ = ("_sum",)
+
+    def __init__(self) -> None:
+        import google_crc32c
+
+        self._sum: Any = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
+
+    def update(self, data: bytes | memoryview) -> None:
+        # The C extension takes bytes only (not even a read-only memoryview): one memcpy.
+        self._sum.update(data if isinstance(data, bytes) else bytes(data))
+
+    def digest(self) -> bytes:
+        return bytes(self._sum.digest())
+
+
+ALGORITHMS = ("md5", "crc32c")
+
+
+def new_hash(algorithm: str) -> Any:
+    """A fresh segment hash: hashlib's md5, or CRC32C."""
+    if algorithm == "md5":
+        return hashlib.md5(usedforsecurity=False)
+    if algorithm == "crc32c":
+        return _Crc32c()
+    raise ValueError(f"unknown segment hash {algorithm!r}")
+
+
 class _Segmenter:
-    """md5 of each segment of one segmentation, fed sequential bytes."""
+    """The digest of each segment of one segmentation, fed sequential bytes."""
 
-    __slots__ = ("lengths", "index", "left", "current", "digests")
+    __slots__ = ("lengths", "index", "left", "current", "digests", "algorithm")
 
-    def __init__(self, lengths: Sequence[int]) -> None:
+    def __init__(self, lengths: Sequence[int], algorithm: str = "md5") -> None:
         self.lengths = list(lengths)
+        self.algorithm = algorithm
         self.index = 0
         self.left = self.lengths[0] if self.lengths else 0
-        self.current = hashlib.md5(usedforsecurity=False)
+        self.current = new_hash(algorithm)
         self.digests: list[bytes] = []
 
     def update(self, data: memoryview) -> None:
@@ -62,14 +96,14 @@ class _Segmenter:
         if self.index >= len(self.lengths):
             raise ValueError("more bytes than the segmentation covers")
         self.left = self.lengths[self.index]
-        self.current = hashlib.md5(usedforsecurity=False)
+        self.current = new_hash(self.algorithm)
 
     def finish(self) -> list[bytes]:
         # Zero-length trailing segments still get a digest of their (empty) bytes.
         while self.index < len(self.lengths):
             self.digests.append(self.current.digest())
             self.index += 1
-            self.current = hashlib.md5(usedforsecurity=False)
+            self.current = new_hash(self.algorithm)
         return self.digests
 
 
@@ -92,25 +126,27 @@ class EtagPlan:
     description: str = ""
     #: less likely segmentations, hashed from the local copy only if `schemes` fail
     more_schemes: list[list[int]] = field(default_factory=list)
+    #: the hash of each segment: "md5" (S3, Swift, Azure, most GCS objects) or "crc32c"
+    algorithm: str = "md5"
 
 
 @dataclass(frozen=True)
 class DigestResult:
     size: int
     sha256: str
-    segment_md5s: list[list[bytes]]
+    segment_md5s: list[list[bytes]]  # digests of the plan's algorithm (md5 unless told)
 
 
 class Digester:
-    """Feed bytes in order; get sha256 and the md5 of every segment of every scheme.
+    """Feed bytes in order; get sha256 and the md5 (or CRC32C) of every segment of every scheme.
 
     sha256 runs on a helper thread while this one computes the md5s: hashlib releases the
     GIL on large buffers, so the two hashes take max(sha256, md5) of wall time, not the sum.
     """
 
-    def __init__(self, schemes: Sequence[Sequence[int]] = ()) -> None:
+    def __init__(self, schemes: Sequence[Sequence[int]] = (), algorithm: str = "md5") -> None:
         self._sha = hashlib.sha256()
-        self._segmenters = [_Segmenter(s) for s in schemes]
+        self._segmenters = [_Segmenter(s, algorithm) for s in schemes]
         self._pool = ThreadPoolExecutor(1, "rc-sha256") if self._segmenters else None
         self.size = 0
 
@@ -207,9 +243,10 @@ def hash_file(
     schemes: Sequence[Sequence[int]] = (),
     block: int = 4 * MiB,
     stop: threading.Event | None = None,
+    algorithm: str = "md5",
 ) -> DigestResult:
     """One sequential pass over a local file; `stop` abandons it (HashingStopped)."""
-    digester = Digester(schemes)
+    digester = Digester(schemes, algorithm)
     buf = bytearray(block)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:

@@ -5,6 +5,8 @@ Grammar (see docs/references.md):
     [REMOTE:]COLLECTION/NAME[:TAG][@sha256:HEX]         a named (or the default) remote
     s3://BUCKET/[PREFIX/]COLLECTION/NAME[:TAG][@...]    direct S3 URL, no config needed
     swift://CONTAINER/[PREFIX/]COLLECTION/NAME[:TAG]    direct Swift URL
+    azure://CONTAINER/[PREFIX/]COLLECTION/NAME[:TAG]    direct Azure Blob Storage URL
+    gs://BUCKET/[PREFIX/]COLLECTION/NAME[:TAG]          direct Google Cloud Storage URL
     file:///DIR/COLLECTION/NAME[:TAG]                   a local directory laid out like a bucket
     docker://... library://... shub://...               fetcher references (kept as text here)
 
@@ -26,13 +28,25 @@ DIGEST_RE = re.compile(r"sha256:([a-f0-9]{64})\Z")
 # S3 bucket names (and Swift containers, which are looser) as the S3 rules allow.
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 SWIFT_CONTAINER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,255}\Z")
+# Azure containers: 3-63 of lower-case letters, digits and single hyphens between them.
+AZURE_CONTAINER_RE = re.compile(r"(?=.{3,63}\Z)[a-z0-9]+(?:-[a-z0-9]+)*\Z")
+# GCS buckets (without dots: dotted names are domain-verified and rare): 3-63 characters.
+GCS_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]\Z")
 PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 
 MAX_SEGMENT = 128
 MAX_REFERENCE = 1024
 DEFAULT_TAG = "latest"
 FETCHER_SCHEMES = ("docker", "library", "shub")
-BUCKET_SCHEMES = ("s3", "swift", "file")
+BUCKET_SCHEMES = ("s3", "swift", "file", "azure", "gs")
+#: the remote type behind each direct-URL scheme (gs:// is type "gcs")
+SCHEME_TYPES = {"s3": "s3", "swift": "swift", "file": "file", "azure": "azure", "gs": "gcs"}
+LOCATION_RES = {
+    "s3": BUCKET_RE,
+    "swift": SWIFT_CONTAINER_RE,
+    "azure": AZURE_CONTAINER_RE,
+    "gs": GCS_BUCKET_RE,
+}
 IMAGE_SUFFIXES = (".sif", ".simg")
 
 
@@ -45,7 +59,7 @@ class ImageRef:
     tag: str = DEFAULT_TAG
     digest: str | None = None  # hex sha256 when pinned
     remote: str | None = None  # named remote; None = default remote (or a direct URL)
-    scheme: str | None = None  # "s3" | "swift" | "file" for direct URLs
+    scheme: str | None = None  # "s3" | "swift" | "file" | "azure" | "gs" for direct URLs
     location: str | None = None  # bucket, container or absolute directory of a direct URL
     prefix: str = ""  # extra key prefix of a direct URL, "" or ending in "/"
 
@@ -181,8 +195,7 @@ def _parse_direct(text: str, scheme: str, rest: str) -> ImageRef:
     if len(parts) < 3:
         raise _reject(text, f"need {scheme}://BUCKET/COLLECTION/NAME[:TAG]")
     bucket = parts[0]
-    pattern = BUCKET_RE if scheme == "s3" else SWIFT_CONTAINER_RE
-    if not pattern.match(bucket) or ".." in bucket:
+    if not LOCATION_RES[scheme].match(bucket) or ".." in bucket:
         raise _reject(text, f"invalid bucket/container name {bucket!r}")
     collection, name, tag = _collection_name_tag(text, parts[1:])
     prefix = _check_prefix(text, parts[1:-2])

@@ -22,26 +22,27 @@ from registry_client.config import (
     write_config_text,
 )
 from registry_client.errors import ConfigError, NotFound, UsageError
-from registry_client.names import check_segment
+from registry_client.names import SCHEME_TYPES, check_segment
 from registry_client.schema import Kind
 
 
 def _from_url(url: str) -> tuple[str, dict[str, Any]]:
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("s3", "swift", "file") or not rest:
+    if not sep or scheme not in SCHEME_TYPES or not rest:
         raise UsageError(
             f"remote URL {url!r}: expected s3://BUCKET[/PREFIX], "
-            "swift://CONTAINER[/PREFIX] or file:///DIR"
+            "swift://CONTAINER[/PREFIX], azure://CONTAINER[/PREFIX], gs://BUCKET[/PREFIX] "
+            "or file:///DIR"
         )
     if scheme == "file":
         if not rest.startswith("/"):
             raise UsageError(f"remote URL {url!r}: file:// needs an absolute path")
         return scheme, {"path": rest.rstrip("/") or "/"}
     bucket, _, prefix = rest.partition("/")
-    options: dict[str, Any] = {"bucket": bucket}
+    options: dict[str, Any] = {"container" if scheme == "azure" else "bucket": bucket}
     if prefix.strip("/"):
         options["prefix"] = prefix.strip("/")
-    return scheme, options
+    return SCHEME_TYPES[scheme], options
 
 
 def add_remote(
@@ -79,7 +80,7 @@ def add_remote(
 
 
 def _check_endpoint(table: dict[str, Any]) -> None:
-    for key in ("endpoint_url", "auth_url"):
+    for key in ("endpoint_url", "auth_url", "account_url"):
         value = table.get(key)
         if isinstance(value, str) and not value.startswith(("http://", "https://")):
             raise UsageError(

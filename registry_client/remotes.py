@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from registry_client.cache import short_id
 from registry_client.config import Config, RemoteConfig
 from registry_client.errors import UsageError
-from registry_client.names import ImageRef, check_segment, parse_image_ref
+from registry_client.names import SCHEME_TYPES, ImageRef, check_segment, parse_image_ref
 
 if TYPE_CHECKING:
     from registry_client.backends.base import Backend
@@ -22,8 +22,10 @@ def remote_for(config: Config, ref: ImageRef) -> RemoteConfig:
     if ref.scheme == "file":
         return RemoteConfig(f"file:{ref.location}", "file", {"path": ref.location})
     # Endpoints and credentials of direct URLs come from the ecosystem's own
-    # conventions (AWS_* / OS_* / ST_* variables), read by the backend itself.
-    return RemoteConfig(f"{ref.scheme}:{ref.location}", ref.scheme or "", {"bucket": ref.location})
+    # conventions (AWS_* / OS_* / ST_* / AZURE_STORAGE_* / GOOGLE_* variables), read by
+    # the backend itself.
+    kind = SCHEME_TYPES.get(ref.scheme or "", "")
+    return RemoteConfig(f"{ref.scheme}:{ref.location}", kind, {"bucket": ref.location})
 
 
 def remote_id(remote: RemoteConfig) -> str:
@@ -38,10 +40,35 @@ def remote_id(remote: RemoteConfig) -> str:
             or os.environ.get("ST_AUTH")
             or os.environ.get("OS_AUTH_URL", "")
         )
+    if not endpoint and remote.type in CLOUD_ENDPOINTS:
+        endpoint = CLOUD_ENDPOINTS[remote.type](remote.options)
     location = remote.location
     if remote.type == "file":
         location = os.path.abspath(os.path.expanduser(location))
     return short_id(remote.type, endpoint, location, remote.prefix)
+
+
+def _azure_endpoint(options: dict[str, object]) -> str:
+    """The account a container lives in (never a key): URL, account name or connection
+    string's endpoint."""
+    explicit = options.get("account_url") or options.get("account") or ""
+    if explicit:
+        return str(explicit)
+    conn = str(options.get("connection_string") or os.environ.get(AZ_CONN, ""))
+    fields = dict(p.partition("=")[::2] for p in conn.split(";") if "=" in p)
+    return (
+        fields.get("BlobEndpoint")
+        or fields.get("AccountName")
+        or os.environ.get("AZURE_STORAGE_ACCOUNT", "")
+    )
+
+
+def _gcs_endpoint(options: dict[str, object]) -> str:
+    return str(options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST", ""))
+
+
+AZ_CONN = "AZURE_STORAGE_CONNECTION_STRING"
+CLOUD_ENDPOINTS = {"azure": _azure_endpoint, "gcs": _gcs_endpoint}
 
 
 def open_remote(remote: RemoteConfig, policy: RetryPolicy | None = None) -> Backend:

@@ -196,6 +196,7 @@ def _download_verified(
                     progress=advance,
                     have=have,
                     on_range=on_range,
+                    algorithm=plan.algorithm,
                 )
             checks = verify(info, plan, result, expected, ctx.reporter, tmp)
             return _Downloaded(ctx.cache.publish(tmp, result.sha256), checks, resumed)
@@ -280,7 +281,8 @@ def _etag_matches(plan: EtagPlan, result: DigestResult, local: Path | None) -> b
         return False
     from registry_client.digests import hash_file
 
-    return plan.check(hash_file(str(local), plan.more_schemes).segment_md5s)
+    more = hash_file(str(local), plan.more_schemes, algorithm=plan.algorithm)
+    return plan.check(more.segment_md5s)
 
 
 def place_output(result: PullResult, output: str) -> PullResult:

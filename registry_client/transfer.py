@@ -108,14 +108,16 @@ def download(
     progress: Progress | None = None,
     have: Iterable[tuple[int, int]] = (),
     on_range: Callable[[int, int], None] | None = None,
+    algorithm: str = "md5",
 ) -> DigestResult:
     """Fetch the object into dest (preallocated) and hash it in order.
 
     `have` lists ranges dest already holds (a resumed download): they are not fetched
     again, only re-read for hashing, so the whole file is still verified. `on_range` is
-    told of each range once it is written (to persist resume state).
+    told of each range once it is written (to persist resume state). `algorithm` is the
+    segment hash of the schemes (the EtagPlan's).
     """
-    digester = Digester(schemes)
+    digester = Digester(schemes, algorithm)
     frontier = _Frontier()
     have = [(start, end) for start, end in have]
     flags = os.O_RDWR | os.O_CREAT | (0 if have else os.O_EXCL)

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from registry_client.config import RemoteConfig
-from tests.support.helpers import s3_client, s3_options
+from tests.support.helpers import azure_service, gcs_client, s3_client, s3_options
 
 # Never let boto3 look for instance credentials off this machine (169.254.169.254).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-for _var in [v for v in os.environ if v.startswith(("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_"))]:
+_PREFIXES = ("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_", "AZURE_", "GOOGLE_", "STORAGE_EMULATOR_")
+for _var in [v for v in os.environ if v.startswith(_PREFIXES)]:
     if _var != "AWS_EC2_METADATA_DISABLED":
         del os.environ[_var]
 
@@ -64,6 +65,42 @@ def moto_server() -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.support.servers.azurite import start_azurite
+
+    server = start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.support.servers.fake_gcs import start_fake_gcs
+
+    server = start_fake_gcs(tmp_path_factory.mktemp("fake-gcs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def azure_container(azurite_server: Any) -> str:
+    name = f"rc-{uuid.uuid4().hex[:12]}"
+    azure_service(azurite_server).create_container(name)
+    return name
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: Any) -> str:
+    name = f"rc-{uuid.uuid4().hex[:12]}"
+    gcs_client(gcs_server).create_bucket(name)
+    return name
 
 
 S3_SERVERS = {"swift-s3api": "swift_server", "moto": "moto_server"}

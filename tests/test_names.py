@@ -36,6 +36,14 @@ HEX = "a" * 64
             ImageRef("lab", "app", "v2", None, None, "file", "/srv/images"),
         ),
         ("a.b-c_d/x.y:T_1.0-rc", ImageRef("a.b-c_d", "x.y", "T_1.0-rc")),
+        (
+            "azure://images-1/hpc/lab/app:1",
+            ImageRef("lab", "app", "1", None, None, "azure", "images-1", "hpc/"),
+        ),
+        (
+            "gs://my_bucket-2/lab/app",
+            ImageRef("lab", "app", "latest", None, None, "gs", "my_bucket-2"),
+        ),
     ],
 )
 def test_valid(text: str, expected: ImageRef) -> None:
@@ -80,6 +88,13 @@ def test_fetchers_are_kept_as_text() -> None:
         "lab/app-",
         "s3://UPPER/lab/app",
         "docker://../x",
+        "azure://Images/lab/app",  # Azure containers are lower-case
+        "azure://a--b/lab/app",  # no double hyphens
+        "azure://ab/lab/app",  # at least 3 characters
+        "azure://my_c/lab/app",  # no underscores
+        "gs://-bucket/lab/app",
+        "gs://Bucket/lab/app",
+        "gcs://bucket/lab/app",  # the scheme is gs://
     ],
 )
 def test_invalid(text: str) -> None:

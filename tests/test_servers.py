@@ -17,7 +17,10 @@ import pytest
 import swiftclient
 from botocore.config import Config
 
+from tests.support.helpers import azure_service, gcs_client
 from tests.support.servers._util import http_request, pid_running
+from tests.support.servers.azurite import start_azurite
+from tests.support.servers.fake_gcs import start_fake_gcs
 from tests.support.servers.moto_server import start_moto
 from tests.support.servers.registry import start_registry
 from tests.support.servers.swift_aio import start_swift
@@ -126,6 +129,24 @@ def test_registry_answers_v2(tmp_path: Path) -> None:
         result = http_request(f"{server.url}/v2/")
         assert result is not None and result[0] == 200
         assert result[1].get("Docker-Distribution-Api-Version") == "registry/2.0"
+    assert_stopped(pids)
+
+
+def test_azurite_roundtrip(tmp_path: Path) -> None:
+    with start_azurite(tmp_path) as server:
+        pids = server.pids
+        container = azure_service(server).create_container("roundtrip")
+        container.upload_blob("dir/a.sif", b"payload")
+        assert container.download_blob("dir/a.sif").readall() == b"payload"
+    assert_stopped(pids)
+
+
+def test_fake_gcs_roundtrip(tmp_path: Path) -> None:
+    with start_fake_gcs(tmp_path) as server:
+        pids = server.pids
+        bucket = gcs_client(server).create_bucket("roundtrip")
+        bucket.blob("dir/a.sif").upload_from_string(b"payload")
+        assert bucket.blob("dir/a.sif").download_as_bytes() == b"payload"
     assert_stopped(pids)
 
 

@@ -323,6 +323,39 @@ def cpu_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def cloud_table(rows: list[dict[str, Any]]) -> str:
+    """Our cold pull / the vendor SDK's download, on the cloud emulators."""
+    body = []
+    for r in rows:
+        ours, peer = r["tools"]["registry-client"], r["tools"][r["peer"]]
+        body.append(
+            [
+                r["target"],
+                r["label"],
+                _mmm(ours["wall"]),
+                r["peer"],
+                _mmm(peer["wall"]),
+                _mmm(r["ratio"]),
+                f"{_f(ours['cpu_s_per_gib']['median'])} / {_f(peer['cpu_s_per_gib']['median'])}",
+                f"{_f(ours['server_cpu_s_per_gib'].get('median'))} / "
+                f"{_f(peer['server_cpu_s_per_gib'].get('median'))}",
+                f"{_f(ours['rss_mb']['median'], 0)} / {_f(peer['rss_mb']['median'], 0)}",
+            ]
+        )
+    headers = [
+        "emulator",
+        "size",
+        "ours s",
+        "SDK peer",
+        "peer s",
+        "ours/peer",
+        "client CPU s/GiB: ours / peer",
+        "emulator CPU s/GiB: ours / peer",
+        "peak RSS MB: ours / peer",
+    ]
+    return table(headers, body)
+
+
 def render(results: dict[str, Any]) -> str:
     parts = []
     if results.get("pull"):
@@ -346,6 +379,8 @@ def render(results: dict[str, Any]) -> str:
         parts += ["", "## Warm pull (cache hit)", warm_table(results["warm"])]
     if results.get("herd"):
         parts += ["", "## Herd (N concurrent pulls, one cold cache)", herd_table(results["herd"])]
+    if results.get("cloud"):
+        parts += ["", "## Cloud emulators: cold pull vs the SDK", cloud_table(results["cloud"])]
     if results.get("rss"):
         parts += ["", "## Peak RSS", rss_table(results["rss"])]
     if results.get("cpu"):

@@ -2,7 +2,8 @@
 
     bash scripts/bench [--quick | --full] [--sizes 256M,1G] [--repeats 3] [--only pull,warm]
 
-Starts Swift all-in-one (native Swift + S3 via s3api) and moto, generates SIF images in a
+Starts Swift all-in-one (native Swift + S3 via s3api) and moto (and, for the cloud figure,
+Azurite and fake-gcs-server), generates SIF images in a
 temp dir under --out (same disk as the caches), installs the peers into a venv outside the
 repository (awscli, s5cmd, python-swiftclient, sregistry, matplotlib; rclone from Debian),
 then measures, interleaved repeat by repeat: push, cold pull, warm pull, herds, peak RSS and
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks import report
+from tests.benchmarks.clouds import cloud_figure
 from tests.benchmarks.figures import Bench, herd_figure, pull_figure, push_figure, warm_figure
 from tests.benchmarks.measure import checked, hash_floor, run_timed
 from tests.benchmarks.tools import Tools, ensure_tools, tool_version
@@ -39,11 +41,11 @@ from tests.benchmarks.world import (
 )
 
 TARGETS = ["swift-s3api", "moto", "swift"]
-FIGURES = ["push", "pull", "warm", "herd", "floor"]
-MODES = {  # sizes, repeats, warm repeats, herd repeats, herd image, herd Ns, moto cap
-    "quick": ("64M,256M", 2, 10, 1, "32M", "8,32", "64M"),
-    "default": ("256M,1G", 3, 15, 2, "128M", "8,32", "256M"),
-    "full": ("256M,1G,4G", 3, 20, 2, "256M", "8,32", "256M"),
+FIGURES = ["push", "pull", "warm", "herd", "floor", "cloud"]
+MODES = {  # sizes, repeats, warm repeats, herd repeats, herd image, herd Ns, moto cap, cloud
+    "quick": ("64M,256M", 2, 10, 1, "32M", "8,32", "64M", "64M"),
+    "default": ("256M,1G", 3, 15, 2, "128M", "8,32", "256M", "256M"),
+    "full": ("256M,1G,4G", 3, 20, 2, "256M", "8,32", "256M", "256M"),
 }
 
 
@@ -66,6 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--moto-max-size",
         help="largest image timed on moto (it copies the "
         "whole object for every ranged GET, so time grows with size squared)",
+    )
+    p.add_argument(
+        "--cloud-size",
+        help="image size of the cloud-emulator figure (Azurite, fake-gcs-server), "
+        "which needs about six times that in memory while it is uploaded",
     )
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--only", default=",".join(FIGURES), help="figures to run")
@@ -103,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     name = "quick" if args.quick else "full" if args.full else "default"
-    sizes, repeats, warm, herd_rep, herd_size, herd_n, moto_cap = MODES[name]
+    sizes, repeats, warm, herd_rep, herd_size, herd_n, moto_cap, cloud = MODES[name]
     args.mode = name
     args.sizes = [parse_size(s) for s in (args.sizes or sizes).split(",")]
     args.repeats = args.repeats or repeats
@@ -112,6 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.herd_size = parse_size(args.herd_size or herd_size)
     args.herd_n = [int(n) for n in (args.herd_n or herd_n).split(",")]
     args.moto_max_size = parse_size(args.moto_max_size or moto_cap)
+    args.cloud_size = parse_size(args.cloud_size or cloud)
     args.targets = [t for t in args.targets.split(",") if t]
     args.only = set(args.only.split(","))
     args.peers = None if args.peers is None else set(args.peers.split(","))
@@ -246,6 +254,7 @@ def meta(args: argparse.Namespace, tools: Tools) -> dict[str, Any]:
         "herd_size": size_label(args.herd_size),
         "herd_n": args.herd_n,
         "moto_max_size": size_label(args.moto_max_size),
+        "cloud_size": size_label(args.cloud_size),
         "transfer": args.transfer,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -357,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {s for t in args.targets for s in sizes_for(args, t)}
         if "herd" in args.only:
             wanted.add(args.herd_size)
+        if "cloud" in args.only:
+            wanted.add(args.cloud_size)
         make_images(world, sorted(wanted))
         log("servers ...")
         servers = start_targets(world, args.targets)
@@ -364,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             run_target(bench, args, name, results)
             results["timings"][name] = round(time.perf_counter() - t0, 1)
+        if "cloud" in args.only:
+            t0 = time.perf_counter()
+            results["cloud"] = cloud_figure(bench, world.images[args.cloud_size])
+            results["timings"]["cloud"] = round(time.perf_counter() - t0, 1)
         if args.profile:
             log("profiling a cold pull with py-spy")
             results["profile"] = profile_pull(bench, args, out)

@@ -137,7 +137,12 @@ class World:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_", "RCLONE_", "SREGISTRY_"))
+            if not k.startswith(
+                (
+                    *("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_", "RCLONE_", "SREGISTRY_"),
+                    *("AZURE_", "GOOGLE_", "STORAGE_EMULATOR_HOST"),
+                )
+            )
         }
         home = self.work / "home"
         env.update(

@@ -46,7 +46,8 @@ def plan_verifies(backend: Backend, key: str, path: Path) -> bool:
     info = backend.stat(key)
     plan = backend.etag_plan(info)
     schemes = plan.schemes + plan.more_schemes
-    return plan.verifiable and plan.check(hash_file(str(path), schemes).segment_md5s)
+    digests = hash_file(str(path), schemes, algorithm=plan.algorithm)
+    return plan.verifiable and plan.check(digests.segment_md5s)
 
 
 def innermost(backend: Backend) -> Backend:

@@ -103,3 +103,36 @@ def push_then_ctrl_c(args: list[str], env: dict[str, str], started: Any) -> floa
     print(f"\nCtrl-C mid-push: exit {proc.returncode} after {took:.1f}s")
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
     return took
+
+
+def azure_options(server: Any, container: str) -> dict[str, Any]:
+    """A named Azure remote on Azurite: account URL and the emulator's well-known key."""
+    return {
+        "container": container,
+        "account_url": server.blob_endpoint,
+        "account": server.account,
+        "account_key": server.account_key,
+    }
+
+
+def azure_service(server: Any) -> Any:
+    """A plain azure-storage-blob client, as another tool would use (no retries)."""
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(server.connection_string, retry_total=0)
+
+
+def gcs_options(server: Any, bucket: str) -> dict[str, Any]:
+    return {"bucket": bucket, "endpoint_url": server.endpoint, "anonymous": True}
+
+
+def gcs_client(server: Any) -> Any:
+    """A plain google-cloud-storage client on the emulator, as another tool would use."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(
+        project="test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": server.endpoint},
+    )

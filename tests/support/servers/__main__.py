@@ -1,7 +1,8 @@
 """Run one loopback server in the foreground: ``scripts/servers KIND`` from any folder
 (or ``python -m tests.support.servers KIND`` from the repository root).
 
-KIND is swift, moto or registry; docs/servers.md lists their ports and credentials.
+KIND is swift, moto, registry, azurite or fake-gcs; docs/servers.md lists their ports and
+credentials.
 
 Prints one JSON line (endpoints, credentials, PIDs) on stdout once the server is ready,
 then runs until SIGTERM/SIGINT (or until one of its processes or its parent dies) and
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._util import ManagedServer, ServerStartError
+from .azurite import start_azurite
+from .fake_gcs import start_fake_gcs
 from .moto_server import start_moto
 from .registry import start_registry
 from .swift_aio import start_swift
@@ -30,7 +33,7 @@ from .swift_aio import start_swift
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/servers", description=__doc__)
-    parser.add_argument("kind", choices=("swift", "moto", "registry"))
+    parser.add_argument("kind", choices=("swift", "moto", "registry", "azurite", "fake-gcs"))
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -45,6 +48,10 @@ def starter(args: argparse.Namespace, workdir: Path) -> Callable[[], ManagedServ
         return lambda: start_swift(workdir, args.port)
     if args.kind == "registry":
         return lambda: start_registry(workdir, args.port)
+    if args.kind == "azurite":
+        return lambda: start_azurite(workdir, args.port)
+    if args.kind == "fake-gcs":
+        return lambda: start_fake_gcs(workdir, args.port)
     return lambda: start_moto(args.port, log_dir=workdir / "logs")
 
 
