@@ -28,8 +28,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -44,13 +43,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
 from azure.storage.blob._generated.models import ModifiedAccessConditions
 
-from registry_client.backends._parts import (
-    RangeFile,
-    fit_part_size,
-    md5_of_range,
-    upload_parts,
-    whole_file_digest,
-)
+from registry_client.backends._parts import InOrder, cut, digests_of, fit_part_size
 from registry_client.backends._wire import (
     first_line,
     is_transport_error,
@@ -58,12 +51,14 @@ from registry_client.backends._wire import (
     store_metadata,
 )
 from registry_client.backends.base import (
+    DEFAULT_CONNECTIONS,
     Backend,
     Capabilities,
     EtagPlan,
+    Limiter,
     Metadata,
     ObjectInfo,
-    Progress,
+    Upload,
     metadata_of,
 )
 from registry_client.digests import plain_md5_plan
@@ -74,6 +69,7 @@ from registry_client.errors import (
     ObjectChanged,
     RegistryClientError,
     RemoteUnavailable,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -82,6 +78,7 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 MAX_BLOCKS = 50_000  # committed blocks per blob
 MAX_BLOCK = 4000 * MiB
+OCTET = "application/octet-stream"
 MIN_BLOCK = MiB
 BLOCK_ID_RE = re.compile(r"rc1-[0-9a-f]{8}-[0-9]{5}-([0-9a-f]{32})\Z")
 COPY_WAIT = 600.0  # seconds a server-side copy may stay pending
@@ -166,7 +163,8 @@ class AzureBackend(Backend):
         self.container_name = container
         self.prefix = prefix
         self.options = options or {}
-        self.service = client or make_client(self.options)
+        self.limiter = Limiter.from_options(self.options)
+        self.service = client or make_client(self.options, self.limiter.slots)
         self.container = self.service.get_container_client(container)
         self.location = f"azure://{container}/{prefix} ({_public_url(self.service.url)})"
 
@@ -241,57 +239,11 @@ class AzureBackend(Backend):
         except Exception as exc:
             raise translate(exc, f"list {self.container_name}/{self.prefix}{prefix}") from None
 
-    def put(
-        self,
-        key: str,
-        path: str,
-        metadata: Metadata,
-        *,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None = None,
-    ) -> ObjectInfo:
-        size = os.path.getsize(path)
+    def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
         block_size = fit_part_size(size, part_size, minimum=MIN_BLOCK, max_parts=MAX_BLOCKS)
         if block_size > MAX_BLOCK:
-            raise IntegrityError(f"upload {key}: {size} bytes is over Azure's blob size limit")
-        blob = self._blob(key)
-        token = secrets.token_hex(4)
-
-        def stage(fd: int, index: int, offset: int, length: int) -> str:
-            digest = md5_of_range(fd, offset, length)
-            block_id = f"rc1-{token}-{index:05d}-{digest.hex()}"
-            blob.stage_block(
-                block_id,
-                RangeFile(fd, offset, length),
-                length=length,
-                transactional_content_md5=digest,
-            )
-            if progress:
-                progress(length)
-            return block_id
-
-        try:
-            with ThreadPoolExecutor(1, thread_name_prefix="rc-md5") as pool:
-                # The blob's Content-MD5 needs the whole file in order: hashed beside the
-                # blocks, which are read (and md5ed) out of order by the upload threads.
-                whole = pool.submit(whole_file_digest, path, "md5")
-                ids = upload_parts(path, size, block_size, concurrency, stage)
-                md5 = whole.result()
-            blob.commit_block_list(
-                [BlobBlock(block_id=i) for i in ids],
-                content_settings=ContentSettings(
-                    content_type="application/octet-stream", content_md5=bytearray(md5)
-                ),
-                metadata=_to_azure_meta(metadata_of(metadata)),
-            )
-        except Exception as exc:
-            # Uncommitted blocks cannot be deleted; the service drops them after a week.
-            raise translate(exc, f"upload {key}") from None
-        info = self.stat(key)
-        if info.size != size or info.checksums.get("md5") != md5.hex():
-            raise IntegrityError(f"upload {key}: the committed blob is not the file sent")
-        return info
+            raise UsageError(f"upload {key}: {size} bytes is over Azure's block blob limit")
+        return _BlockUpload(self, key, size, metadata, block_size)
 
     def delete(self, key: str) -> None:
         try:
@@ -366,6 +318,53 @@ class AzureBackend(Backend):
         self.service.close()
 
 
+class _BlockUpload(Upload):
+    """Put Block for each part (Content-MD5 checked by the service, md5 in the block id),
+    then Put Block List with the blob's Content-MD5, hashed in order as blocks finish.
+    Nothing is live before the commit; uncommitted blocks are dropped by Azure after a
+    week, so `abort` has nothing to remove."""
+
+    def __init__(
+        self, backend: AzureBackend, key: str, size: int, metadata: Metadata, block_size: int
+    ) -> None:
+        self.backend, self.key, self.size, self.metadata = backend, key, size, metadata
+        self.parts = cut(size, block_size)
+        self.blob = backend._blob(key)
+        self.token = secrets.token_hex(4)  # a fresh id per push: two pushes never mix blocks
+        self.ids: list[str] = [""] * len(self.parts)
+        self.whole = InOrder(len(self.parts), "md5")
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        (digest,) = digests_of(body, ["md5"])
+        block_id = f"rc1-{self.token}-{index:05d}-{digest.hex()}"
+        try:
+            self.blob.stage_block(
+                block_id, body, length=self.parts[index][1], transactional_content_md5=digest
+            )
+        except Exception as exc:
+            raise translate(exc, f"block {index + 1} of {self.key}") from None
+        self.ids[index] = block_id
+        self.whole.add(index, body)
+
+    def complete(self) -> ObjectInfo:
+        md5 = self.whole.digest()
+        try:
+            self.blob.commit_block_list(
+                [BlobBlock(block_id=i) for i in self.ids],
+                content_settings=ContentSettings(content_type=OCTET, content_md5=bytearray(md5)),
+                metadata=_to_azure_meta(metadata_of(self.metadata)),
+            )
+        except Exception as exc:
+            raise translate(exc, f"upload {self.key}") from None
+        info = self.backend.stat(self.key)
+        if info.size != self.size or info.checksums.get("md5") != md5.hex():
+            raise IntegrityError(f"upload {self.key}: the committed blob is not the file sent")
+        return info
+
+    def abort(self) -> None:
+        pass
+
+
 def _check_content_range(header: str | None, start: int, end: int, what: str) -> None:
     expected = f"bytes {start}-{end - 1}/"
     if header is None or not header.startswith(expected):
@@ -383,7 +382,7 @@ def _public_url(url: str) -> str:
     return url.split("?", 1)[0].rstrip("/")
 
 
-def make_client(options: dict[str, Any]) -> Any:
+def make_client(options: dict[str, Any], connections: int = DEFAULT_CONNECTIONS) -> Any:
     """A BlobServiceClient following Azure's conventions; remote options win over env.
 
     1. a connection string (`connection_string`, AZURE_STORAGE_CONNECTION_STRING);
@@ -394,7 +393,7 @@ def make_client(options: dict[str, Any]) -> Any:
     """
     # The SDK logs every request at INFO; keep it quiet even under -v.
     logging.getLogger("azure").setLevel(logging.WARNING)
-    kwargs = _client_kwargs(options)
+    kwargs = _client_kwargs(options, connections)
     env = os.environ
     conn = options.get("connection_string") or (
         env.get(ENV_CONN) if not _has_own_auth(options) else None
@@ -464,13 +463,12 @@ def _account_of(url: str) -> str:
     return parts.path.strip("/").split("/", 1)[0]
 
 
-def _client_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+def _client_kwargs(options: dict[str, Any], connections: int) -> dict[str, Any]:
     import requests
     from azure.core.pipeline.transport import RequestsTransport
 
     session = requests.Session()
-    pool = int(options.get("max_connections", 32))
-    adapter = requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=connections)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     transport = RequestsTransport(

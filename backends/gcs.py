@@ -1,6 +1,7 @@
 """Google Cloud Storage (and fake-gcs-server) through google-cloud-storage's JSON API.
 
-Push: up to the part size, one upload declaring the file's md5Hash and crc32c (GCS refuses
+Push (start_upload: steps the retry policy wraps one by one): up to the part size, one
+upload declaring the file's md5Hash and crc32c (GCS refuses
 an object whose bytes do not match them). Larger files are a parallel composite upload, as
 gsutil and gcloud do it: the parts go up `push_concurrency` at a time as temporary objects
 under `<prefix>.rc-uploads/<token>/` (each declaring its md5 and CRC32C), are composed into
@@ -25,19 +26,13 @@ import os
 import re
 import secrets
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 # Imported here, not lazily: a missing [gcs] extra must show when the backend is opened.
 from google.cloud import storage
 
-from registry_client.backends._parts import (
-    RangeFile,
-    fit_part_size,
-    upload_parts,
-    whole_file_digest,
-)
+from registry_client.backends._parts import InOrder, cut, digests_of, fit_part_size
 from registry_client.backends._wire import (
     first_line,
     is_transport_error,
@@ -45,15 +40,18 @@ from registry_client.backends._wire import (
     store_metadata,
 )
 from registry_client.backends.base import (
+    DEFAULT_CONNECTIONS,
     Backend,
     Capabilities,
     EtagPlan,
+    Limiter,
     Metadata,
     ObjectInfo,
-    Progress,
+    Upload,
     metadata_of,
+    parallel,
 )
-from registry_client.digests import new_hash, plain_md5_plan
+from registry_client.digests import plain_md5_plan
 from registry_client.errors import (
     AuthError,
     IntegrityError,
@@ -75,6 +73,7 @@ MIN_PART = MiB
 DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)
 UPLOADS = ".rc-uploads/"
+OCTET = "application/octet-stream"
 GENERATION_RE = re.compile(r"[0-9]{1,20}\Z")
 CONTENT_RANGE_RE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)\Z")
 
@@ -154,7 +153,8 @@ class GcsBackend(Backend):
         self.prefix = prefix
         self.options = options or {}
         self.endpoint = _endpoint(self.options)
-        self.client = client or make_client(self.options, self.endpoint)
+        self.limiter = Limiter.from_options(self.options)
+        self.client = client or make_client(self.options, self.endpoint, self.limiter.slots)
         self.bucket = self.client.bucket(bucket)
         self.timeout = (
             float(self.options.get("connect_timeout", 10)),
@@ -243,111 +243,49 @@ class GcsBackend(Backend):
         except Exception as exc:
             raise translate(exc, f"list {self.bucket_name}/{self.prefix}{prefix}") from None
 
-    def put(
-        self,
-        key: str,
-        path: str,
-        metadata: Metadata,
-        *,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None = None,
-    ) -> ObjectInfo:
-        size = os.path.getsize(path)
+    def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
         part_size = fit_part_size(size, part_size, minimum=MIN_PART, max_parts=MAX_COMPONENTS)
-        try:
-            if size <= part_size:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    blob = self._upload(fd, 0, size, self.prefix + key, metadata_of(metadata))
-                finally:
-                    os.close(fd)
-                if progress:
-                    progress(size)
-            else:
-                blob = self._put_composite(
-                    key, path, size, metadata, part_size, concurrency, progress
-                )
-        except Exception as exc:
-            raise translate(exc, f"upload {key}") from None
-        return self._info(key, blob)
+        if size <= part_size:
+            return _SingleUpload(self, key, size, metadata)
+        return _CompositeUpload(self, key, size, metadata, part_size)
 
-    def _upload(
-        self, fd: int, offset: int, length: int, name: str, meta: dict[str, str] | None
-    ) -> Any:
-        """One object from a file range, declaring its md5 and CRC32C (GCS checks both)."""
-        md5, crc = new_hash("md5"), new_hash("crc32c")
-        for block in RangeFile(fd, offset, length).blocks():
-            md5.update(block)
-            crc.update(block)
+    def _upload(self, body: BinaryIO, length: int, name: str, meta: dict[str, str] | None) -> Any:
+        """One object from a part's reader, declaring its md5 and CRC32C (GCS checks
+        both and refuses other bytes); the stored size and md5Hash are checked too."""
+        md5, crc = digests_of(body, ["md5", "crc32c"])
         blob = self.bucket.blob(name, chunk_size=UPLOAD_CHUNK if length > UPLOAD_CHUNK else None)
-        blob.md5_hash = base64.b64encode(md5.digest()).decode()
-        blob.crc32c = base64.b64encode(crc.digest()).decode()
-        blob.content_type = "application/octet-stream"
+        blob.md5_hash = base64.b64encode(md5).decode()
+        blob.crc32c = base64.b64encode(crc).decode()
+        blob.content_type = OCTET
         if meta is not None:
             blob.metadata = meta
-        blob.upload_from_file(
-            RangeFile(fd, offset, length),
-            size=length,
-            checksum=None,  # declared above instead: the service checks what we declared
-            retry=None,
-            timeout=self.timeout,
-        )
-        got = self._info(name, blob)
-        if got.size != length or got.checksums.get("md5", md5.digest().hex()) != md5.digest().hex():
-            raise IntegrityError(f"upload {name}: the stored object is not the bytes sent")
-        return blob
-
-    def _put_composite(
-        self,
-        key: str,
-        path: str,
-        size: int,
-        metadata: Metadata,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None,
-    ) -> Any:
-        temp = f"{self.prefix}{UPLOADS}{secrets.token_hex(6)}/"
-        made: list[str] = []
-
-        def send(fd: int, index: int, offset: int, length: int) -> str:
-            name = f"{temp}{index:05d}"
-            made.append(name)
-            self._upload(fd, offset, length, name, None)
-            if progress:
-                progress(length)
-            return name
-
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="rc-crc32c") as pool:
-                whole = pool.submit(whole_file_digest, path, "crc32c")
-                sources = upload_parts(path, size, part_size, concurrency, send)
-                crc = whole.result().hex()
-            level = 0
-            while len(sources) > COMPOSE_FANIN:  # a tree of composes, 32 sources each
-                groups = [
-                    sources[i : i + COMPOSE_FANIN] for i in range(0, len(sources), COMPOSE_FANIN)
-                ]
-                sources = [f"{temp}c{level}-{j:05d}" for j in range(len(groups))]
-                made.extend(sources)
-                for name, group in zip(sources, groups, strict=True):
-                    self._compose(name, group, None)
-                level += 1
-            blob = self._compose(self.prefix + key, sources, metadata_of(metadata))
-        finally:
-            self._remove_quietly(made)
-        got = self._info(key, blob)
-        if got.size != size or got.checksums.get("crc32c") != crc:
-            raise IntegrityError(f"upload {key}: the composed object is not the file sent")
+            blob.upload_from_file(
+                body,
+                size=length,
+                checksum=None,  # declared above instead: the service checks what we declared
+                retry=None,
+                timeout=self.timeout,
+            )
+        except Exception as exc:
+            raise translate(exc, f"upload {name}") from None
+        got = self._info(name, blob)
+        if got.size != length or got.checksums.get("md5", md5.hex()) != md5.hex():
+            raise IntegrityError(f"upload {name}: the stored object is not the bytes sent")
         return blob
 
     def _compose(self, name: str, sources: Sequence[str], meta: dict[str, str] | None) -> Any:
         dest = self.bucket.blob(name)
-        dest.content_type = "application/octet-stream"
+        dest.content_type = OCTET
         if meta is not None:
             dest.metadata = meta
-        dest.compose([self.bucket.blob(s) for s in sources], retry=None, timeout=self.timeout)
+        try:
+            with self.limiter:
+                dest.compose(
+                    [self.bucket.blob(s) for s in sources], retry=None, timeout=self.timeout
+                )
+        except Exception as exc:
+            raise translate(exc, f"compose {name}") from None
         return dest
 
     def _remove_quietly(self, names: Sequence[str]) -> None:
@@ -355,8 +293,7 @@ class GcsBackend(Backend):
             with contextlib.suppress(Exception):  # leftovers under .rc-uploads/ are harmless
                 self.bucket.blob(name).delete(retry=None, timeout=self.timeout)
 
-        with ThreadPoolExecutor(8, thread_name_prefix="rc-cleanup") as pool:
-            list(pool.map(remove, names))
+        self.limiter.map(remove, list(names), wanted=8)
 
     def delete(self, key: str) -> None:
         try:
@@ -406,6 +343,68 @@ class GcsBackend(Backend):
             self.client._http.close()
 
 
+class _SingleUpload(Upload):
+    """Up to the part size: one upload straight to the key (live only once whole)."""
+
+    def __init__(self, backend: GcsBackend, key: str, size: int, metadata: Metadata) -> None:
+        self.backend, self.key, self.metadata = backend, key, metadata
+        self.parts = [(0, size)]
+        self.blob: Any = None
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        b = self.backend
+        self.blob = b._upload(
+            body, self.parts[0][1], b.prefix + self.key, metadata_of(self.metadata)
+        )
+
+    def complete(self) -> ObjectInfo:
+        return self.backend._info(self.key, self.blob)
+
+    def abort(self) -> None:
+        pass  # nothing is live until the upload is whole
+
+
+class _CompositeUpload(Upload):
+    """A parallel composite upload: parts as temporary objects under .rc-uploads/, composed
+    (a tree of 32-source composes) into the image with its metadata, then removed. The
+    whole file's CRC32C, hashed in order as parts finish, must equal the composite's."""
+
+    def __init__(
+        self, backend: GcsBackend, key: str, size: int, metadata: Metadata, part_size: int
+    ) -> None:
+        self.backend, self.key, self.size, self.metadata = backend, key, size, metadata
+        self.parts = cut(size, part_size)
+        self.temp = f"{backend.prefix}{UPLOADS}{secrets.token_hex(6)}/"
+        self.names = [f"{self.temp}{i:05d}" for i in range(len(self.parts))]
+        self.made: list[str] = list(self.names)
+        self.whole = InOrder(len(self.parts), "crc32c")
+
+    def put_part(self, index: int, body: BinaryIO) -> None:
+        self.backend._upload(body, self.parts[index][1], self.names[index], None)
+        self.whole.add(index, body)
+
+    def complete(self) -> ObjectInfo:
+        b = self.backend
+        crc = self.whole.digest().hex()
+        sources, level = self.names, 0
+        while len(sources) > COMPOSE_FANIN:  # a tree of composes, 32 sources each
+            groups = [sources[i : i + COMPOSE_FANIN] for i in range(0, len(sources), COMPOSE_FANIN)]
+            sources = [f"{self.temp}c{level}-{j:05d}" for j in range(len(groups))]
+            self.made.extend(s for s in sources if s not in self.made)
+            jobs = list(zip(sources, groups, strict=True))
+            parallel(lambda job: b._compose(*job, None), jobs, b.limiter.width(8, len(jobs)))
+            level += 1
+        blob = b._compose(b.prefix + self.key, sources, metadata_of(self.metadata))
+        got = b._info(self.key, blob)
+        if got.size != self.size or got.checksums.get("crc32c") != crc:
+            raise IntegrityError(f"upload {self.key}: the composed object is not the file sent")
+        b._remove_quietly(self.made)  # after success only: a retried compose needs them
+        return got
+
+    def abort(self) -> None:
+        self.backend._remove_quietly(self.made)
+
+
 def _check_range(resp: Any, start: int, end: int, what: str) -> None:
     encoding = resp.headers.get("Content-Encoding", "identity").lower()
     if encoding not in ("", "identity"):
@@ -437,7 +436,9 @@ def _endpoint(options: dict[str, Any]) -> str:
     return raw.rstrip("/")
 
 
-def make_client(options: dict[str, Any], endpoint: str) -> Any:
+def make_client(
+    options: dict[str, Any], endpoint: str, connections: int = DEFAULT_CONNECTIONS
+) -> Any:
     """A storage.Client following Google's conventions; remote options win over env.
 
     Credentials: anonymous for an emulator (`anonymous = true`, or STORAGE_EMULATOR_HOST
@@ -453,8 +454,7 @@ def make_client(options: dict[str, Any], endpoint: str) -> Any:
     except Exception as exc:
         raise translate(exc, "Google Cloud credentials") from None
     session = AuthorizedSession(credentials)
-    pool = int(options.get("max_connections", 32))
-    adapter = requests.adapters.HTTPAdapter(pool_connections=pool, pool_maxsize=pool)
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=connections)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     project = options.get("project") or os.environ.get("GOOGLE_CLOUD_PROJECT") or project

@@ -23,6 +23,7 @@ import botocore.exceptions as bexc
 import botocore.session
 from botocore.config import Config as BotoConfig
 
+from registry_client.backends._parts import fit_part_size as fit_parts
 from registry_client.backends._wire import first_line, is_transport_error, retry_after
 from registry_client.backends.base import (
     DEFAULT_CONNECTIONS,
@@ -390,12 +391,7 @@ def _check_content_range(header: str | None, start: int, end: int, key: str) -> 
 
 def fit_part_size(size: int, wanted: int) -> int:
     """At least S3's 5 MiB minimum and few enough parts for its 10,000-part limit."""
-    part = max(wanted, MIN_PART)
-    if size > part * MAX_PARTS:
-        mib = 1024 * 1024
-        part = -(-size // MAX_PARTS)
-        part = -(-part // mib) * mib
-    return part
+    return fit_parts(size, wanted, minimum=MIN_PART, max_parts=MAX_PARTS)
 
 
 def make_client(options: dict[str, Any], connections: int = DEFAULT_CONNECTIONS) -> Any:
