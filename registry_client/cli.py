@@ -7,6 +7,7 @@ backends, only when a command needs the network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(remote_app, name="remote")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
+]
 
 
 @dataclass
@@ -39,12 +43,12 @@ class Globals:
     config_path: str | None = None
     cache_dir: str | None = None
     quiet: bool = False
-    verbose: bool = False
+    verbose: int = 0
     json: bool = False
     progress: bool | None = None
 
     def reporter(self) -> ConsoleReporter:
-        return ConsoleReporter(quiet=self.quiet, verbose=self.verbose, progress=self.progress)
+        return ConsoleReporter(quiet=self.quiet, verbose=bool(self.verbose), progress=self.progress)
 
     def config(self) -> Any:
         from registry_client.config import load_config
@@ -88,7 +92,20 @@ def main_callback(
         typer.Option("--cache-dir", help="Node cache root [env REGISTRY_CLIENT_CACHE_DIR]."),
     ] = None,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Logs and tracebacks.")] = False,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "-v",
+            "--verbose",
+            count=True,
+            help="Logs on stderr: endpoints, requests, retries, bytes, timings; tracebacks. "
+            "-vv: each ranged read too.",
+        ),
+    ] = 0,
+    log_file: Annotated[
+        str | None,
+        typer.Option("--log-file", help="Also append the logs to this file (created 0600)."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="JSON on stdout for every command.")
     ] = False,
@@ -107,14 +124,9 @@ def main_callback(
 ) -> None:
     """Push SIF images to S3/Swift buckets and pull them into a verified node cache."""
     ctx.obj = Globals(config, cache_dir, quiet, verbose, as_json, progress)
-    if verbose:
-        import logging
+    from registry_client.logs import setup
 
-        logging.basicConfig(
-            level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-        )
-        for noisy in ("botocore", "urllib3", "boto3", "s3transfer", "swiftclient"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup(verbose, log_file)
 
 
 # -- image commands ------------------------------------------------------------------
@@ -256,13 +268,19 @@ def _cell(value: Any) -> str:
 
 
 @app.command()
-def rm(ctx: typer.Context, ref: Annotated[str, typer.Argument()], as_json: JsonOpt = False) -> None:
+def rm(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument()],
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Delete an image (and its segments)."""
     from registry_client.names import parse_image_ref
     from registry_client.service import remove
 
-    key = remove(_g(ctx).context(), parse_image_ref(ref))
-    _emit(ctx, as_json, {"deleted": ref, "key": key}, None)
+    key = remove(_g(ctx).context(), parse_image_ref(ref), dry_run=dry_run)
+    _done(ctx, f"{'would delete' if dry_run else 'deleted'} {ref} (object {key})")
+    _emit(ctx, as_json, {"deleted": None if dry_run else ref, "key": key, "dry_run": dry_run}, None)
 
 
 @app.command()
@@ -277,6 +295,7 @@ def tag(
     from registry_client.service import tag as do_tag
 
     record = do_tag(_g(ctx).context(), parse_image_ref(src), parse_image_ref(dst))
+    _done(ctx, f"tagged {src} as {dst} ({record.get('digest') or 'no digest recorded'})")
     _emit(ctx, as_json, record, None)
 
 
@@ -348,6 +367,8 @@ def copy(
     from registry_client.sources import FetchOptions
 
     record = do_copy(_g(ctx).context(), src, dst, FetchOptions(arch, library_url, shub_url))
+    if record.get("copied"):
+        _done(ctx, f"copied {src} to {dst} (sha256:{record.get('sha256')})")
     _emit(ctx, as_json, record, None)
 
 
@@ -381,7 +402,7 @@ def cache_warm(
     refs = read_reference_list(_read_lines(source))
     g = _g(ctx)
     context = g.context()
-    context.reporter = ConsoleReporter(quiet=g.quiet, verbose=g.verbose, progress=False)
+    context.reporter = ConsoleReporter(quiet=g.quiet, verbose=bool(g.verbose), progress=False)
     report = warm(context, refs, jobs=jobs, options=FetchOptions(arch, library_url, shub_url))
     lines = [f"{r['ref']}\t{r.get('path') or 'FAILED'}" for r in report.results]
     _done(ctx, report.summary())
@@ -418,11 +439,18 @@ def cache_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @cache_app.command("clean")
-def cache_clean(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Remove everything from the cache."""
+def cache_clean(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+    """Remove everything from the cache (no question asked; see --dry-run)."""
     cache = _g(ctx).context().cache
-    freed = cache.clean()
-    _emit(ctx, as_json, {"freed": freed}, None)
+    entries = cache.entries()
+    freed = sum(e.size for e in entries) if dry_run else cache.clean()
+    verb = "would remove" if dry_run else "removed"
+    _done(ctx, f"{verb} {len(entries)} image(s), {_mib(freed)} from {cache.root}")
+    _emit(ctx, as_json, {"freed": freed, "images": len(entries), "dry_run": dry_run}, None)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 @cache_app.command("verify")
@@ -432,6 +460,7 @@ def cache_verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     from registry_client.maintenance import verify_cache
 
     report = verify_cache(_g(ctx).context().cache)
+    _done(ctx, f"verified {report.checked} image(s): {len(report.bad)} damaged")
     lines = [f"{b['digest']}: damaged, moved to {b['moved_to']}" for b in report.bad]
     _emit(ctx, as_json, report.to_dict(), "\n".join(lines) or None)
     if report.bad:
@@ -455,6 +484,7 @@ def cache_prune(
             "--max-size", help="Then remove least-recently used down to this total (20G, 500M)."
         ),
     ] = None,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove old or excess images (never one a running pull holds) and stale temp files."""
@@ -465,8 +495,14 @@ def cache_prune(
         size = parse_size(max_size) if max_size is not None else None
     except ValueError as exc:
         raise UsageError(str(exc), hint="e.g. cache prune --max-age 7d --max-size 20G") from None
-    report = prune_cache(_g(ctx).context().cache, max_age=age, max_size=size)
-    _emit(ctx, as_json, report.to_dict(), None)
+    report = prune_cache(_g(ctx).context().cache, max_age=age, max_size=size, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    _done(
+        ctx,
+        f"{verb} {len(report.removed)} image(s), {_mib(report.freed)}; "
+        f"{len(report.kept_in_use)} kept in use; {report.temps_removed} stale temp file(s)",
+    )
+    _emit(ctx, as_json, {**report.to_dict(), "dry_run": dry_run}, None)
 
 
 # -- remotes ---------------------------------------------------------------------------
@@ -543,28 +579,30 @@ def remote_rm(
 
 
 def main(argv: list[str] | None = None) -> int:
-    verbose = "-v" in (argv or sys.argv[1:]) or "--verbose" in (argv or sys.argv[1:])
+    from registry_client.argv import hoist_globals
+
+    args = hoist_globals(sys.argv[1:] if argv is None else argv)
+    options = args[: args.index("--")] if "--" in args else args
+    verbose = any(a in ("-v", "-vv", "-vvv", "--verbose") for a in options)
+    as_json = "--json" in options
     try:
         # Not standalone: typer then returns Exit codes (130 for Ctrl-C) instead of exiting.
-        code = app(args=argv, prog_name="registry-client", standalone_mode=False)
+        code = app(args=args, prog_name="registry-client", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # click's usage errors (typer vendors click)
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help
             exc.show()  # type: ignore[attr-defined]
-        else:
-            print_error(_usage_error(exc))
-        return exc.exit_code
+            return exc.exit_code
+        return _fail(_usage_error(exc), as_json)
     except (KeyboardInterrupt, typer.Abort):
-        print_error(Interrupted("interrupted"))
-        return 130
+        return _fail(Interrupted("interrupted"), as_json)
     except RegistryClientError as exc:
         if verbose:
             import traceback
 
             traceback.print_exc()
-        print_error(exc)
-        return exc.exit_code
+        return _fail(exc, as_json)
     except BrokenPipeError:
         return 1
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 1
@@ -572,15 +610,23 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print_error(
-            RegistryClientError(
-                f"unexpected {type(exc).__name__}: {exc}", hint="run with -v for a traceback"
-            )
+        error = RegistryClientError(
+            f"unexpected {type(exc).__name__}: {exc}", hint="run with -v for a traceback"
         )
-        return 1
+        return _fail(error, as_json)
     if code == 130:
-        print_error(Interrupted("interrupted"))
+        return _fail(Interrupted("interrupted"), as_json)
     return code if isinstance(code, int) else 0
+
+
+def _fail(exc: RegistryClientError, as_json: bool) -> int:
+    """The error on stderr; with --json also as one JSON object on stdout."""
+    print_error(exc)
+    if as_json:
+        error = {"message": one_line(exc.message), "hint": exc.hint and one_line(exc.hint)}
+        with contextlib.suppress(BrokenPipeError):
+            write_result({"error": error, "exit_code": exc.exit_code}, None, as_json=True)
+    return exc.exit_code
 
 
 def _usage_error(exc: typer.TyperException) -> UsageError:

@@ -23,6 +23,8 @@ class ConsoleReporter(Reporter):
         self.quiet = quiet
         self.verbose = verbose
         self.show_progress = (not quiet) and (sys.stderr.isatty() if progress is None else progress)
+        # Batch jobs (stderr not a terminal): a plain line every few seconds instead of bars.
+        self.plain_progress = not quiet and progress is None and not self.show_progress
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -33,6 +35,9 @@ class ConsoleReporter(Reporter):
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        if self.plain_progress and total > 0:
+            yield PlainProgress(description, total)
+            return
         if not self.show_progress or total <= 0:
             yield lambda _n: None
             return
@@ -56,6 +61,43 @@ class ConsoleReporter(Reporter):
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
+
+
+class PlainProgress:
+    """`pull lab/app:1: 512/1024 MiB (50%), 85.3 MiB/s` on stderr every few seconds
+    ($REGISTRY_CLIENT_PROGRESS_INTERVAL, default 10): logs of batch jobs show that a long
+    transfer is moving, without the control characters of a progress bar."""
+
+    def __init__(self, description: str, total: int) -> None:
+        import os
+        import threading
+        import time
+
+        self.description = one_line(description, 200)
+        self.total = total
+        self.done = 0
+        self._lock = threading.Lock()
+        self._clock = time.monotonic
+        self._start = self._last = self._clock()
+        try:
+            self.interval = float(os.environ.get("REGISTRY_CLIENT_PROGRESS_INTERVAL", "10"))
+        except ValueError:
+            self.interval = 10.0
+
+    def __call__(self, n: int) -> None:
+        with self._lock:  # workers report from several threads
+            self.done += n
+            now = self._clock()
+            if now - self._last < self.interval or self.done >= self.total:
+                return
+            self._last = now
+        rate = self.done / 2**20 / max(now - self._start, 1e-6)
+        print(
+            f"{self.description}: {self.done / 2**20:.0f}/{self.total / 2**20:.0f} MiB "
+            f"({100 * self.done // self.total}%), {rate:.1f} MiB/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 #: longest message line printed; a server's error text can be any length

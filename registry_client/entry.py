@@ -95,7 +95,9 @@ def _fast_pull(args: list[str]) -> int | None:
     """The exit code of an answered pull, or None to run the full CLI."""
     if _COMPLETE_VAR in os.environ:  # shell completion: click answers, whatever argv says
         return None
-    request = parse_fast_pull(args)
+    from registry_client.argv import hoist_globals
+
+    request = parse_fast_pull(hoist_globals(args))
     if request is None:
         return None
     result = _cached(request)

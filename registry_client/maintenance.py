@@ -74,11 +74,13 @@ def prune_cache(
     max_age: float | None = None,
     max_size: int | None = None,
     now: float | None = None,
+    dry_run: bool = False,
 ) -> PruneReport:
     """Remove images unused for max_age seconds, then least-recently-used ones until the
-    total is at most max_size bytes. An image a running pull holds is never removed."""
+    total is at most max_size bytes. An image a running pull holds is never removed.
+    With dry_run, report what would go and remove nothing (temp files included)."""
     now = time.time() if now is None else now
-    report = PruneReport(temps_removed=_clean_temps(cache, now))
+    report = PruneReport(temps_removed=0 if dry_run else _clean_temps(cache, now))
     # Layer blobs only serve rebuilds of docker:// images: they go first, but never one
     # a build may be reading right now.
     blobs = [b for b in cache.entries("blobs") if now - max(b.atime, b.mtime) > BLOB_GRACE]
@@ -90,7 +92,7 @@ def prune_cache(
         too_big = max_size is not None and total > max_size
         if not (too_old or too_big):
             continue
-        if _remove_unless_used(cache, entry):
+        if _remove_unless_used(cache, entry, dry_run):
             report.removed.append(f"sha256:{entry.sha256}")
             report.freed += entry.size
             total -= entry.size
@@ -99,10 +101,10 @@ def prune_cache(
     return report
 
 
-def _remove_unless_used(cache: Cache, entry: CacheEntry) -> bool:
+def _remove_unless_used(cache: Cache, entry: CacheEntry, dry_run: bool = False) -> bool:
     with locks.try_exclusive(cache.base / "locks" / f"use-{entry.sha256}.lock") as free:
-        if not free:
-            return False
+        if not free or dry_run:
+            return free
         with contextlib.suppress(FileNotFoundError):
             entry.path.unlink()
         return True

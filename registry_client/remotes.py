@@ -30,6 +30,15 @@ def remote_for(config: Config, ref: ImageRef) -> RemoteConfig:
 
 def remote_id(remote: RemoteConfig) -> str:
     """A stable id of where a remote's objects live (not its name, which can change)."""
+    endpoint = _endpoint(remote)
+    location = remote.location
+    if remote.type == "file":
+        location = os.path.abspath(os.path.expanduser(location))
+    return short_id(remote.type, endpoint, location, remote.prefix)
+
+
+def _endpoint(remote: RemoteConfig) -> str:
+    """Where a remote's requests go: its config, else the ecosystem's variables."""
     endpoint = str(remote.options.get("endpoint_url") or remote.options.get("auth_url") or "")
     if not endpoint and remote.type == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -42,10 +51,7 @@ def remote_id(remote: RemoteConfig) -> str:
         )
     if not endpoint and remote.type in CLOUD_ENDPOINTS:
         endpoint = CLOUD_ENDPOINTS[remote.type](remote.options)
-    location = remote.location
-    if remote.type == "file":
-        location = os.path.abspath(os.path.expanduser(location))
-    return short_id(remote.type, endpoint, location, remote.prefix)
+    return endpoint
 
 
 def _azure_endpoint(options: dict[str, object]) -> str:
@@ -76,7 +82,18 @@ def open_remote(remote: RemoteConfig, policy: RetryPolicy | None = None) -> Back
     from registry_client.backends import open_backend
     from registry_client.retry import RetryingBackend
 
+    _log_remote(remote)
     return RetryingBackend(open_backend(remote), policy)
+
+
+def _log_remote(remote: RemoteConfig) -> None:
+    import logging
+
+    log = logging.getLogger("registry_client.remotes")
+    if log.isEnabledFor(logging.INFO):
+        endpoint = _endpoint(remote) or "the default endpoint"
+        where = f"{remote.location}/{remote.prefix}".rstrip("/")
+        log.info("remote %s: %s %s at %s", remote.name, remote.type, where, endpoint)
 
 
 def parse_remote_target(config: Config, target: str | None) -> tuple[RemoteConfig, str]:

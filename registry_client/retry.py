@@ -70,10 +70,14 @@ class RetryingReader(Reader):
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         attempt = 0
         while True:
+            start = time.monotonic()
             try:
-                return fn()
+                result = fn()
             except RemoteUnavailable as exc:
                 attempt = self._backoff(what, attempt, exc)
+            else:
+                log.info("%s %s: %.0f ms", self.location, what, 1000 * (time.monotonic() - start))
+                return result
 
     def _backoff(self, what: str, attempt: int, exc: RemoteUnavailable) -> int:
         return backoff(self.policy, self._sleep, what, attempt, exc)
@@ -84,6 +88,8 @@ class RetryingReader(Reader):
     def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
         attempt = 0
         pos = start
+        began = time.monotonic()
+        log.debug("read %s bytes %d-%d", key, start, end - 1)
         while pos < end:
             try:
                 for chunk in self.inner.read_range(key, pos, end, etag):
@@ -94,6 +100,15 @@ class RetryingReader(Reader):
                     raise RemoteUnavailable(f"read {key}: body ended at {pos} of {end}")
             except RemoteUnavailable as exc:
                 attempt = self._backoff(f"read {key} @{pos}", attempt, exc)
+        took = time.monotonic() - began
+        log.debug(
+            "read %s bytes %d-%d: %d bytes in %.0f ms",
+            key,
+            start,
+            end - 1,
+            end - start,
+            took * 1000,
+        )
 
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         return self._call(f"layout of {info.key}", lambda: self.inner.etag_plan(info))

@@ -59,6 +59,7 @@ def pull(
     if result is None:
         if offline:
             raise NotFound(f"{ref} is not in the cache", hint="pull it once without --offline")
+        start = time.monotonic()
         try:
             backend = open_remote(remote)
             try:
@@ -68,10 +69,26 @@ def pull(
         except RemoteUnavailable as exc:
             result = policy.answer_when_unreachable(ctx, ref, rid, exc)
         if not result.cached:
+            _log_download(result, time.monotonic() - start)
             policy.after_publish(ctx, result.sha256)
     if output:
         result = place_output(result, output)
     return result
+
+
+def _log_download(result: PullResult, seconds: float) -> None:
+    import logging
+
+    fetched = result.size - result.resumed_bytes
+    logging.getLogger("registry_client.service").info(
+        "pulled %s: %d bytes (%d resumed) in %.2f s, %.1f MB/s; verified %s",
+        result.ref,
+        fetched,
+        result.resumed_bytes,
+        seconds,
+        fetched / MiB / max(seconds, 1e-6),
+        ", ".join(result.verified),
+    )
 
 
 def _pull_remote(
@@ -186,6 +203,10 @@ def _download_verified(
     try:
         with _temp_for(ctx, version_id) as (tmp, have, on_range):
             resumed = sum(end - start for start, end in have)
+            if resumed:
+                ctx.reporter.info(
+                    f"resuming {label} at {resumed / MiB:.0f} MB of {info.size / MiB:.0f} MB"
+                )
             with ctx.reporter.progress(f"pull {label}", info.size - resumed) as advance:
                 result = download(
                     backend,
@@ -499,13 +520,15 @@ def _stat_or(backend: Backend, info: ObjectInfo) -> ObjectInfo:
         return info  # listed but gone, or unreadable metadata: show what the listing had
 
 
-def remove(ctx: Context, ref: ImageRef) -> str:
+def remove(ctx: Context, ref: ImageRef, *, dry_run: bool = False) -> str:
+    """Delete the image's object (and segments); with dry_run only check it is there."""
     backend = open_remote(remote_for(ctx.config, ref))
     try:
         info = stat_image(backend, ref)
         if ref.digest and info.sha256 and info.sha256 != ref.digest:
             raise NotFound(f"{ref.short} does not hold sha256:{ref.digest}")
-        backend.delete(info.key)
+        if not dry_run:
+            backend.delete(info.key)
         return info.key
     finally:
         backend.close()

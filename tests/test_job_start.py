@@ -89,3 +89,44 @@ def test_resolve_of_an_object_without_metadata_pulls_and_hashes_it(rig: Rig) -> 
     import hashlib
 
     assert result.stdout.strip() == f"lab/foreign:1@sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def test_verbose_logs_of_an_s3_pull_hold_no_secret(rig: Rig, tmp_path: Path) -> None:
+    rig.push(MiB, seed=5)
+    rig.proxy.add_fault(Fault.status(503, times=1, retry_after=0))  # one retry to log
+    log = tmp_path / "pull.log"
+    result = run_cli("-vv", "--log-file", str(log), "pull", "lab/app:1", env=rig.env)
+    assert result.returncode == 0, result.stderr
+    text = result.stderr + log.read_text()
+    assert f"remote lab: s3 {rig.bucket} at {rig.proxy.url}" in text
+    assert "retry 1" in text and "pulled lab/app:1: " in text
+    secret = rig.server.secret_key
+    assert secret not in text.replace(f"access_key={secret}", "")  # moto's key == secret
+    assert "Signature=" not in text and "Authorization" not in text
+
+
+def test_batch_jobs_get_plain_progress_lines_and_resume_says_where(rig: Rig) -> None:
+    import signal
+
+    from tests.test_cache_load import resume_state, wait_for
+
+    rig.push(8 * MiB, seed=6)
+    rig.proxy.add_fault(Fault.slow(2 * MiB, times=None, path="lab/app", has_range=True))
+    env = {**rig.env, "REGISTRY_CLIENT_PROGRESS_INTERVAL": "0.5"}
+    result = run_cli("pull", "lab/app:1", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pull lab/app:1: ")]
+    assert lines and all("MiB/s" in line and "\x1b" not in line for line in lines), result.stderr
+    assert run_cli("-q", "pull", "--force", "lab/app:1", env=env).stderr == ""
+    # killed half-way, the next pull resumes and says so
+    run_cli("cache", "clean", env=env)
+    rig.push(8 * MiB, seed=7)
+    rig.proxy.add_fault(Fault.slow(MiB, times=None, path="lab/app", has_range=True))
+    proc = rig.spawn()
+    wait_for(lambda: len(resume_state(rig)) >= 2, what="two finished ranges")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    rig.proxy.clear_faults()
+    resumed = run_cli("pull", "lab/app:1", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming lab/app:1 at " in resumed.stderr and " MB of 8 MB" in resumed.stderr
