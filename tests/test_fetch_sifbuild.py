@@ -302,6 +302,13 @@ def test_header_records_and_entry_counts_are_bounded(tmp_path, tree, monkeypatch
         tree.apply(layer_file(tmp_path, [file(f"f{i}", "x") for i in range(10)]))
 
 
+def test_empty_symlink_targets_are_skipped_with_a_warning(tmp_path, tree):
+    tree.apply(layer_file(tmp_path, [symlink("empty", ""), file("ok", "x")]))
+    tree.finish()
+    assert tree.lookup("empty") is None and tree.lookup("ok") is not None
+    assert any("empty target" in w for w in tree.warnings)
+
+
 def test_times_are_clamped_to_what_squashfs_stores(tmp_path, tree):
     tree.apply(
         layer_file(

@@ -387,8 +387,12 @@ class RootfsTree:
         elif member.isreg():  # also contiguous files and GNU sparse files
             self._link(folder, base, self._set_meta(self._file(tar, member), member))
         elif member.issym():
-            if len(member.linkname.encode(ENCODING, ERRORS)) > MAX_PATH:
-                raise UnsafeLayer(f"symlink {_shown(member.name)}: target too long")
+            target = member.linkname.encode(ENCODING, ERRORS)
+            if len(target) > MAX_PATH or b"\0" in target:
+                raise UnsafeLayer(f"symlink {_shown(member.name)}: target too long or with NUL")
+            if not target:  # Linux cannot make it; mksquashfs would refuse the stream
+                self._skip("symlink(s) with an empty target")
+                return
             node = Node(SYMLINK, 0o777, 0, target=member.linkname)
             self._link(folder, base, self._set_meta(node, member))
         elif member.isfifo():
