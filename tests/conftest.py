@@ -13,8 +13,11 @@ import pytest
 from registry_client.config import RemoteConfig
 from tests.support.helpers import azure_service, gcs_client, s3_client, s3_options
 
-# Never let boto3 look for instance credentials off this machine (169.254.169.254).
+# Never let boto3 look for instance credentials off this machine (169.254.169.254), nor
+# google-auth for a Compute Engine metadata server: its probes go to a closed loopback port.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["NO_GCE_CHECK"] = "true"
+os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 _PREFIXES = ("AWS_", "OS_", "ST_", "REGISTRY_CLIENT_", "AZURE_", "GOOGLE_", "STORAGE_EMULATOR_")
 for _var in [v for v in os.environ if v.startswith(_PREFIXES)]:
     if _var != "AWS_EC2_METADATA_DISABLED":

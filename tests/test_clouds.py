@@ -154,6 +154,56 @@ def test_wrong_azure_key_is_auth_error_without_the_key(
     assert bad_key[:20] not in result.stderr
 
 
+def test_azure_sas_token_from_the_environment(
+    azurite_server: Any, azure_container: str, tmp_path: Path
+) -> None:
+    """A container SAS (what a site hands a burst node) instead of the account key."""
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(
+        azurite_server.account,
+        azure_container,
+        account_key=azurite_server.account_key,
+        permission=ContainerSasPermissions(read=True, write=True, list=True, delete=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    env = {
+        "AZURE_STORAGE_ACCOUNT_URL": azurite_server.blob_endpoint,
+        "AZURE_STORAGE_SAS_TOKEN": sas,
+        "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c"),
+    }
+    data = write_random(tmp_path / "a.sif", 70_000, seed=3)
+    ok("push", str(tmp_path / "a.sif"), f"azure://{azure_container}/lab/sas:1", env=env)
+    out = ok("pull", "--json", f"azure://{azure_container}/lab/sas:1", env=env)
+    assert Path(json.loads(out)["path"]).read_bytes() == data
+    listed = run_cli("-v", "ls", f"azure://{azure_container}", env=env)
+    assert listed.returncode == 0 and sas.split("sig=")[1][:10] not in listed.stderr
+
+
+def test_gcs_credentials_file_problems_are_exit_5(tmp_path: Path) -> None:
+    """GOOGLE_APPLICATION_CREDENTIALS or credentials_file naming a bad file: exit 5, and the
+    file's contents never shown."""
+    secret = '{"type": "service_account", "private_key": "TOPSECRET"}'
+    (tmp_path / "sa.json").write_text(secret)
+    env = {"REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")}
+    for extra in (
+        {"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "missing.json")},
+        {"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "sa.json")},
+    ):
+        result = run_cli("pull", "gs://some-bucket/lab/x:1", env={**env, **extra})
+        assert result.returncode == 5, result.stderr
+        assert "TOPSECRET" not in result.stderr and "Traceback" not in result.stderr
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'[remotes.gcp]\ntype = "gcs"\nbucket = "b-1"\ncredentials_file = "{tmp_path}/sa.json"\n'
+    )
+    result = run_cli("pull", "gcp:lab/x:1", env={**env, "REGISTRY_CLIENT_CONFIG": str(cfg)})
+    assert result.returncode == 5 and "credentials_file" in result.stderr
+    assert "TOPSECRET" not in result.stderr
+
+
 def test_no_azure_credentials_is_exit_5_with_hint(tmp_path: Path) -> None:
     env = {"REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")}
     result = run_cli("pull", "azure://images/lab/x:1", env=env)
