@@ -9,6 +9,7 @@ are skipped without downloading, so an interrupted migration can simply be run a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -27,6 +28,13 @@ def _images(backend: Backend, prefix: str) -> Iterator[tuple[ObjectInfo, ImageRe
         ref = ref_from_key(info.key)
         if ref is not None:
             yield info, ref
+
+
+def _stat_or_listed(backend: Backend, info: ObjectInfo) -> ObjectInfo:
+    try:
+        return backend.stat(info.key)
+    except RegistryClientError:
+        return info  # gone since the listing, or unreadable: what the listing said
 
 
 def _sha_at(backend: Backend, ref: ImageRef) -> str | None:
@@ -94,10 +102,19 @@ def search_remotes(ctx: Context, query: str) -> list[dict[str, Any]]:
         try:
             backend = open_remote(remote)
             try:
+                found = [(i, r) for i, r in _images(backend, "") if query.lower() in r.short]
+                # Only the matches are stat'ed: their metadata has arch and the digest.
+                stat = functools.partial(_stat_or_listed, backend)
+                infos = backend.limiter.map(stat, [info for info, _ in found])
                 rows += [
-                    {"ref": f"{name}:{ref.short}", "size": info.size, "remote": name}
-                    for info, ref in _images(backend, "")
-                    if query.lower() in ref.short
+                    {
+                        "ref": f"{name}:{ref.short}",
+                        "size": info.size,
+                        "remote": name,
+                        "arch": info.metadata.get("arch"),
+                        "digest": f"sha256:{info.sha256}" if info.sha256 else None,
+                    }
+                    for info, (_, ref) in zip(infos, found, strict=True)
                 ]
             finally:
                 backend.close()

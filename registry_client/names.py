@@ -24,6 +24,7 @@ from registry_client.errors import InvalidReference
 
 SEGMENT_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+TAG_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 DIGEST_RE = re.compile(r"sha256:([a-f0-9]{64})\Z")
 # S3 bucket names (and Swift containers, which are looser) as the S3 rules allow.
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
@@ -164,7 +165,20 @@ def _basic_checks(text: str) -> None:
         raise _reject(text, "whitespace")
 
 
+def _check_no_slash_in_tag(text: str, parts: list[str]) -> None:
+    """`lab/app:feature/x` (a CI branch name as the tag): say that, not "one slash"."""
+    for i, part in enumerate(parts[:-1]):
+        if ":" in part:
+            tag = "/".join([part.partition(":")[2], *parts[i + 1 :]])
+            raise InvalidReference(
+                f"invalid reference {text[:200]}: the tag {tag[:130]!r} contains '/'; tags are "
+                "letters, digits, _ . - (at most 128, not starting with . or -)",
+                hint=f"replace the '/' (e.g. {TAG_SAFE.sub('-', tag)[:128].lstrip('.-')})",
+            )
+
+
 def _collection_name_tag(text: str, parts: list[str]) -> tuple[str, str, str]:
+    _check_no_slash_in_tag(text, parts)
     if len(parts) < 2:
         raise _reject(text, "need COLLECTION/NAME")
     name, tag = _split_name_tag(text, parts[-1])
@@ -234,6 +248,7 @@ def parse_reference(text: str) -> Reference:
         except InvalidReference as exc:
             raise _reject(text, exc.message) from None
     parts = [head, *tail.split("/")]
+    _check_no_slash_in_tag(text, parts)
     if len(parts) != 2:
         raise _reject(text, "need exactly COLLECTION/NAME (one slash)")
     collection, name, tag = _collection_name_tag(text, parts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -94,6 +95,30 @@ def _log_remote(remote: RemoteConfig) -> None:
         endpoint = _endpoint(remote) or "the default endpoint"
         where = f"{remote.location}/{remote.prefix}".rstrip("/")
         log.info("remote %s: %s %s at %s", remote.name, remote.type, where, endpoint)
+
+
+def ls_targets(config: Config, target: str | None) -> list[tuple[RemoteConfig, str, str]]:
+    """What `ls TARGET` may mean, most likely first: (remote, listing prefix, how to
+    write a reference of it). A bucket URL's last folder is a collection
+    (`s3://bucket/lab`, `s3://bucket/site/lab`), else a key prefix (`s3://bucket/site`)."""
+    if not target or "://" not in target:
+        remote, prefix = parse_remote_target(config, target)
+        return [(remote, prefix, "")]
+    scheme, _, rest = target.partition("://")
+    rest = rest.rstrip("/")
+    found = []
+    with contextlib.suppress(UsageError):
+        probe = parse_image_ref(f"{scheme}://{rest}/x")  # the last folder as collection
+        remote = remote_for(config, probe)
+        options = {**remote.options, "prefix": probe.prefix}
+        base = f"{scheme}://{probe.location}/{probe.prefix}".rstrip("/") + "/"
+        found.append(
+            (RemoteConfig(remote.name, remote.type, options), f"{probe.collection}/", base)
+        )
+    remote, prefix = parse_remote_target(config, target)
+    base = f"{scheme}://{remote.location}/{remote.prefix}".rstrip("/") + "/"
+    found.append((remote, prefix, base))
+    return found
 
 
 def parse_remote_target(config: Config, target: str | None) -> tuple[RemoteConfig, str]:

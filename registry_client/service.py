@@ -64,6 +64,8 @@ def pull(
             backend = open_remote(remote)
             try:
                 result = _pull_remote(ctx, backend, ref, rid, force)
+            except NotFound as exc:
+                raise explain_missing(backend, ref, exc, remote.name) from None
             finally:
                 backend.close()
         except RemoteUnavailable as exc:
@@ -102,6 +104,47 @@ def _pull_remote(
                 raise
             ctx.reporter.warn(f"{ref} changed during the download; starting again")
     raise AssertionError("unreachable")
+
+
+NEAR_MISS_SCAN = 2000  # keys of the collection read to suggest a name or tag
+
+
+def explain_missing(backend: Backend, ref: ImageRef, error: NotFound, remote: str) -> NotFound:
+    """`error` with a hint: near-miss names and tags in the collection, and the `ls` that
+    lists it. Only on the error path, with one bounded listing."""
+    import difflib
+    import itertools
+
+    from registry_client.names import ref_from_key
+
+    listing = ls_target(ref, remote)
+    try:
+        keys = itertools.islice(backend.list(f"{ref.prefix}{ref.collection}/"), NEAR_MISS_SCAN)
+        prefix = len(ref.prefix)
+        known = sorted(
+            {r.short for info in keys if (r := ref_from_key(info.key[prefix:])) is not None}
+        )
+    except RegistryClientError:
+        known = []
+    tags = [
+        k.partition(":")[2] for k in known if k.partition(":")[0] == ref.short.partition(":")[0]
+    ]
+    close = difflib.get_close_matches(ref.short, known, n=3, cutoff=0.75)
+    if tags:
+        hint = f"{ref.collection}/{ref.name} has the tags {', '.join(tags[:10])}"
+    elif close:
+        hint = f"did you mean {' or '.join(close)}"
+    else:
+        hint = f"no image like it in {ref.collection}/"
+    error.hint = f"{hint} (list them: registry-client ls {listing})"
+    return error
+
+
+def ls_target(ref: ImageRef, remote: str) -> str:
+    """What to give `ls` to list the collection of `ref` in the remote named `remote`."""
+    if ref.scheme:
+        return f"{ref.scheme}://{ref.location}/{ref.prefix}{ref.collection}"
+    return f"{remote}:{ref.collection}"
 
 
 def stat_image(backend: Backend, ref: ImageRef) -> ObjectInfo:
@@ -397,7 +440,9 @@ def push(
 def _upload(
     ctx: Context, file: str, ref: ImageRef, size: int, metadata: Callable[[], dict[str, str]]
 ) -> tuple[str, str]:
-    backend = open_remote(remote_for(ctx.config, ref))
+    remote = remote_for(ctx.config, ref)
+    _note_local_remote(ctx, remote)
+    backend = open_remote(remote)
     try:
         with ctx.reporter.progress(f"push {ref.short}", size) as advance:
             info = backend.put(
@@ -413,6 +458,39 @@ def _upload(
     return info.key, backend.location
 
 
+#: Variables that say a job meant to use a cloud store.
+CLOUD_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "OS_AUTH_URL",
+    "OS_STORAGE_URL",
+    "ST_AUTH",
+)
+
+
+def _note_local_remote(ctx: Context, remote: Any) -> None:
+    """Pushing to the built-in `local` remote (a folder, not a bucket) is rarely what a CI
+    job with AWS_* variables meant: say so on stderr, and why."""
+    from registry_client.config import LOCAL_REMOTE
+
+    if remote.name != LOCAL_REMOTE or remote.source:
+        return
+    aws = [v for v in CLOUD_VARIABLES if os.environ.get(v)]
+    why = (
+        f" ({', '.join(aws[:3])}{'…' if len(aws) > 3 else ''} only apply to s3:// or swift:// "
+        "URLs and configured remotes)"
+        if aws
+        else ""
+    )
+    ctx.reporter.warn(
+        f"pushing to the built-in local remote, the folder {remote.location}: no remote is "
+        f"configured{why}; use `registry-client remote add NAME s3://BUCKET --default` "
+        "or a URL such as s3://BUCKET/COLLECTION/NAME:TAG"
+    )
+
+
 def _check_push_file(file: str) -> int:
     try:
         st = os.stat(file)
@@ -422,6 +500,8 @@ def _check_push_file(file: str) -> int:
         raise raise_for_os_error(exc, file) from None
     if not os.path.isfile(file):
         raise UsageError(f"{file}: not a regular file")
+    if st.st_size == 0:
+        raise UsageError(f"{file} is empty", hint="check that the image build succeeded")
     return st.st_size
 
 
@@ -490,15 +570,21 @@ def image_record(info: ObjectInfo, ref: ImageRef) -> dict[str, Any]:
 
 def list_remote(config: Config, target: str | None) -> list[dict[str, Any]]:
     """`ls`: the images of REMOTE, REMOTE:COLLECTION or a bucket URL (default remote if None)."""
-    from registry_client.remotes import parse_remote_target
+    from registry_client.remotes import ls_targets
 
-    remote, prefix = parse_remote_target(config, target)
-    backend = open_remote(remote)
-    try:
-        name = None if remote.name == config.default_remote and not target else remote.name
-        return list_images(backend, prefix, name if ":" not in remote.name else None)
-    finally:
-        backend.close()
+    records: list[dict[str, Any]] = []
+    for remote, prefix, url in ls_targets(config, target):
+        backend = open_remote(remote)
+        try:
+            name = None if remote.name == config.default_remote and not target else remote.name
+            records = list_images(backend, prefix, name if not url else None)
+        finally:
+            backend.close()
+        if records:
+            for record in records:  # a URL listing gives URLs, to pull as they are
+                record["ref"] = f"{url}{record['ref']}" if url else record["ref"]
+            break
+    return records
 
 
 def list_images(backend: Backend, prefix: str, remote_name: str | None) -> list[dict[str, Any]]:
@@ -522,9 +608,13 @@ def _stat_or(backend: Backend, info: ObjectInfo) -> ObjectInfo:
 
 def remove(ctx: Context, ref: ImageRef, *, dry_run: bool = False) -> str:
     """Delete the image's object (and segments); with dry_run only check it is there."""
-    backend = open_remote(remote_for(ctx.config, ref))
+    remote = remote_for(ctx.config, ref)
+    backend = open_remote(remote)
     try:
-        info = stat_image(backend, ref)
+        try:
+            info = stat_image(backend, ref)
+        except NotFound as exc:
+            raise explain_missing(backend, ref, exc, remote.name) from None
         if ref.digest and info.sha256 and info.sha256 != ref.digest:
             raise NotFound(f"{ref.short} does not hold sha256:{ref.digest}")
         if not dry_run:
@@ -540,7 +630,10 @@ def tag(ctx: Context, src: ImageRef, dst: ImageRef) -> dict[str, Any]:
         raise UsageError("tag works within one remote", hint="use `registry-client copy`")
     backend = open_remote(remote)
     try:
-        info = stat_image(backend, src)
+        try:
+            info = stat_image(backend, src)
+        except NotFound as exc:
+            raise explain_missing(backend, src, exc, remote.name) from None
         new = backend.copy(info.key, dst.key())
         return image_record(new, dst)
     finally:

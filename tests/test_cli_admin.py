@@ -138,3 +138,66 @@ def test_log_redaction() -> None:
     )
     for secret in ("f00d", "AUTH_tk0", "hunter2", "s3cr3t", "AKIA%2F1", "abc"):
         assert secret not in line
+
+
+def test_push_to_the_local_remote_says_so(tmp_path: Path) -> None:
+    from registry_client.sif import make_test_sif
+
+    make_test_sif(tmp_path / "a.sif", 4096)
+    result = run_cli("push", str(tmp_path / "a.sif"), "lab/a:1", env={"AWS_PROFILE": "ci"})
+    assert result.returncode == 0
+    assert "pushing to the built-in local remote" in result.stderr
+    assert "AWS_PROFILE only apply to s3://" in result.stderr
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'default_remote = "mine"\n[remotes.mine]\ntype = "file"\npath = "{tmp_path}/m"\n'
+    )
+    configured = run_cli("--config", str(cfg), "push", str(tmp_path / "a.sif"), "lab/a:1")
+    assert configured.returncode == 0 and "local remote" not in configured.stderr
+
+
+def test_push_refuses_empty_files_and_tags_with_a_slash(tmp_path: Path) -> None:
+    from registry_client.sif import make_test_sif
+
+    (tmp_path / "empty.sif").write_bytes(b"")
+    empty = run_cli("push", str(tmp_path / "empty.sif"), "lab/a:1")
+    assert empty.returncode == 2 and "is empty" in empty.stderr
+    make_test_sif(tmp_path / "a.sif", 4096)
+    for ref in ("lab/app:feature/new-ui", "s3://images/lab/app:feature/new-ui"):
+        slash = run_cli("push", str(tmp_path / "a.sif"), ref)
+        assert slash.returncode == 2
+        assert "the tag 'feature/new-ui' contains '/'" in slash.stderr
+        assert "letters, digits, _ . -" in slash.stderr and "feature-new-ui" in slash.stderr
+
+
+def test_not_found_hints_near_misses_and_ls(tmp_path: Path) -> None:
+    push(tmp_path, "lab/app:1.2", seed=1)
+    push(tmp_path, "lab/solver:2", seed=2)
+    tag = run_cli("pull", "lab/app:1.3")
+    assert tag.returncode == 3
+    assert "hint: lab/app has the tags 1.2 (list them: registry-client ls local:lab)" in tag.stderr
+    name = run_cli("pull", "lab/solvr:2")
+    assert name.returncode == 3 and "did you mean lab/solver:2" in name.stderr
+    assert "did you mean" in run_cli("rm", "lab/solvr:2").stderr
+    assert "ls local:lab" in run_cli("tag", "lab/nothing:1", "lab/x:1").stderr
+
+
+def test_ls_of_a_bucket_url_with_a_collection(tmp_path: Path) -> None:
+    push(tmp_path, "lab/app:1", seed=1)
+    push(tmp_path, "other/tool:2", seed=2)
+    store = tmp_path / "home" / "data" / "registry-client" / "images"
+    rows = json.loads(run_cli("ls", f"file://{store}/lab", "--json").stdout)
+    assert [r["ref"] for r in rows] == [f"file://{store}/lab/app:1"]
+    whole = json.loads(run_cli("ls", f"file://{store}", "--json").stdout)
+    assert sorted(r["ref"] for r in whole) == [
+        f"file://{store}/lab/app:1",
+        f"file://{store}/other/tool:2",
+    ]
+    assert run_cli("pull", rows[0]["ref"]).returncode == 0  # listed refs pull as they are
+
+
+def test_search_fills_arch(tmp_path: Path) -> None:
+    push(tmp_path, "lab/app:1", seed=1)
+    rows = json.loads(run_cli("search", "app", "--json").stdout)
+    assert rows[0]["ref"] == "local:lab/app:1" and rows[0]["arch"] == "amd64"
+    assert rows[0]["digest"].startswith("sha256:")

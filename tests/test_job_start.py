@@ -130,3 +130,20 @@ def test_batch_jobs_get_plain_progress_lines_and_resume_says_where(rig: Rig) -> 
     resumed = run_cli("pull", "lab/app:1", env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming lab/app:1 at " in resumed.stderr and " MB of 8 MB" in resumed.stderr
+
+
+def test_ls_of_an_s3_url_lists_that_collection(rig: Rig) -> None:
+    rig.push(MiB, seed=8)
+    env = {
+        **rig.env,
+        "AWS_ENDPOINT_URL": rig.proxy.url,
+        "AWS_ACCESS_KEY_ID": rig.server.access_key,
+        "AWS_SECRET_ACCESS_KEY": rig.server.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    url = f"s3://{rig.bucket}/lab"
+    result = run_cli("ls", url, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    assert [r["ref"] for r in json.loads(result.stdout)] == [f"{url}/app:1"]
+    named = json.loads(run_cli("ls", "lab:lab", "--json", env=env).stdout)
+    assert [r["ref"] for r in named] == ["lab:lab/app:1"]
