@@ -3,7 +3,8 @@
 An S3 ETag is the md5 of a single-part object, or md5(concat(part md5s)) + "-N" for a
 multipart one; a Swift SLO ETag is md5(concat(hex segment etags)). Both are checked from
 the md5 of each segment, so the downloader asks a backend for an EtagPlan (candidate
-segmentations plus a check) and feeds every byte once through a Digester.
+segmentations plus a check); registry_client.transfer hashes the segments in parallel as
+the bytes land. A Digester does the same in one sequential pass, for local files.
 
 A plan may name another segment hash than md5: GCS composite objects carry only a CRC32C
 (`algorithm="crc32c"`, google-crc32c, imported only then).

@@ -343,10 +343,9 @@ def _etag_matches(plan: EtagPlan, result: DigestResult, local: Path | None) -> b
         return True
     if not (plan.more_schemes and local):
         return False
-    from registry_client.digests import hash_file
+    from registry_client.transfer import hash_segments
 
-    more = hash_file(str(local), plan.more_schemes, algorithm=plan.algorithm)
-    return plan.check(more.segment_md5s)
+    return plan.check(hash_segments(local, plan.more_schemes, plan.algorithm))
 
 
 def place_output(result: PullResult, output: str) -> PullResult:
