@@ -377,8 +377,10 @@ def copy(
 
 @cache_app.command("dir")
 def cache_dir_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Print the cache root."""
+    """Print the cache root (made, and checked, if missing: run it as root to set up a
+    shared cache)."""
     cache = _g(ctx).context().cache
+    cache.ensure()
     _emit(ctx, as_json, {"path": str(cache.root)}, str(cache.root))
 
 
@@ -442,7 +444,7 @@ def cache_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 def cache_clean(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Remove everything from the cache (no question asked; see --dry-run)."""
     cache = _g(ctx).context().cache
-    entries = cache.entries()
+    entries = [e for e in cache.entries() if cache.may_remove(e)]  # a shared cache: ours
     freed = sum(e.size for e in entries) if dry_run else cache.clean()
     verb = "would remove" if dry_run else "removed"
     _done(ctx, f"{verb} {len(entries)} image(s), {_mib(freed)} from {cache.root}")
@@ -455,17 +457,22 @@ def _mib(size: int) -> str:
 
 @cache_app.command("verify")
 def cache_verify(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Re-hash every cached image; quarantine damaged ones (exit 4 if any)."""
+    """Re-hash every cached image and layer blob; quarantine damaged ones (exit 4 if any)."""
     from registry_client.errors import IntegrityError
     from registry_client.maintenance import verify_cache
 
     report = verify_cache(_g(ctx).context().cache)
-    _done(ctx, f"verified {report.checked} image(s): {len(report.bad)} damaged")
-    lines = [f"{b['digest']}: damaged, moved to {b['moved_to']}" for b in report.bad]
+    _done(ctx, f"verified {report.checked} image(s) and layer blob(s): {len(report.bad)} damaged")
+    lines = [
+        f"{b['digest']}: damaged {b['kind']}, "
+        + (f"moved to {b['moved_to']}" if b["moved_to"] else f"left at {b['path']} (not yours)")
+        for b in report.bad
+    ]
     _emit(ctx, as_json, report.to_dict(), "\n".join(lines) or None)
     if report.bad:
         raise IntegrityError(
-            f"{len(report.bad)} of {report.checked} cached images were damaged and quarantined"
+            f"{len(report.bad)} of {report.checked} cached files were damaged and quarantined",
+            hint="the next pull fetches them again",
         )
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from registry_client.backends import OPTIONS as REMOTE_OPTIONS
-from registry_client.cache import Cache
+from registry_client.cache import UNTRUSTED_WAIT, Cache
 from registry_client.errors import ConfigError, NotFound
 from registry_client.names import check_segment
 from registry_client.schema import BOOLEAN, POSITIVE_INT, STRING, Kind, Schema, check_table
@@ -272,6 +272,15 @@ SCHEMA: Schema = {
             'a size such as "200G" or "500M", or a number of bytes', lambda v: _is_size(v)
         ),
         "stale_if_error": BOOLEAN,
+        "trusted_users": Kind(
+            "a list of user names or uids",
+            lambda v: isinstance(v, list) and all(isinstance(u, str | int) for u in v),
+        ),
+        "untrusted_wait": Kind(  # seconds
+            "a number of seconds from 0 to 86400",
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 86400,
+            float,
+        ),
     },
     "transfer": {
         "chunk_size": POSITIVE_INT,  # bytes
@@ -307,15 +316,43 @@ def check_document(cfg_path: Path, data: dict[str, Any]) -> None:
 
 def node_cache(config: Config, cache_dir: str | None = None) -> Cache:
     """The node cache: at --cache-dir (given here), $REGISTRY_CLIENT_CACHE_DIR, the config's
-    `cache_dir` or the default; `[cache] shared` and `locking` set how it is shared."""
+    `cache_dir` or the default. `[cache] shared` makes it one cache for a group's users
+    (docs/security.md): `trusted_users` names whose files count as verified besides the
+    user's and root's, `untrusted_wait` how long to wait for another user's download;
+    the user's private cache (the default) takes what a shared one cannot hold for them."""
     root = cache_dir or os.environ.get(ENV_CACHE) or config.settings.get("cache_dir")
     table = config.settings.get("cache")
     options: dict[str, Any] = table if isinstance(table, dict) else {}
+    path = Path(root).expanduser() if root else default_cache_dir()
+    locking = _locking_enabled(options)
+    shared = bool(options.get("shared", False))
+    if not shared:
+        return Cache(path, locking=locking)
+    private = default_cache_dir()
     return Cache(
-        Path(root).expanduser() if root else default_cache_dir(),
-        shared=options.get("shared", False),
-        locking=_locking_enabled(options),
+        path,
+        shared=True,
+        locking=locking,
+        trusted_users=_trusted_users(config.path, options.get("trusted_users", [])),
+        untrusted_wait=float(options.get("untrusted_wait", UNTRUSTED_WAIT)),
+        fallback=Cache(private, locking=locking) if private.absolute() != path.absolute() else None,
     )
+
+
+def _trusted_users(cfg_path: Path, users: list[str | int]) -> tuple[int, ...]:
+    """[cache] trusted_users: user names (looked up now) or uids."""
+    import pwd
+
+    uids = []
+    for user in users:
+        try:
+            uid = pwd.getpwnam(user).pw_uid if isinstance(user, str) else user
+        except KeyError:
+            raise ConfigError(f"{cfg_path}: [cache] trusted_users: no user {user!r}") from None
+        if isinstance(uid, bool) or not 0 <= uid < 2**32:
+            raise ConfigError(f"{cfg_path}: [cache] trusted_users: {user!r} is not a user")
+        uids.append(uid)
+    return tuple(uids)
 
 
 def _locking_enabled(cache_options: dict[str, Any]) -> bool:

@@ -42,7 +42,12 @@ def open_context(
     loaded = load_config(config)
     cache = node_cache(loaded, cache_dir)
     settings = transfer_settings(loaded.settings.get("transfer"))
-    return Context(config=loaded, cache=cache, reporter=reporter or Reporter(), **settings)
+    ctx = Context(config=loaded, cache=cache, reporter=reporter or Reporter(), **settings)
+    # The cache's warnings (a shared cache it cannot trust ...) reach the reporter of the day.
+    for layer in (cache, cache.fallback):
+        if layer is not None:
+            layer.on_notice = lambda message: ctx.reporter.warn(message)
+    return ctx
 
 
 def transfer_settings(table: Any) -> dict[str, Any]:

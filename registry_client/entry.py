@@ -128,6 +128,10 @@ def _cached(request: FastPull) -> PullResult | None:
         # whatever the full CLI would refuse is refused before the hit touches the cache.
         ctx = open_context(request.config, request.cache_dir)
         rid = remote_id(remote_for(ctx.config, ref))
-        return pull_from_cache(ctx.cache, ref, rid, request.offline)
+        result = pull_from_cache(ctx.cache, ref, rid, request.offline)
+        fallback = ctx.cache.fallback
+        if ctx.cache.notices or (fallback and fallback.notices):
+            return None  # the cache has something to say: the full CLI prints it on stderr
+        return result
     except Exception:  # noqa: BLE001 - the full CLI runs again and reports it its own way
         return None

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from registry_client import policy
 from registry_client.cache import raise_for_os_error, short_id
 from registry_client.errors import NotFound
-from registry_client.hits import PullResult, cache_hit
+from registry_client.hits import PullResult, cache_hit, record_size
 from registry_client.names import FetcherRef, ImageRef, parse_image_ref, parse_reference
 from registry_client.sources import FetchOptions, Source, Version, open_source
 
@@ -77,15 +77,15 @@ def pull_fetcher(
 
 def _from_cache(ctx: Context, source: Source, offline: bool) -> PullResult | None:
     """Digest-pinned and offline pulls answered without any network."""
-    sha = source.pinned(ctx.cache)
+    sha, size = source.pinned(ctx.cache), None
     if sha is None and offline:
-        record = ctx.cache.resolve_ref(source.remote_id, *source.slot())
-        sha = record.get("sha256") if record else None
-    return _hit(ctx, source, sha)
+        record = ctx.cache.resolve_ref(source.remote_id, *source.slot()) or {}
+        sha, size = record.get("sha256"), record_size(record)
+    return _hit(ctx, source, sha, size)
 
 
-def _hit(ctx: Context, source: Source, sha: str | None) -> PullResult | None:
-    return cache_hit(ctx.cache, source.text, sha)
+def _hit(ctx: Context, source: Source, sha: str | None, size: int | None) -> PullResult | None:
+    return cache_hit(ctx.cache, source.text, sha, size)
 
 
 def _pull(ctx: Context, source: Source, force: bool) -> PullResult:
@@ -94,7 +94,8 @@ def _pull(ctx: Context, source: Source, force: bool) -> PullResult:
     def cached() -> PullResult | None:
         if force:
             return None
-        return _hit(ctx, source, version.sha256 or ctx.cache.resolve_etag(*version.key))
+        sha = version.sha256 or ctx.cache.resolve_etag(*version.key)
+        return _hit(ctx, source, sha, record_size(version.record))
 
     hit = cached()
     if hit is None:
@@ -104,7 +105,7 @@ def _pull(ctx: Context, source: Source, force: bool) -> PullResult:
         ):
             hit = cached()
             if hit is None:
-                path, sha, checks = _produce(ctx, source, version)
+                path, sha, checks = _produce(ctx, source, version, force)
                 # Recorded before the lock goes, so the pulls waiting for it find the image.
                 _remember(ctx, source, version, sha)
                 return PullResult(source.text, str(path), sha, path.stat().st_size, False, checks)
@@ -112,12 +113,14 @@ def _pull(ctx: Context, source: Source, force: bool) -> PullResult:
     return hit
 
 
-def _produce(ctx: Context, source: Source, version: Version) -> tuple[Path, str, tuple[str, ...]]:
+def _produce(
+    ctx: Context, source: Source, version: Version, force: bool
+) -> tuple[Path, str, tuple[str, ...]]:
     ctx.cache.clean_dead_temps()
     try:
         with ctx.cache.temp_file(source.scheme) as tmp:
             sha, checks = source.produce(ctx, version, tmp)
-            return ctx.cache.publish(tmp, sha), sha, checks
+            return ctx.cache.publish(tmp, sha, replace=force), sha, checks
     except OSError as exc:
         raise raise_for_os_error(exc, f"pull of {source.text} into {ctx.cache.root}") from None
 

@@ -55,21 +55,32 @@ def pull_from_cache(cache: Cache, ref: ImageRef, rid: str, offline: bool) -> Pul
     `rid` is the remote's id (remotes.remote_id), under which tags are recorded.
     None when the image is not cached (or nothing pins it): the caller asks the remote.
     """
-    sha = ref.digest
+    sha, size = ref.digest, None
     if sha is not None and not offline:
         seen = cache.resolve_ref(rid, ref.collection, ref.name, pinned_key(ref, sha))
         sha = sha if seen else None
     if sha is None and offline:
-        record = cache.resolve_ref(rid, ref.collection, ref.name, ref.tag)
-        sha = record.get("sha256") if record else None
-    return cache_hit(cache, str(ref), sha)
+        record = cache.resolve_ref(rid, ref.collection, ref.name, ref.tag) or {}
+        sha, size = record.get("sha256"), record_size(record)
+    return cache_hit(cache, str(ref), sha, size)
 
 
-def cache_hit(cache: Cache, label: str, sha: str | None) -> PullResult | None:
-    """The cached image with this sha256 as a pull result, its use recorded; or None."""
+def cache_hit(
+    cache: Cache, label: str, sha: str | None, size: int | None = None
+) -> PullResult | None:
+    """The cached image with this sha256 as a pull result, its use recorded; or None.
+
+    Only a file the cache trusts is a hit (a regular file of the user, root or a trusted
+    user that nobody else may write; in a shared cache another member's image is copied
+    and re-hashed first) and, when the server just reported a size, of that size."""
     with cache.using(sha):  # `cache prune` leaves it alone while we hand it out
-        path = cache.lookup(sha)
-        if path is None or sha is None:
+        entry = cache.lookup_entry(sha, size)
+        if entry is None:
             return None
-        cache.touch(path)
-        return PullResult(label, str(path), sha, path.stat().st_size, True, ("cache",))
+        return PullResult(label, str(entry.path), entry.sha256, entry.size, True, ("cache",))
+
+
+def record_size(record: dict[str, Any]) -> int | None:
+    """The size a tag record (or a source's version record) holds, if it is a sane one."""
+    size = record.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None

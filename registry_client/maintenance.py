@@ -1,17 +1,17 @@
-"""`cache verify` and `cache prune`: keep a long-lived node cache whole and bounded."""
+"""`cache verify` and `cache prune`: keep a long-lived node cache whole and bounded.
+
+The policy lives here; every file operation is the cache's own (registry_client.cache),
+so that it never follows a symlink and, in a shared cache, touches only what the user may.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from registry_client import locks
-from registry_client.cache import Cache, CacheEntry
+from registry_client.cache import Cache
 from registry_client.digests import hash_file
 
 STALE_RESUME_SECONDS = 24 * 3600
@@ -21,35 +21,35 @@ BLOB_GRACE = 600
 @dataclass
 class VerifyReport:
     checked: int = 0
-    bad: list[dict[str, str]] = field(default_factory=list)
+    bad: list[dict[str, str | None]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checked": self.checked, "bad": self.bad}
 
 
 def verify_cache(cache: Cache) -> VerifyReport:
-    """Re-hash every published image; move damaged ones to quarantine/."""
+    """Re-hash every published image and docker layer blob; move damaged ones to
+    quarantine/ (the next pull fetches them again). In a shared cache another member's
+    damaged file is reported, not moved: only its owner or root may."""
     report = VerifyReport()
-    for entry in cache.entries():
+    for entry in [*cache.entries("sif"), *cache.entries("blobs")]:
         report.checked += 1
         try:
             actual = hash_file(str(entry.path)).sha256
         except OSError as exc:
             actual = f"unreadable: {exc.strerror}"
         if actual != entry.sha256:
-            moved = _quarantine(cache, entry)
+            moved = cache.quarantine(entry)
             report.bad.append(
-                {"digest": f"sha256:{entry.sha256}", "actual": actual, "moved_to": str(moved)}
+                {
+                    "digest": f"sha256:{entry.sha256}",
+                    "kind": "image" if entry.kind == "sif" else "layer blob",
+                    "path": str(entry.path),
+                    "actual": actual,
+                    "moved_to": str(moved) if moved else None,
+                }
             )
     return report
-
-
-def _quarantine(cache: Cache, entry: CacheEntry) -> Path:
-    folder = cache.base / "quarantine"
-    folder.mkdir(exist_ok=True, mode=0o700)
-    dest = folder / f"{entry.sha256}.{int(time.time())}.sif"
-    os.replace(entry.path, dest)
-    return dest
 
 
 @dataclass
@@ -80,11 +80,18 @@ def prune_cache(
     total is at most max_size bytes. An image a running pull holds is never removed.
     With dry_run, report what would go and remove nothing (temp files included)."""
     now = time.time() if now is None else now
-    report = PruneReport(temps_removed=0 if dry_run else _clean_temps(cache, now))
+    removed = 0
+    if not dry_run:
+        removed = cache.clean_dead_temps() + cache.remove_stale_resumes(now - STALE_RESUME_SECONDS)
+    report = PruneReport(temps_removed=removed)
     # Layer blobs only serve rebuilds of docker:// images: they go first, but never one
-    # a build may be reading right now.
-    blobs = [b for b in cache.entries("blobs") if now - max(b.atime, b.mtime) > BLOB_GRACE]
-    entries = sorted(cache.entries(), key=lambda e: max(e.atime, e.mtime))
+    # a build may be reading right now. Only what the user may remove counts (in a shared
+    # cache: their own files).
+    mine = cache.may_remove
+    blobs = [
+        b for b in cache.entries("blobs") if mine(b) and now - max(b.atime, b.mtime) > BLOB_GRACE
+    ]
+    entries = sorted(filter(mine, cache.entries()), key=lambda e: max(e.atime, e.mtime))
     entries = sorted(blobs, key=lambda e: max(e.atime, e.mtime)) + entries
     total = sum(e.size for e in entries)
     for entry in entries:
@@ -92,36 +99,13 @@ def prune_cache(
         too_big = max_size is not None and total > max_size
         if not (too_old or too_big):
             continue
-        if _remove_unless_used(cache, entry, dry_run):
+        if cache.remove(entry, dry_run=dry_run):
             report.removed.append(f"sha256:{entry.sha256}")
             report.freed += entry.size
             total -= entry.size
         else:
             report.kept_in_use.append(f"sha256:{entry.sha256}")
     return report
-
-
-def _remove_unless_used(cache: Cache, entry: CacheEntry, dry_run: bool = False) -> bool:
-    with locks.try_exclusive(cache.base / "locks" / f"use-{entry.sha256}.lock") as free:
-        if not free or dry_run:
-            return free
-        with contextlib.suppress(FileNotFoundError):
-            entry.path.unlink()
-        return True
-
-
-def _clean_temps(cache: Cache, now: float) -> int:
-    """Dead writers' temp files, and resumable downloads nobody resumed for a day."""
-    removed = cache.clean_dead_temps()
-    folder = cache.base / "tmp"
-    for path in folder.glob("*.resume") if folder.is_dir() else []:
-        lock = cache.base / "locks" / f"{path.name.removesuffix('.resume')}.lock"
-        with locks.try_exclusive(lock) as free, contextlib.suppress(FileNotFoundError):
-            if free and now - path.stat().st_mtime > STALE_RESUME_SECONDS:
-                path.unlink()
-                path.with_suffix(".state").unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}

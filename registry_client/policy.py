@@ -15,7 +15,7 @@ from typing import Any
 
 from registry_client.context import Context
 from registry_client.errors import RemoteUnavailable
-from registry_client.hits import PullResult, cache_hit
+from registry_client.hits import PullResult, cache_hit, record_size
 from registry_client.names import ImageRef
 
 
@@ -66,7 +66,11 @@ def answer_when_unreachable(
     if not error.retryable:  # the object changed under us: not an outage
         raise error
     record = None if ref.digest else ctx.cache.resolve_ref(rid, ref.collection, ref.name, ref.tag)
-    hit = cache_hit(ctx.cache, str(ref), record.get("sha256")) if record else None
+    hit = (
+        cache_hit(ctx.cache, str(ref), record.get("sha256"), record_size(record))
+        if record
+        else None
+    )
     if hit is None:
         what = "a pinned reference is never answered stale" if ref.digest else "no cached copy"
         error.message = f"{error.message}; {ref} is not in this node's cache ({what})"

@@ -173,9 +173,9 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: b
             return hit
         ctx.cache.clean_dead_temps()
         download = _download_verified(
-            ctx, backend, info, expected, str(ref), version_id if locked else None
+            ctx, backend, info, expected, str(ref), version_id if locked else None, force
         )
-        sha = download.path.stem
+        sha = download.sha256
         # Before the lock goes: a waiter without a sha256 to look for finds it by ETag.
         ctx.cache.record_etag(sha, *version)
     _record_ref(ctx, ref, rid, info, sha)
@@ -202,7 +202,7 @@ def _cached_version(
     version: tuple[str, ...],
 ) -> PullResult | None:
     sha = expected or ctx.cache.resolve_etag(*version)
-    hit = cache_hit(ctx.cache, str(ref), sha)
+    hit = cache_hit(ctx.cache, str(ref), sha, info.size)
     if hit is not None:
         _record_ref(ctx, ref, rid, info, hit.sha256)
     return hit
@@ -226,6 +226,7 @@ def _record_ref(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo, sha: st
 @dataclass(frozen=True)
 class _Downloaded:
     path: Path
+    sha256: str
     checks: tuple[str, ...]
     resumed: int  # bytes a previous, interrupted download had already fetched
 
@@ -237,9 +238,11 @@ def _download_verified(
     expected: str | None,
     label: str,
     version_id: str | None,
+    replace: bool = False,
 ) -> _Downloaded:
-    """Download to a temp file, verify, publish. With the version's lock held, the temp
-    file is resumable: a later pull of the same object version continues it."""
+    """Download to a temp file, verify, publish (over a cached copy with `replace`: pull
+    --force). With the version's lock held, the temp file is resumable: a later pull of
+    the same object version continues it."""
     from registry_client.transfer import download
 
     plan = backend.etag_plan(info)
@@ -263,7 +266,8 @@ def _download_verified(
                     algorithm=plan.algorithm,
                 )
             checks = verify(info, plan, result, expected, ctx.reporter, tmp)
-            return _Downloaded(ctx.cache.publish(tmp, result.sha256), checks, resumed)
+            published = ctx.cache.publish(tmp, result.sha256, replace=replace)
+            return _Downloaded(published, result.sha256, checks, resumed)
     except OSError as exc:
         raise raise_for_os_error(exc, f"download of {info.key} into {ctx.cache.root}") from None
 
@@ -271,18 +275,17 @@ def _download_verified(
 @contextlib.contextmanager
 def _temp_for(ctx: Context, version_id: str | None) -> Any:
     """(temp path, ranges it already holds, callback to record a finished range)."""
-    if version_id is None:  # no lock, no resume: a unique temp file
+    paths = ctx.cache.resume_paths(version_id) if version_id else None
+    if paths is None:  # no lock (or another user's files hold the names): no resume
         with ctx.cache.temp_file() as tmp:
             yield tmp, [], None
         return
-    tmp, state_path = ctx.cache.resume_paths(version_id)
+    tmp, state_path = paths  # both exist and are ours: nobody can swap them
     state = ctx.cache.read_state(state_path)
     chunk = ctx.transfer.chunk_size
-    have: list[tuple[int, int]] = []
-    if state.get("chunk") == chunk and tmp.exists():
-        have = [(int(a), int(b)) for a, b in state.get("done", [])]
-    else:
-        tmp.unlink(missing_ok=True)
+    have = _resumable_ranges(state, chunk)
+    if not have:
+        os.truncate(tmp, 0)
     done = list(have)
 
     def on_range(start: int, end: int) -> None:
@@ -303,6 +306,17 @@ def _temp_for(ctx: Context, version_id: str | None) -> Any:
     finally:
         if not tmp.exists():
             state_path.unlink(missing_ok=True)
+
+
+def _resumable_ranges(state: dict[str, Any], chunk: int) -> list[tuple[int, int]]:
+    """The ranges a state file says are on disk, if it was written for this chunk size."""
+    done = state.get("done")
+    if state.get("chunk") != chunk or not isinstance(done, list):
+        return []
+    try:
+        return [(int(a), int(b)) for a, b in done]
+    except (TypeError, ValueError):
+        return []
 
 
 def verify(
@@ -349,23 +363,15 @@ def _etag_matches(plan: EtagPlan, result: DigestResult, local: Path | None) -> b
 
 
 def place_output(result: PullResult, output: str) -> PullResult:
-    """Put the image at OUTPUT atomically: a hard link where possible, else a copy."""
+    """Put a copy of the image at OUTPUT atomically: a reflink where the filesystem shares
+    blocks, else a full copy. Never a link to the cached file: writing to OUTPUT must not
+    change the cache."""
     dest = Path(output).absolute()
     if dest.is_dir():
         raise UsageError(f"-o {output}: is a directory", hint="give a file name")
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(result.path, tmp)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(result.path, tmp)
-            os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
+        _copy_atomic(Path(result.path), dest, result.size)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise raise_for_os_error(exc, f"writing {dest}") from None
     return PullResult(
         result.ref,
@@ -376,6 +382,34 @@ def place_output(result: PullResult, output: str) -> PullResult:
         result.verified,
         result.resumed_bytes,
     )
+
+
+def _copy_atomic(src: Path, dest: Path, size: int) -> None:
+    """Copy into a new, unguessable temp name beside dest (O_EXCL: never through a planted
+    symlink), then rename it over dest."""
+    import secrets
+
+    from registry_client.safefs import NEW_FLAGS, clone_or_copy, unlink_at
+
+    folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    tmp = f".{dest.name}.{os.getpid()}.{secrets.token_hex(8)}.partial"
+    try:
+        out = os.open(tmp, NEW_FLAGS, 0o644, dir_fd=folder)
+        try:
+            with open(src, "rb") as fh:
+                clone_or_copy(fh.fileno(), out)
+            if os.fstat(out).st_size != size:
+                raise OSError(f"{dest}: the copy is not {size} bytes")
+            os.fchmod(out, 0o444)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        os.replace(tmp, dest.name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        unlink_at(folder, tmp)
+        raise
+    finally:
+        os.close(folder)
 
 
 # -- push ---------------------------------------------------------------------------

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -260,8 +262,7 @@ def download(
     segment hash of the schemes (the EtagPlan's).
     """
     have = [(int(a), int(b)) for a, b in have]
-    flags = os.O_RDWR | os.O_CREAT | (0 if have else os.O_EXCL)
-    fd = os.open(dest, flags, 0o600)
+    fd = _open_dest(dest)
     try:
         _preallocate(fd, info.size)
         state = _State()
@@ -410,14 +411,23 @@ def _wait_all(futures: list[Future[None]]) -> None:
         fut.result()
 
 
+def _open_dest(dest: os.PathLike[str] | str) -> int:
+    """Open (or make) the file to download into: never through a symlink, and only a
+    plain file of our own (the cache makes resumable ones before we get here)."""
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        raise PermissionError(errno.EPERM, "not a plain file of yours", str(dest))
+    return fd
+
+
 def _preallocate(fd: int, size: int) -> None:
     if size <= 0:
         return
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
-        import errno
-
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
         os.ftruncate(fd, size)  # filesystems without fallocate (some NFS): sparse is fine

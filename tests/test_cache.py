@@ -148,11 +148,11 @@ def test_cache_clean(ctx: Context, tmp_path: Path) -> None:
     assert ctx.cache.entries() == []
 
 
-def test_shared_system_cache_is_group_writable(tmp_path: Path) -> None:
+def test_shared_system_cache_is_group_writable_and_sticky(tmp_path: Path) -> None:
     cache = Cache(tmp_path / "node", shared=True)
     cache.ensure()
-    for sub in ("v1", "v1/sif/sha256", "v1/tmp", "v1/locks"):
-        assert stat.S_IMODE(os.stat(tmp_path / "node" / sub).st_mode) == 0o2775, sub
+    for sub in ("", "v1", "v1/sif/sha256", "v1/blobs/sha256", "v1/tmp", "v1/locks", "v1/refs"):
+        assert stat.S_IMODE(os.stat(tmp_path / "node" / sub).st_mode) == 0o3775, sub
     with cache.lock("x"):
         pass
     assert stat.S_IMODE(os.stat(cache.base / "locks" / "x.lock").st_mode) & 0o060 == 0o060
@@ -169,7 +169,7 @@ def test_cli_shared_cache_from_config(tmp_path: Path) -> None:
     assert run_cli(*args, "push", str(tmp_path / "a.sif"), "lab/a:1").returncode == 0
     pulled = run_cli(*args, "pull", "lab/a:1")
     assert pulled.returncode == 0, pulled.stderr
-    assert stat.S_IMODE(os.stat(root / "v1").st_mode) == 0o2775
+    assert stat.S_IMODE(os.stat(root / "v1").st_mode) == 0o3775
     assert stat.S_IMODE(os.stat(pulled.stdout.strip()).st_mode) == 0o444
 
 

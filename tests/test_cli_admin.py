@@ -95,7 +95,7 @@ def test_changing_commands_say_what_they_did(tmp_path: Path) -> None:
     quiet = run_cli("-q", "tag", "lab/a:1", "lab/a:two")
     assert quiet.returncode == 0 and quiet.stderr == ""
     verify = run_cli("cache", "verify")
-    assert "verified 1 image(s): 0 damaged" in verify.stderr
+    assert "verified 1 image(s) and layer blob(s): 0 damaged" in verify.stderr
 
 
 def test_cache_clean_and_prune_dry_run_remove_nothing(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ locates, and our own reader / `registry-client inspect`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -493,6 +494,38 @@ def test_corrupt_blobs_publish_nothing(ctx, proxy):
         pull(ctx, f"docker://{proxy.host}/lab/multi:1")
     assert published(ctx) == []
     assert not any((ctx.cache.base / "blobs" / "sha256").glob("*"))
+
+
+def test_a_damaged_layer_blob_is_found_quarantined_and_fetched_again(ctx, registry, tmp_path):
+    from registry_client.maintenance import verify_cache
+
+    ref = f"docker://{registry.host}/lab/multi:1"
+    first = pull(ctx, ref)
+
+    def damage_a_blob() -> Path:
+        blob = max((ctx.cache.base / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+        os.chmod(blob, 0o644)
+        with open(blob, "r+b") as fh:  # same size: only hashing tells
+            fh.seek(blob.stat().st_size // 2)
+            fh.write(b"\xff" * 16)
+        return blob
+
+    blob = damage_a_blob()
+    report = verify_cache(ctx.cache)
+    assert [b["digest"] for b in report.bad] == [f"sha256:{blob.name}"]
+    assert report.bad[0]["kind"] == "layer blob" and not blob.exists()
+    assert Path(report.bad[0]["moved_to"]).parent.name == "quarantine"
+    again = pull(ctx, ref, force=True)  # fetched again, built again, the same image
+    assert again.sha256 == first.sha256 and not again.cached
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    # Without `cache verify`: the next build re-hashes the blobs it takes from the cache.
+    blob = damage_a_blob()
+    assert pull(ctx, ref, force=True).sha256 == first.sha256
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name
+    # The command line: exit 4 and one line per damaged file.
+    damage_a_blob()
+    cli = run_cli("--cache-dir", str(ctx.cache.root), "cache", "verify")
+    assert cli.returncode == 4 and "damaged layer blob, moved to" in cli.stdout, cli.stderr
 
 
 # -- the installed CLI -------------------------------------------------------------------------

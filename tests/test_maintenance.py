@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from registry_client import locks, service
+from registry_client import service
 from registry_client.config import RemoteConfig
 from registry_client.context import Context
 from registry_client.maintenance import parse_age, parse_size, prune_cache, verify_cache
@@ -71,7 +71,7 @@ def test_prune_removes_dead_temps_and_stale_resumes(tmp_path: Path) -> None:
     for path in (dead, alive, old_resume, fresh_resume):
         path.write_bytes(b"x")
     os.utime(old_resume, (time.time() - 3 * 86400,) * 2)
-    with locks.exclusive(ctx.cache.base / "locks" / "v2new.lock"):
+    with ctx.cache.lock("v2new"):
         report = prune_cache(ctx.cache)
     assert report.temps_removed == 2
     assert {p.name for p in tmp.iterdir()} == {alive.name, fresh_resume.name}

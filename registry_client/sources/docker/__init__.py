@@ -7,8 +7,6 @@ builds a SIF from them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,7 +111,7 @@ class DockerSource(Source):
         from registry_client.sources.docker.sifbuild import LayerFile
 
         layers = self.resolved.layers
-        total = sum(d.size for d in layers if ctx.cache.lookup_blob(d.hex) is None)
+        total = sum(d.size for d in layers if ctx.cache.lookup_blob(d.hex, d.size) is None)
         with (
             ctx.reporter.progress(f"pull {self.text}", total) as advance,
             ThreadPoolExecutor(
@@ -137,7 +135,4 @@ class DockerSource(Source):
 
 def _work_dir(ctx: Context) -> Path:
     """A private build folder beside the cache's temp files (same filesystem, not /tmp)."""
-    ctx.cache.ensure()
-    return Path(
-        tempfile.mkdtemp(prefix=f"build.{os.getpid()}.", suffix=".dir", dir=ctx.cache.base / "tmp")
-    )
+    return ctx.cache.work_dir("build")

@@ -543,12 +543,13 @@ def ensure_blob(
     settings: Any = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """The verified blob in the shared cache, downloading it once per node."""
-    found = cache.lookup_blob(desc.hex)
+    """The verified blob in the shared cache, downloading it once per node. A cached blob is
+    re-hashed before use: a damaged one goes to quarantine/ and is fetched again."""
+    found = cache.lookup_blob(desc.hex, desc.size, verify=True)
     if found is not None:
         return found
     with cache.lock(f"blob-{desc.hex[:40]}"):
-        found = cache.lookup_blob(desc.hex)
+        found = cache.lookup_blob(desc.hex, desc.size, verify=True)
         if found is not None:
             return found
         with cache.temp_file("blob") as tmp:
@@ -559,4 +560,5 @@ def ensure_blob(
                 settings=settings,
                 progress=progress,
             )
-            return cache.publish_blob(tmp, desc.hex)
+            # Over a damaged copy of ours, if one is still there (one we may not move).
+            return cache.publish_blob(tmp, desc.hex, replace=True)
