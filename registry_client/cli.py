@@ -74,6 +74,14 @@ def _done(ctx: typer.Context, message: str) -> None:
     _g(ctx).reporter().info(message)
 
 
+def _man_page(value: bool) -> None:
+    if value:
+        from registry_client.manpage import render
+
+        sys.stdout.write(render())
+        raise typer.Exit()
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"registry-client {__version__}")
@@ -119,6 +127,12 @@ def main_callback(
         bool,
         typer.Option(
             "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+    man_page: Annotated[
+        bool,
+        typer.Option(
+            "--man-page", callback=_man_page, is_eager=True, help="Print the man page (roff)."
         ),
     ] = False,
 ) -> None:

@@ -1,7 +1,5 @@
 """registry-client(1), generated from the command line itself, so it never drifts:
-`python -m registry_client.manpage > docs/registry-client.1` (tests/test_manpage.py checks
-that the file in the repository is what this prints). The wheel installs it under
-share/man/man1, where man (and pipx) find it.
+`registry-client --man-page > /usr/local/share/man/man1/registry-client.1`.
 
 Written by hand (~60 lines of roff) rather than with click-man: typer 0.28 vendors its own
 click, which click-man does not know.

@@ -1,5 +1,5 @@
-"""Installing it as an admin would: the man page generated from the CLI, shell completion,
-and `pipx install`."""
+"""Installing it as an admin would: the man page generated from the CLI (--man-page), shell
+completion, and `pipx install`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,44 +15,34 @@ from registry_client.manpage import render
 from tests.support.helpers import console_script, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-MAN = ROOT / "docs" / "registry-client.1"
 
 
-def test_man_page_is_generated_from_the_cli() -> None:
-    assert MAN.read_text() == render(), (
-        "run: python -m registry_client.manpage > docs/registry-client.1"
-    )
-    text = render()
-    for command in (
-        "pull [OPTIONS] REF",
-        "cache warm [OPTIONS] SOURCE",
-        "resolve [OPTIONS] REFS...",
-    ):
-        assert command in text.replace("\\-", "-")
+def test_man_page_is_generated_from_the_cli(tmp_path: Path) -> None:
+    import typer
 
+    from registry_client.cli import app
 
-@pytest.mark.skipif(shutil.which("man") is None, reason="no man(1) here")
-def test_man_page_renders_without_warnings() -> None:
-    result = subprocess.run(
-        ["man", "--warnings", "-l", str(MAN)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MANPAGER": "cat", "MANWIDTH": "80"},
-        timeout=60,
-    )
-    assert result.returncode == 0 and result.stderr == "", result.stderr
-    assert "REGISTRY-CLIENT(1)" in result.stdout and "cache warm" in result.stdout
-
-
-def test_wheel_installs_the_man_page(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
-    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
-    assert any(n.endswith(".data/data/share/man/man1/registry-client.1") for n in names)
+    result = run_cli("--man-page")
+    assert result.returncode == 0 and result.stdout == render()
+    text = result.stdout.replace("\\-", "-")
+    root = typer.main.get_command(app)
+    for name, command in root.commands.items():  # every command and option is in it
+        for sub in getattr(command, "commands", {name: command}).values():
+            for param in sub.params:
+                assert all(opt in text for opt in getattr(param, "opts", [])), (name, param)
+    for command in ("pull [OPTIONS] REF", "cache warm [OPTIONS] SOURCE", "resolve [OPTIONS] REFS"):
+        assert command in text
+    (tmp_path / "registry-client.1").write_text(result.stdout)
+    if shutil.which("man"):
+        shown = subprocess.run(
+            ["man", "--warnings", "-l", str(tmp_path / "registry-client.1")],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MANPAGER": "cat", "MANWIDTH": "80"},
+            timeout=60,
+        )
+        assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+        assert "REGISTRY-CLIENT(1)" in shown.stdout and "cache warm" in shown.stdout
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
@@ -108,7 +97,6 @@ def test_pipx_install(tmp_path: Path) -> None:
     command = tmp_path / "bin" / "registry-client"
     version = subprocess.run([str(command), "--version"], capture_output=True, text=True, env=env)
     assert version.returncode == 0 and version.stdout.startswith("registry-client ")
-    assert (tmp_path / "man" / "man1" / "registry-client.1").exists()
     cache = subprocess.run(
         [str(command), "cache", "dir"], capture_output=True, text=True, env=env, timeout=60
     )
