@@ -78,7 +78,7 @@ def _man_page(value: bool) -> None:
     if value:
         from registry_client.manpage import render
 
-        sys.stdout.write(render())
+        sys.stdout.write(render(typer.main.get_command(app)))
         raise typer.Exit()
 
 

@@ -7,7 +7,6 @@ click, which click-man does not know.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from registry_client import __version__
@@ -82,12 +81,8 @@ def _commands(group: Any, prefix: str) -> list[str]:
     return out
 
 
-def render() -> str:
-    import typer
-
-    from registry_client.cli import app
-
-    root = typer.main.get_command(app)
+def render(root: Any) -> str:
+    """The man page of `root`, the CLI's click command (typer.main.get_command(app))."""
     lines = [
         f'.TH REGISTRY\\-CLIENT 1 "" "registry-client {__version__}" "User Commands"',
         ".SH NAME",
@@ -103,7 +98,3 @@ def render() -> str:
         SECTIONS.rstrip("\n"),
     ]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.stdout.write(render())

@@ -23,7 +23,7 @@ def test_man_page_is_generated_from_the_cli(tmp_path: Path) -> None:
     from registry_client.cli import app
 
     result = run_cli("--man-page")
-    assert result.returncode == 0 and result.stdout == render()
+    assert result.returncode == 0 and result.stdout == render(typer.main.get_command(app))
     text = result.stdout.replace("\\-", "-")
     root = typer.main.get_command(app)
     for name, command in root.commands.items():  # every command and option is in it
