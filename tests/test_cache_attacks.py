@@ -435,3 +435,29 @@ def test_a_cache_folder_someone_else_made_is_refused(site: Site) -> None:
     for folder in (fresh, fresh / "v1", fresh / "v1" / "tmp"):
         st = os.stat(folder)
         assert st.st_uid == site.victim.uid and stat.S_IMODE(st.st_mode) == 0o700, folder
+
+
+def test_a_read_only_shared_cache_a_service_account_fills(site: Site) -> None:
+    warm = site.push("lab/app:1", 1 * MiB, seed=40)
+    cold = site.push("lab/app:2", 1 * MiB, seed=41)
+    svc_group, _ = site.users.group("svc")
+    svc = site.users.user("svc", svc_group)  # a group of its own: nobody else may write
+    filled = site.pub / "images"
+    account = site.users.base / "svc.toml"
+    account.write_text(site.config.read_text().replace(str(site.shared), str(filled)))
+    users = site.users.base / "ro.toml"
+    users.write_text(
+        account.read_text().replace(
+            "shared = true\n", f'shared = true\ntrusted_users = ["{svc.name}"]\n'
+        )
+    )
+    code, warmed, err = site.pull(svc, "lab/app:1", config=account)  # `cache warm` would do
+    assert code == 0, err
+    assert stat.S_IMODE(os.stat(filled / "v1" / "sif" / "sha256").st_mode) == 0o3775
+    for user in (site.victim, site.outsider):
+        code, path, err = site.pull(user, f"lab/app:1@sha256:{warm.sha}", config=users)
+        assert code == 0 and path == warmed, err  # the account's file, used in place
+        code, path, err = site.pull(user, "lab/app:2", config=users)
+        assert code == 0 and path.startswith(str(user.home)), err
+        assert_verified(path, cold, {user.uid})
+    assert site.as_user(site.attacker, f"touch {filled}/v1/sif/sha256/x") != 0
