@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from registry_client.digests import EtagPlan, plain_md5_plan
@@ -98,6 +99,11 @@ class Capabilities:
 
     #: `copy()` makes a new object from another one inside the store (no bytes through us)
     copy: bool = False
+    #: `copy_from()` copies from another bucket or container of the same store, verified
+    copy_from: bool = False
+    #: `resume_upload()`, `pending_uploads()`, `discard_pending()`: interrupted uploads
+    #: (S3 multipart uploads, Swift segments) are found again, continued or removed
+    resume: bool = False
 
 
 class Reader(abc.ABC):
@@ -194,12 +200,52 @@ class Backend(Reader):
         """Remove an object (and its segments); NotFound if absent."""
 
     # -- optional capabilities (declared in `capabilities`) -----------------------------
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        """Server-side copy keeping metadata; only where `capabilities.copy`."""
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        """Server-side copy, keeping the metadata or replacing it with `metadata`; only
+        where `capabilities.copy`."""
         raise Unsupported(
             f"{self.location} cannot copy objects inside the store",
             hint="pull and push instead: registry-client copy SRC DST",
         )
+
+    def copy_from(
+        self, source: Reader, info: ObjectInfo, dst_key: str, metadata: Mapping[str, str]
+    ) -> ObjectInfo | None:
+        """Server-side copy of `info` from `source` (another bucket or container of the same
+        store, or this one) to `dst_key`, with `metadata`; the copy's ETag is checked against
+        the source's. None when the two are not one store, or when the copy could not be
+        checked that way: the caller streams the bytes instead. Only where
+        `capabilities.copy_from`."""
+        raise Unsupported(f"{self.location} cannot copy objects from another bucket")
+
+    def resume_upload(
+        self,
+        key: str,
+        size: int,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        since: datetime | None,
+    ) -> Upload | None:
+        """Continue an interrupted upload of `key` with the same size and layout, begun
+        after `since` (the source's last change: metadata set when such an upload began
+        still holds), if there is one: its `stored` parts need not be sent again. Other
+        interrupted uploads of `key` are removed. None when there is none. Only where
+        `capabilities.resume`."""
+        raise Unsupported(f"{self.location} cannot resume uploads")
+
+    def pending_uploads(self, prefix: str = "") -> set[str]:
+        """Keys under `prefix` that may have interrupted uploads left behind (S3 multipart
+        uploads never completed, Swift segments no manifest names). Only where
+        `capabilities.resume`."""
+        raise Unsupported(f"{self.location} cannot list interrupted uploads")
+
+    def discard_pending(self, key: str) -> int:
+        """Remove the interrupted uploads of `key` (never the object itself); how many.
+        Only where `capabilities.resume`."""
+        raise Unsupported(f"{self.location} cannot list interrupted uploads")
 
 
 # -- limits -------------------------------------------------------------------------------
@@ -370,11 +416,21 @@ class Upload(abc.ABC):
 
     key: str
     parts: list[tuple[int, int]]
+    #: Parts that an interrupted upload of the same object, which this one continues
+    #: (Backend.resume_upload), already holds: index -> md5 of the stored bytes.
+    stored: Mapping[int, bytes] = MappingProxyType({})
 
     @abc.abstractmethod
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         """Send part `index` from a reader of exactly its bytes; IntegrityError if the
-        checksum the server computed differs from the bytes read."""
+        checksum the server computed differs from the bytes read. `md5`: the part's md5
+        when the caller already took it (hashing the bytes on their way); it is sent for
+        the store to check (Content-MD5, Swift's ETag) instead of reading the part twice."""
+
+    def keep_part(self, index: int, md5: bytes) -> None:
+        """Count part `index` as sent: it is in `stored` with this md5, which the caller
+        found equal to the md5 of the bytes it would send."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def complete(self) -> ObjectInfo:

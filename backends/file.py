@@ -23,10 +23,17 @@ from registry_client.backends.base import (
     Limiter,
     Metadata,
     ObjectInfo,
+    Reader,
     Upload,
     metadata_of,
 )
-from registry_client.errors import AuthError, NotFound, ObjectChanged, RegistryClientError
+from registry_client.errors import (
+    AuthError,
+    IntegrityError,
+    NotFound,
+    ObjectChanged,
+    RegistryClientError,
+)
 
 if TYPE_CHECKING:
     from registry_client.config import RemoteConfig
@@ -38,7 +45,7 @@ LOCAL_IO = 8  # reads and writes at once on a local or shared filesystem
 
 class FileBackend(Backend):
     kind = "file"
-    capabilities = Capabilities(copy=True)
+    capabilities = Capabilities(copy=True, copy_from=True)
 
     def __init__(
         self,
@@ -135,11 +142,25 @@ class FileBackend(Backend):
             raise NotFound(f"{key} not found in {self.location}") from None
         self._sidecar(path).unlink(missing_ok=True)
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
         info = self.stat(src_key)  # put() writes the copy's own etag and size
-        return self.put(
-            dst_key, str(self._path(src_key)), info.metadata, part_size=0, concurrency=1
-        )
+        meta = info.metadata if metadata is None else metadata
+        return self.put(dst_key, str(self._path(src_key)), meta, part_size=0, concurrency=1)
+
+    def copy_from(
+        self, source: Reader, info: ObjectInfo, dst_key: str, metadata: Mapping[str, str]
+    ) -> ObjectInfo | None:
+        """A local copy from another directory remote; its md5 must be the source's."""
+        other = getattr(source, "inner", source)
+        if not isinstance(other, FileBackend) or not info.etag:
+            return None  # no sidecar md5 to check the copy against: streamed instead
+        copied = self.put(dst_key, str(other._path(info.key)), metadata, part_size=0, concurrency=1)
+        if copied.etag != info.etag or copied.size != info.size:
+            self.delete(dst_key)
+            raise IntegrityError(f"copy {info.key} to {dst_key}: md5 {copied.etag} != {info.etag}")
+        return copied
 
     @staticmethod
     def _write_json(path: Path, data: dict[str, str]) -> None:
@@ -159,10 +180,13 @@ class _FileUpload(Upload):
         self.tmp = self.dest.with_name(f".{self.dest.name}.{secrets.token_hex(6)}.partial")
         self.md5 = ""
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         with self._writing():
             self.dest.parent.mkdir(parents=True, exist_ok=True)
             self.md5 = _copy_hashing(body, self.tmp)
+        if md5 is not None and md5.hex() != self.md5:
+            self.abort()
+            raise IntegrityError(f"upload {self.key}: the bytes written are not the ones hashed")
 
     def complete(self) -> ObjectInfo:
         with self._writing():

@@ -13,10 +13,12 @@ Retries are off here: the retry wrapper (registry_client.retry) owns that policy
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import botocore.exceptions as bexc
@@ -33,6 +35,7 @@ from registry_client.backends.base import (
     Limiter,
     Metadata,
     ObjectInfo,
+    Reader,
     Upload,
     metadata_of,
 )
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from registry_client.config import RemoteConfig
 
 READ_BLOCK = 1024 * 1024
+MAX_COPY = 5 * 1024**3  # CopyObject's limit
 OCTET = "application/octet-stream"
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
@@ -102,9 +106,12 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
     return RegistryClientError(f"{what}: {type(exc).__name__}")
 
 
-def _md5_of(body: BinaryIO) -> tuple[str, bytes]:
+def _md5_of(body: BinaryIO, known: bytes | None = None) -> tuple[str, bytes]:
     """Content-MD5 (base64) and raw md5 of a part's reader, read in blocks (flat memory);
-    the reader is rewound for sending."""
+    the reader is rewound for sending. A `known` md5 is taken as it is: the server checks
+    it against the bytes it receives."""
+    if known is not None:
+        return base64.b64encode(known).decode(), known
     md5 = hashlib.md5(usedforsecurity=False)
     while block := body.read(READ_BLOCK):
         md5.update(block)
@@ -115,7 +122,7 @@ def _md5_of(body: BinaryIO) -> tuple[str, bytes]:
 
 class S3Backend(Backend):
     kind = "s3"
-    capabilities = Capabilities(copy=True)
+    capabilities = Capabilities(copy=True, copy_from=True, resume=True)
 
     def __init__(
         self,
@@ -220,16 +227,22 @@ class S3Backend(Backend):
         except Exception as exc:
             raise translate(exc, f"delete {key}") from None
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
         info = self.stat(src_key)
         source = {"Bucket": self.bucket, "Key": self._key(src_key)}
+        replace: dict[str, Any] = {"MetadataDirective": "COPY"}
+        if metadata is not None:
+            replace = {
+                "MetadataDirective": "REPLACE",
+                "Metadata": dict(metadata),
+                "ContentType": OCTET,
+            }
         try:
-            if info.size <= 5 * 1024**3:
+            if info.size <= MAX_COPY:
                 self.client.copy_object(
-                    Bucket=self.bucket,
-                    Key=self._key(dst_key),
-                    CopySource=source,
-                    MetadataDirective="COPY",
+                    Bucket=self.bucket, Key=self._key(dst_key), CopySource=source, **replace
                 )
             else:
                 # Multipart copy (CopyObject stops at 5 GiB): boto3's managed copy, which
@@ -238,16 +251,196 @@ class S3Backend(Backend):
                 from boto3.s3.transfer import TransferConfig
 
                 chunk = info.part_size or 64 * 1024 * 1024
+                extra = {"Metadata": dict(metadata)} if metadata is not None else None
                 managed_copy(
                     self.client,
                     source,
                     self.bucket,
                     self._key(dst_key),
+                    ExtraArgs=extra,
                     Config=TransferConfig(multipart_chunksize=chunk),
                 )
         except Exception as exc:
             raise translate(exc, f"copy {src_key} to {dst_key}") from None
         return self.stat(dst_key)
+
+    # -- server-side copies between buckets, resumed and abandoned uploads ---------------
+    def copy_from(
+        self, source: Reader, info: ObjectInfo, dst_key: str, metadata: Mapping[str, str]
+    ) -> ObjectInfo | None:
+        """CopyObject, or UploadPartCopy part by part in the source's own layout, so the
+        copy's ETag (md5 of the bytes, or md5 of the part md5s) must equal the source's."""
+        other = getattr(source, "inner", source)
+        if not isinstance(other, S3Backend) or not self._same_store(other):
+            return None
+        etag = (info.etag or "").lower()
+        base, dash, count = etag.partition("-")
+        if dash:
+            part = info.part_size or other._first_part_size(info.key)
+            if not part or -(-info.size // part) != int(count or 0) or part < MIN_PART:
+                return None  # the layout cannot be repeated, so the copy could not be checked
+            lengths = segments(info.size, part)
+        elif info.size <= MAX_COPY and len(base) == 32:
+            lengths = []
+        else:
+            return None
+        copy_source = {"Bucket": other.bucket, "Key": other._key(info.key)}
+        try:
+            if not lengths:
+                self.client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self._key(dst_key),
+                    CopySource=copy_source,
+                    CopySourceIfMatch=f'"{info.etag}"',
+                    MetadataDirective="REPLACE",
+                    Metadata=dict(metadata),
+                    ContentType=OCTET,
+                )
+            else:
+                self._copy_parts(copy_source, info, dst_key, lengths, metadata)
+        except Exception as exc:
+            error = translate(exc, f"copy {info.key} to {dst_key}")
+            if isinstance(error, AuthError):
+                return None  # these credentials cannot read the source: stream it instead
+            raise error from None
+        copied = self.stat(dst_key)
+        if copied.etag != info.etag or copied.size != info.size:
+            with contextlib.suppress(RegistryClientError):
+                self.delete(dst_key)
+            raise IntegrityError(
+                f"copy {info.key} to {dst_key}: ETag {copied.etag} != the source's {info.etag}"
+            )
+        return copied
+
+    def _same_store(self, other: S3Backend) -> bool:
+        mine, theirs = self.client.meta, other.client.meta
+        return bool(
+            mine.endpoint_url == theirs.endpoint_url and mine.region_name == theirs.region_name
+        )
+
+    def _copy_parts(
+        self,
+        copy_source: dict[str, str],
+        info: ObjectInfo,
+        dst_key: str,
+        lengths: builtins.list[int],
+        metadata: Mapping[str, str],
+    ) -> None:
+        full = self._key(dst_key)
+        created = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=full, Metadata=dict(metadata), ContentType=OCTET
+        )
+        upload_id = str(created["UploadId"])
+
+        def one(job: tuple[int, int, int]) -> dict[str, Any]:
+            index, offset, length = job
+            resp = self.client.upload_part_copy(
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=index + 1,
+                CopySource=copy_source,
+                CopySourceRange=f"bytes={offset}-{offset + length - 1}",
+                CopySourceIfMatch=f'"{info.etag}"',
+            )
+            return {"PartNumber": index + 1, "ETag": resp["CopyPartResult"]["ETag"]}
+
+        jobs = builtins.list(zip(range(len(lengths)), _offsets(lengths), lengths, strict=True))
+        try:
+            parts = self.limiter.map(one, jobs)
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=full,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            raise
+
+    def resume_upload(
+        self,
+        key: str,
+        size: int,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        since: datetime | None,
+    ) -> Upload | None:
+        """The newest multipart upload of `key` begun after `since` whose parts fit the
+        layout this upload would use; its metadata was set when it began, from a source
+        that has not changed since. The others are aborted."""
+        lengths = segments(size, fit_part_size(size, part_size))
+        if since is None or len(lengths) < 2:
+            return None
+        try:
+            found = self._uploads_of(key)
+            chosen: _Multipart | None = None
+            for upload_id, initiated in sorted(found, key=lambda u: u[1], reverse=True):
+                if chosen is None and initiated > since:
+                    stored = self._stored_parts(key, upload_id, lengths)
+                    if stored is not None:
+                        chosen = _Multipart(self, key, upload_id, lengths)
+                        chosen.stored = stored
+                        continue
+                self._abort(key, upload_id)
+        except Exception as exc:
+            raise translate(exc, f"resume upload {key}") from None
+        return chosen
+
+    def _uploads_of(self, key: str) -> builtins.list[tuple[str, datetime]]:
+        full = self._key(key)
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        return [
+            (str(u["UploadId"]), u["Initiated"])
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full)
+            for u in page.get("Uploads", [])
+            if u.get("Key") == full and isinstance(u.get("Initiated"), datetime)
+        ]
+
+    def _stored_parts(
+        self, key: str, upload_id: str, lengths: builtins.list[int]
+    ) -> dict[int, bytes] | None:
+        """index -> md5 of the parts stored so far; None if one does not fit the layout."""
+        paginator = self.client.get_paginator("list_parts")
+        stored: dict[int, bytes] = {}
+        pages = paginator.paginate(Bucket=self.bucket, Key=self._key(key), UploadId=upload_id)
+        for page in pages:
+            for part in page.get("Parts", []):
+                number, etag = part.get("PartNumber"), str(part.get("ETag", "")).strip('"')
+                if not isinstance(number, int) or not 1 <= number <= len(lengths):
+                    return None
+                if part.get("Size") != lengths[number - 1] or not _is_md5_hex(etag):
+                    return None
+                stored[number - 1] = bytes.fromhex(etag)
+        return stored
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        self.client.abort_multipart_upload(
+            Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+        )
+
+    def pending_uploads(self, prefix: str = "") -> set[str]:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            return {
+                str(u["Key"])[len(self.prefix) :]
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+                for u in page.get("Uploads", [])
+                if str(u.get("Key", "")).startswith(self.prefix)
+            }
+        except Exception as exc:
+            raise translate(exc, f"list uploads in {self.bucket}/{self._key(prefix)}") from None
+
+    def discard_pending(self, key: str) -> int:
+        try:
+            found = self._uploads_of(key)
+            for upload_id, _ in found:
+                self._abort(key, upload_id)
+        except Exception as exc:
+            raise translate(exc, f"abort uploads of {key}") from None
+        return len(found)
 
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         if info.etag and "-" in info.etag and info.part_size is None:
@@ -282,9 +475,9 @@ class _SinglePut(Upload):
         self.parts = [(0, size)]
         self.etag = ""
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         b = self.backend
-        md5_b64, digest = _md5_of(body)
+        md5_b64, digest = _md5_of(body, md5)
         try:
             b.client.put_object(
                 Bucket=b.bucket,
@@ -313,10 +506,16 @@ class _Multipart(Upload):
         self.backend, self.key, self.upload_id = backend, key, upload_id
         self.parts = list(zip(_offsets(lengths), lengths, strict=True))
         self.digests: list[bytes | None] = [None] * len(lengths)
+        self.stored: dict[int, bytes] = {}
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def keep_part(self, index: int, md5: bytes) -> None:
+        if self.stored.get(index) != md5:
+            raise IntegrityError(f"part {index + 1} of {self.key} is not the one stored")
+        self.digests[index] = md5
+
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         b = self.backend
-        md5_b64, digest = _md5_of(body)
+        md5_b64, digest = _md5_of(body, md5)
         try:
             resp = b.client.upload_part(
                 Bucket=b.bucket,
@@ -379,6 +578,10 @@ def _check_etag(info: ObjectInfo, expected: str) -> ObjectInfo:
     if info.etag != expected:
         raise IntegrityError(f"upload {info.key}: server ETag {info.etag} != expected {expected}")
     return info
+
+
+def _is_md5_hex(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _check_content_range(header: str | None, start: int, end: int, key: str) -> None:

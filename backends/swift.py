@@ -52,6 +52,7 @@ from registry_client.backends.base import (
     Limiter,
     Metadata,
     ObjectInfo,
+    Reader,
     Upload,
     metadata_of,
 )
@@ -250,7 +251,7 @@ def fit_segment_size(size: int, wanted: int, max_segments: int, max_object: int)
 
 class SwiftBackend(Backend):
     kind = "swift"
-    capabilities = Capabilities(copy=True)
+    capabilities = Capabilities(copy=True, copy_from=True, resume=True)
 
     def __init__(
         self,
@@ -495,17 +496,65 @@ class SwiftBackend(Backend):
             raise translate(exc, f"delete {key}") from None
         self._remove_segments(doomed)
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
         head = self._head(src_key)
-        if src_key == dst_key:
+        if src_key == dst_key and metadata is None:
             return self._info(dst_key, head)
+        return self._copy_in(self, src_key, head, dst_key, metadata)
+
+    def copy_from(
+        self, source: Reader, info: ObjectInfo, dst_key: str, metadata: Mapping[str, str]
+    ) -> ObjectInfo | None:
+        """Within one account (same storage URL): segment copies and a new manifest, or one
+        COPY; the copy's ETag (the SLO ETag from the same segment md5s) must be the
+        source's."""
+        other = getattr(source, "inner", source)
+        if (
+            not isinstance(other, SwiftBackend)
+            or other.tokens.current()[0] != (self.tokens.current()[0])
+        ):
+            return None
+        try:
+            head = other._head_for(info)
+        except Exception as exc:
+            raise translate(exc, f"stat {info.key}") from None
+        if head.get("x-object-manifest"):
+            return None  # a DLO's copy would be a plain object with another ETag: stream it
+        copied = self._copy_in(other, info.key, head, dst_key, metadata)
+        if copied.etag != info.etag or copied.size != info.size:
+            with contextlib.suppress(RegistryClientError):
+                self.delete(dst_key)
+            raise IntegrityError(
+                f"copy {info.key} to {dst_key}: ETag {copied.etag} != the source's {info.etag}"
+            )
+        return copied
+
+    def _copy_in(
+        self,
+        source: SwiftBackend,
+        src_key: str,
+        head: Mapping[str, str],
+        dst_key: str,
+        metadata: Mapping[str, str] | None,
+    ) -> ObjectInfo:
+        headers = (
+            {**_meta_headers(metadata), "Content-Type": OCTET}
+            if metadata is not None
+            else _copied_headers(head)
+        )
         try:
             old = self._segments_of(dst_key)
             if _is_slo(head):
-                keep = self._copy_slo(src_key, dst_key, head)
+                keep = self._copy_slo(source, src_key, dst_key, head, headers)
             else:  # plain objects; a DLO's copy becomes a plain object of its content
                 self._conn().copy_object(
-                    self.container, self._full(src_key), f"/{self.container}/{self._full(dst_key)}"
+                    source.container,
+                    source._full(src_key),
+                    f"/{self.container}/{self._full(dst_key)}",
+                    headers=headers if metadata is not None else None,
+                    fresh_metadata=metadata is not None or None,
                 )
                 keep = set()
         except Exception as exc:
@@ -514,10 +563,17 @@ class SwiftBackend(Backend):
         self._remove_segments(old - keep)
         return info
 
-    def _copy_slo(self, src_key: str, dst_key: str, head: Mapping[str, str]) -> set[str]:
+    def _copy_slo(
+        self,
+        source: SwiftBackend,
+        src_key: str,
+        dst_key: str,
+        head: Mapping[str, str],
+        headers: dict[str, str],
+    ) -> set[str]:
         """New segments (server-side copies) and a new manifest: nothing is shared, so
         `rm` of either tag never breaks the other."""
-        leaves = _leaves(self._manifest_entries(src_key, head))
+        leaves = _leaves(source._manifest_entries(src_key, head))
         if any(leaf.nested for leaf in leaves):
             raise RegistryClientError(
                 f"copy {src_key}: a nested SLO used through a range cannot be copied server-side"
@@ -538,7 +594,7 @@ class SwiftBackend(Backend):
                 else {"data": base64.b64encode(leaf.data or b"").decode()}
                 for leaf, dst in zip(leaves, targets, strict=True)
             ]
-            self._put_manifest(dst_key, manifest, _copied_headers(head))
+            self._put_manifest(dst_key, manifest, headers)
         except Exception:
             self._remove_segments(set(copied))
             raise
@@ -548,6 +604,101 @@ class SwiftBackend(Backend):
         container, obj = _split(leaf.name or "")
         self._conn().copy_object(container, obj, target, fresh_metadata=True)
         copied.append(target)
+
+    # -- resumed and abandoned uploads ----------------------------------------------------
+    def resume_upload(
+        self,
+        key: str,
+        size: int,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        since: datetime | None,
+    ) -> Upload | None:
+        """The newest segment set of an SLO upload of `key` that no manifest names, cut
+        like this upload would be. The metadata goes with the manifest, written at the
+        end, so `since` does not matter here; the segments' md5s are compared with the
+        bytes by the caller. Other unnamed segment sets of `key` are removed."""
+        try:
+            self._prepare_containers()
+            segment = fit_segment_size(size, part_size, *self._cluster_limits())
+            if size <= segment:
+                return None
+            old = self._segments_of(key)
+            groups = self._segment_groups(key)
+            wanted = (str(size), str(segment))
+            chosen: str | None = None
+            for base in sorted(groups, key=_stamp_time, reverse=True):
+                members = groups[base]
+                if members & old:
+                    continue  # the live object's segments are never written to
+                if chosen is None and tuple(base.split("/")[-3:-1]) == wanted:
+                    chosen = base
+                    continue
+                self._remove_segments(set(members))
+            if chosen is None:
+                return None
+            upload = _SloUpload(self, key, size, segment, metadata, old, base=chosen)
+            upload.stored = self._stored_segments(upload, chosen)
+        except Exception as exc:
+            raise translate(exc, f"resume upload {key}") from None
+        return upload
+
+    def _segment_groups(self, key: str) -> dict[str, set[str]]:
+        """Segments under `KEY/slo/` by upload: "<key>/slo/<stamp>/<size>/<seg>/" -> names."""
+        prefix = f"{self._full(key)}/slo/"
+        groups: dict[str, set[str]] = {}
+        try:
+            items = builtins.list(self._listing(self.segment_container, prefix))
+        except ClientException as exc:
+            if exc.http_status == 404:
+                return {}
+            raise
+        for item in items:
+            name = str(item["name"])
+            base, _, _index = name.rpartition("/")
+            if base.count("/") >= 3:
+                groups.setdefault(base + "/", set()).add(f"/{self.segment_container}/{name}")
+        return groups
+
+    def _stored_segments(self, upload: _SloUpload, base: str) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        listing = self._listing(self.segment_container, base)
+        by_name = {f"/{self.segment_container}/{i['name']}": i for i in listing}
+        for index, name in enumerate(upload.names):
+            item = by_name.get(name)
+            etag = str(item.get("hash", "")) if item else ""
+            if item and int(item.get("bytes", -1)) == upload.parts[index][1] and _is_md5(etag):
+                found[index] = bytes.fromhex(etag)
+        return found
+
+    def pending_uploads(self, prefix: str = "") -> set[str]:
+        """Keys with two or more segment sets, or one and no object: every SLO has one."""
+        counts: dict[str, set[str]] = {}
+        try:
+            for item in self._listing(self.segment_container, self._full(prefix)):
+                head, sep, rest = str(item["name"]).partition("/slo/")
+                if sep and head.startswith(self.prefix):
+                    counts.setdefault(head[len(self.prefix) :], set()).add(rest.split("/")[0])
+        except ClientException as exc:
+            if exc.http_status == 404:
+                return set()
+            raise translate(exc, f"list {self.segment_container}") from None
+        except Exception as exc:
+            raise translate(exc, f"list {self.segment_container}") from None
+        if not counts:
+            return set()
+        existing = {info.key for info in self.list(prefix)}
+        return {k for k, stamps in counts.items() if len(stamps) > 1 or k not in existing}
+
+    def discard_pending(self, key: str) -> int:
+        try:
+            live = self._segments_of(key)
+            groups = [g for g in self._segment_groups(key).values() if not g & live]
+        except Exception as exc:
+            raise translate(exc, f"list the segments of {key}") from None
+        self._remove_segments(set().union(*groups) if groups else set())
+        return len(groups)
 
     # -- segments ---------------------------------------------------------------------
     def _segments_of(self, key: str, head: Mapping[str, str] | None = None) -> set[str]:
@@ -768,24 +919,24 @@ class _WholeObject(Upload):
         self.parts = [(0, size)]
         self.md5 = ""
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         b, size = self.backend, self.parts[0][1]
-        md5 = _md5_of(body)
+        expected = md5.hex() if md5 is not None else _md5_of(body)
         try:
             etag = b._conn().put_object(
                 b.container,
                 b._full(self.key),
                 LengthWrapper(body, size),
                 content_length=size,
-                etag=md5,
+                etag=expected,
                 content_type=OCTET,
                 headers=_meta_headers(metadata_of(self.metadata)),
             )
         except Exception as exc:
             raise translate(exc, f"upload {self.key}") from None
-        if etag != md5:  # Swift checked our md5 (422 otherwise); this guards the proxy path
-            raise IntegrityError(f"upload {self.key}: server ETag {etag} != md5 {md5}")
-        self.md5 = md5
+        if etag != expected:  # Swift checked our md5 (422 otherwise); this guards the proxy path
+            raise IntegrityError(f"upload {self.key}: server ETag {etag} != md5 {expected}")
+        self.md5 = expected
 
     def complete(self) -> ObjectInfo:
         info = _check_etag(self.backend.stat(self.key), self.md5)
@@ -813,33 +964,51 @@ class _SloUpload(Upload):
         segment: int,
         metadata: Metadata,
         old: set[str],
+        *,
+        base: str | None = None,
     ) -> None:
         self.backend, self.key, self.metadata, self.old = backend, key, metadata, old
         self.segment = segment
         lengths = segments(size, segment)
         self.parts = [(i * segment, n) for i, n in enumerate(lengths)]
-        base = f"{backend._full(key)}/slo/{_stamp()}/{size}/{segment}/"
+        # A resumed upload keeps the segment names of the one it continues.
+        base = base or f"{backend._full(key)}/slo/{_stamp()}/{size}/{segment}/"
         self.names = [f"/{backend.segment_container}/{base}{i:08d}" for i in range(len(lengths))]
         self.etags: list[str | None] = [None] * len(lengths)
+        self.stored: dict[int, bytes] = {}
         self._uploaded: set[str] = set()
         self._lock = threading.Lock()
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         name, length = self.names[index], self.parts[index][1]
         container, obj = _split(name)
-        wrapped = LengthWrapper(body, length, md5=True)
+        # With the md5 known it goes as the ETag header, which Swift checks (422);
+        # otherwise it is taken from the bytes as they are sent.
+        wrapped = LengthWrapper(body, length, md5=md5 is None)
         try:
             etag = self.backend._conn().put_object(
-                container, obj, wrapped, content_length=length, content_type=OCTET
+                container,
+                obj,
+                wrapped,
+                content_length=length,
+                content_type=OCTET,
+                etag=md5.hex() if md5 is not None else None,
             )
         except Exception as exc:
             raise translate(exc, f"segment {index + 1} of {self.key}") from None
         with self._lock:
             self._uploaded.add(name)
-        md5 = wrapped.get_md5sum()
-        if etag != md5:
-            raise IntegrityError(f"segment {name}: server ETag {etag} != md5 {md5}")
-        self.etags[index] = md5
+        sent = md5.hex() if md5 is not None else wrapped.get_md5sum()
+        if etag != sent:
+            raise IntegrityError(f"segment {name}: server ETag {etag} != md5 {sent}")
+        self.etags[index] = sent
+
+    def keep_part(self, index: int, md5: bytes) -> None:
+        if self.stored.get(index) != md5:
+            raise IntegrityError(f"segment {index + 1} of {self.key} is not the one stored")
+        with self._lock:
+            self._uploaded.add(self.names[index])
+        self.etags[index] = md5.hex()
 
     def complete(self) -> ObjectInfo:
         b = self.backend
@@ -868,6 +1037,19 @@ class _SloUpload(Upload):
         # Ctrl-C too: no manifest names these segments, so no one else will remove them.
         with contextlib.suppress(Exception):
             self.backend._remove_segments(set(self._uploaded))
+
+
+def _is_md5(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def _stamp_time(base: str) -> float:
+    """Upload time from a segment set's "<key>/slo/<time>-<random>/..." (0 if unknown)."""
+    stamp = base.rstrip("/").split("/")[-3].partition("-")[0]
+    try:
+        return float(stamp)
+    except ValueError:
+        return 0.0
 
 
 def _check_etag(info: ObjectInfo, expected: str) -> ObjectInfo:

@@ -145,17 +145,29 @@ class Digester:
     GIL on large buffers, so the two hashes take max(sha256, md5) of wall time, not the sum.
     """
 
-    def __init__(self, schemes: Sequence[Sequence[int]] = (), algorithm: str = "md5") -> None:
+    def __init__(
+        self,
+        schemes: Sequence[Sequence[int]] = (),
+        algorithm: str = "md5",
+        *,
+        beside: bool = False,
+    ) -> None:
         self._sha = hashlib.sha256()
         self._segmenters = [_Segmenter(s, algorithm) for s in schemes]
-        self._pool = ThreadPoolExecutor(1, "rc-sha256") if self._segmenters else None
+        parallel = bool(self._segmenters) or beside
+        self._pool = ThreadPoolExecutor(1, "rc-sha256") if parallel else None
         self.size = 0
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview, beside: Sequence[Any] = ()) -> None:
+        """Hash the next bytes. `beside`: other hash objects (e.g. the md5 of the part
+        these bytes belong to) updated with them on this thread while sha256 runs on the
+        helper; build the Digester with beside=True to have that helper."""
         view = memoryview(data)
         pending = self._pool.submit(self._sha.update, view) if self._pool else None
         if pending is None:
             self._sha.update(view)
+        for other in beside:
+            other.update(view)
         for seg in self._segmenters:
             seg.update(view)
         if pending is not None:

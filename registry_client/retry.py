@@ -17,8 +17,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from registry_client.backends.base import (
@@ -176,10 +177,47 @@ class RetryingBackend(RetryingReader, Backend):
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
         if not self.capabilities.copy:
-            return self.inner.copy(src_key, dst_key)  # raises Unsupported: nothing to retry
-        return self._call(f"copy {src_key}", lambda: self.inner.copy(src_key, dst_key))
+            return self.inner.copy(src_key, dst_key, metadata)  # Unsupported: nothing to retry
+        return self._call(f"copy {src_key}", lambda: self.inner.copy(src_key, dst_key, metadata))
+
+    def copy_from(
+        self, source: Reader, info: ObjectInfo, dst_key: str, metadata: Mapping[str, str]
+    ) -> ObjectInfo | None:
+        if not self.capabilities.copy_from:
+            return self.inner.copy_from(source, info, dst_key, metadata)
+        return self._call(
+            f"copy {info.key}", lambda: self.inner.copy_from(source, info, dst_key, metadata)
+        )
+
+    def resume_upload(
+        self,
+        key: str,
+        size: int,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        since: datetime | None,
+    ) -> Upload | None:
+        if not self.capabilities.resume:
+            return self.inner.resume_upload(key, size, metadata, part_size=part_size, since=since)
+        return self._call(
+            f"resume upload {key}",
+            lambda: self.inner.resume_upload(key, size, metadata, part_size=part_size, since=since),
+        )
+
+    def pending_uploads(self, prefix: str = "") -> set[str]:
+        if not self.capabilities.resume:
+            return self.inner.pending_uploads(prefix)
+        return self._call(f"list uploads {prefix}", lambda: self.inner.pending_uploads(prefix))
+
+    def discard_pending(self, key: str) -> int:
+        if not self.capabilities.resume:
+            return self.inner.discard_pending(key)
+        return self._call(f"abort uploads of {key}", lambda: self.inner.discard_pending(key))
 
 
 def backoff(

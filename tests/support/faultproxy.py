@@ -46,7 +46,8 @@ fault's action (RST, FIN, pause) happens after its last byte.
 
 Every client connection whose request matched no fault behaves as a plain proxy; an
 unreachable upstream gets a 502. ``stats`` counts requests by method, statuses, faults
-applied, client connections, and the GET body bytes sent to clients (total and by path).
+applied, client connections, the GET body bytes sent to clients (total and by path), and the
+request body bytes relayed upstream (uploads, by method).
 
 Everything is bounded: sockets poll a stop flag every ``POLL`` seconds, ``stop()`` shuts
 down every socket, ends stalls and slow bodies at once, and joins all threads (~2 s max).
@@ -209,6 +210,7 @@ class Stats:
             self._faults: Counter[str] = Counter()
             self._get_bytes = 0
             self._get_bytes_by_path: Counter[str] = Counter()
+            self._sent_bytes: Counter[str] = Counter()
             self._connections = 0
             self._log: list[RequestRecord] = []
 
@@ -250,6 +252,16 @@ class Stats:
         """Same, by request path (without the query string, as spelled on the wire)."""
         with self._lock:
             return dict(self._get_bytes_by_path)
+
+    @property
+    def sent_bytes(self) -> dict[str, int]:
+        """Request body bytes relayed upstream (uploads), by method, as sent on the wire."""
+        with self._lock:
+            return dict(self._sent_bytes)
+
+    def _sent(self, method: str, n: int) -> None:
+        with self._lock:
+            self._sent_bytes[method] += n
 
     @property
     def connections(self) -> int:
@@ -716,6 +728,7 @@ class _Exchange:
         try:
             for piece in self.req.body(self.reader):
                 self.send_up(up, piece)
+                self.proxy.stats._sent(self.req.method, len(piece))
         except (BrokenPipeError, ConnectionResetError):
             # Upstream answered early (e.g. 403) and hung up; relay that answer, and drop the
             # client connection after it since its body was not read to the end.
