@@ -251,16 +251,21 @@ class AzureBackend(Backend):
         except Exception as exc:
             raise translate(exc, f"delete {key}") from None
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
         """Copy Blob within the account: the service copies the committed blocks (and their
-        ids), the Content-MD5 and the metadata. It may finish later: wait for it."""
+        ids), the Content-MD5 and the metadata (or sets `metadata`). It may finish later:
+        wait for it."""
         source = self.stat(src_key)
         dest = self._blob(dst_key)
+        replace = {} if metadata is None else {"metadata": _to_azure_meta(dict(metadata))}
         try:
             dest.start_copy_from_url(
                 self._blob(src_key).url,
                 source_etag=f'"{source.etag}"',
                 source_match_condition=MatchConditions.IfNotModified,
+                **replace,
             )
             deadline = time.monotonic() + COPY_WAIT
             while (props := dest.get_blob_properties()).copy.status == "pending":
@@ -334,8 +339,8 @@ class _BlockUpload(Upload):
         self.ids: list[str] = [""] * len(self.parts)
         self.whole = InOrder(len(self.parts), "md5")
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
-        (digest,) = digests_of(body, ["md5"])
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
+        (digest,) = [md5] if md5 is not None else digests_of(body, ["md5"])
         block_id = f"rc1-{self.token}-{index:05d}-{digest.hex()}"
         try:
             self.blob.stage_block(

@@ -25,7 +25,7 @@ import contextlib
 import os
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
@@ -301,10 +301,15 @@ class GcsBackend(Backend):
         except Exception as exc:
             raise translate(exc, f"delete {key}") from None
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        """Server-side rewrite, pinned to the source's generation; keeps the metadata."""
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        """Server-side rewrite, pinned to the source's generation; keeps the metadata (or
+        sets `metadata`: the rewrite request carries the destination's resource)."""
         source = self.stat(src_key)
         dest = self.bucket.blob(self.prefix + dst_key)
+        if metadata is not None:
+            dest.metadata = dict(metadata)
         src_blob = self.bucket.blob(self.prefix + src_key, generation=int(source.etag or 0))
         token = None
         try:
@@ -351,7 +356,7 @@ class _SingleUpload(Upload):
         self.parts = [(0, size)]
         self.blob: Any = None
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         b = self.backend
         self.blob = b._upload(
             body, self.parts[0][1], b.prefix + self.key, metadata_of(self.metadata)
@@ -379,7 +384,7 @@ class _CompositeUpload(Upload):
         self.made: list[str] = list(self.names)
         self.whole = InOrder(len(self.parts), "crc32c")
 
-    def put_part(self, index: int, body: BinaryIO) -> None:
+    def put_part(self, index: int, body: BinaryIO, *, md5: bytes | None = None) -> None:
         self.backend._upload(body, self.parts[index][1], self.names[index], None)
         self.whole.add(index, body)
 

@@ -126,25 +126,39 @@ class Client:
         return prune_cache(self.context.cache, max_age=max_age, max_size=max_size).to_dict()
 
     def migrate(self, src: str, dst: str, **options: Any) -> list[dict[str, Any]]:
-        """Every image of SRC to DST, verified; one record per image (see the CLI's
-        `migrate` for the options)."""
-        from registry_client.migrate import migrate
+        """Every image of SRC to DST, streamed and verified; one record per image, in the
+        order they finish (`status`: copied, skipped, conflict, failed; see docs/migrate.md).
+        Options as the CLI's: jobs, dry_run, overwrite, shard=(K, N), temp_dir."""
+        from registry_client.migrate import Options, migrate
 
-        return migrate(self.context, src, dst, **options)
+        rows: list[dict[str, Any]] = []
+        migrate(self.context, src, dst, Options(**options), rows.append)
+        return rows
 
     def copy(
         self,
         src: str,
         dst: str,
         *,
+        overwrite: bool = False,
         arch: str | None = None,
         library_url: str | None = None,
         shub_url: str | None = None,
     ) -> dict[str, Any]:
-        """Any reference → a bucket remote, verified; nothing is written if DST holds it."""
-        from registry_client.fetch import copy
+        """Any reference → a bucket remote, verified; nothing is written if DST holds it.
+        The record of that one image (as a migration's)."""
+        from registry_client.migrate import Options, copy_fetched, copy_image
+        from registry_client.names import FetcherRef, parse_reference
 
-        return copy(self.context, src, dst, FetchOptions(arch, library_url, shub_url))
+        rows: list[dict[str, Any]] = []
+        options = Options(jobs=1, overwrite=overwrite)
+        parsed = parse_reference(src)
+        if isinstance(parsed, FetcherRef):
+            fetch = FetchOptions(arch, library_url, shub_url)
+            copy_fetched(self.context, parsed, dst, options, fetch, rows.append)
+        else:
+            copy_image(self.context, src, dst, options, rows.append)
+        return rows[0]
 
 
 def pull(ref: str, **options: Any) -> PullResult:

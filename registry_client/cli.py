@@ -350,18 +350,54 @@ def search(
     _emit(ctx, as_json, rows, _table(rows, ("ref", "size", "arch", "description")))
 
 
+JobsOpt = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1, max=64, help="Images copied at once (each also in parallel parts)."
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show the plan (copy/skip/conflict, bytes); no writes.")
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace destination tags that hold other content."),
+]
+TempDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--temp-dir", help="Where parts wait on their way (default: $TMPDIR); never the cache."
+    ),
+]
+
+
 @app.command()
 def migrate(
     ctx: typer.Context,
     src: Annotated[str, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")],
-    dst: Annotated[str, typer.Argument(help="REMOTE or bucket URL")],
+    dst: Annotated[str, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")],
+    jobs: JobsOpt = 4,
+    dry_run: DryRunOpt = False,
+    overwrite: OverwriteOpt = False,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="K/N: this machine's share of the images (0 <= K < N)."),
+    ] = None,
+    temp_dir: TempDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Copy every image of SRC to DST, verified; skip what DST already holds."""
+    """Copy every image of SRC to DST, streamed and verified; skip what DST already holds."""
+    from registry_client.migrate import Options, parse_shard
     from registry_client.migrate import migrate as do_migrate
 
-    rows = do_migrate(_g(ctx).context(), src, dst)
-    _emit(ctx, as_json, rows, _table(rows, ("ref", "size", "status", "sha256")))
+    options = Options(
+        jobs=jobs,
+        dry_run=dry_run,
+        overwrite=overwrite,
+        shard=parse_shard(shard) if shard is not None else None,
+        temp_dir=temp_dir,
+    )
+    _run_copies(ctx, as_json, lambda context, emit: do_migrate(context, src, dst, options, emit))
 
 
 @app.command()
@@ -371,19 +407,56 @@ def copy(
         str, typer.Argument(help="Any reference: bucket, docker://, library://, shub://")
     ],
     dst: Annotated[str, typer.Argument(help="[REMOTE:]COLLECTION/NAME[:TAG] or bucket URL")],
+    dry_run: DryRunOpt = False,
+    overwrite: OverwriteOpt = False,
+    temp_dir: TempDirOpt = None,
     arch: ArchOpt = None,
     library_url: LibraryUrlOpt = None,
     shub_url: ShubUrlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pull SRC (verified) and push it to DST, unless DST already has the same sha256."""
-    from registry_client.fetch import copy as do_copy
-    from registry_client.sources import FetchOptions
+    """Copy one image to DST, streamed and verified, unless DST already holds it."""
+    from registry_client.names import FetcherRef, parse_image_ref, parse_reference
 
-    record = do_copy(_g(ctx).context(), src, dst, FetchOptions(arch, library_url, shub_url))
-    if record.get("copied"):
-        _done(ctx, f"copied {src} to {dst} (sha256:{record.get('sha256')})")
-    _emit(ctx, as_json, record, None)
+    parsed = parse_reference(src)
+    parse_image_ref(dst)  # a fetcher reference cannot be written to: exit 2 before any I/O
+    from registry_client.migrate import Options, copy_fetched, copy_image
+
+    options = Options(jobs=1, dry_run=dry_run, overwrite=overwrite, temp_dir=temp_dir)
+    if isinstance(parsed, FetcherRef):
+        from registry_client.sources import FetchOptions
+
+        fetched = FetchOptions(arch, library_url, shub_url)
+        _run_copies(
+            ctx,
+            as_json,
+            lambda context, emit: copy_fetched(context, parsed, dst, options, fetched, emit),
+        )
+        return
+    _run_copies(ctx, as_json, lambda context, emit: copy_image(context, src, dst, options, emit))
+
+
+def _run_copies(ctx: typer.Context, as_json: bool, run: Any) -> None:
+    """Rows on stdout as they come (NDJSON with --json), a summary on stderr (and as the
+    last JSON line); the exit code is the most severe of the rows'."""
+    import json
+
+    from registry_client.migrate import MigrationFailed, row_text
+
+    want_json = as_json or _g(ctx).json
+    context = _g(ctx).context()
+
+    def emit(row: dict[str, Any]) -> None:
+        line = json.dumps(row, separators=(",", ":")) if want_json else row_text(row)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    summary = run(context, emit)
+    if want_json:
+        emit({"summary": summary.to_dict()})
+    context.reporter.info(summary.text())
+    if summary.exit_code:
+        raise MigrationFailed(summary.problem(), summary.exit_code, hint=summary.hint())
 
 
 # -- cache ---------------------------------------------------------------------------

@@ -8,12 +8,17 @@ one-line errors go to stderr, and progress bars are drawn only when stderr is a 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from registry_client.errors import RegistryClientError
-from registry_client.reporting import Reporter
+from registry_client.reporting import Reporter, Tally
+
+#: seconds between the plain progress lines of a batch when stderr is not a terminal
+ENV_INTERVAL = "REGISTRY_CLIENT_PROGRESS_INTERVAL"
 
 
 class ConsoleReporter(Reporter):
@@ -61,6 +66,73 @@ class ConsoleReporter(Reporter):
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
+
+    @contextlib.contextmanager
+    def batch(self, description: str, tally: Tally) -> Iterator[None]:
+        """A live bar on a terminal; in a batch log (no TTY) a plain line every few seconds
+        and one at the end, so a long migration shows it is alive."""
+        if self.quiet:
+            yield
+            return
+        if self.show_progress:
+            with self._live(description, tally):
+                yield
+            return
+        try:
+            interval = max(0.2, float(os.environ.get(ENV_INTERVAL, "5")))
+        except ValueError:
+            interval = 5.0
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(interval):
+                self.info(f"{description}: {tally.line()}")
+
+        ticker = threading.Thread(target=tick, name="rc-progress", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
+            self.info(f"{description}: {tally.line()}")
+
+    @contextlib.contextmanager
+    def _live(self, description: str, tally: Tally) -> Iterator[None]:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        columns = (
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        stop = threading.Event()
+        with Progress(*columns, console=Console(stderr=True, force_terminal=True)) as bar:
+            task = bar.add_task(description, total=max(tally.total, 1))
+
+            def refresh() -> None:
+                while True:
+                    text = f"{description} {tally.done_items}/{tally.items}"
+                    bar.update(task, completed=tally.moved, description=text)
+                    if stop.wait(0.25):
+                        return
+
+            painter = threading.Thread(target=refresh, name="rc-progress", daemon=True)
+            painter.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                painter.join()
 
 
 class PlainProgress:

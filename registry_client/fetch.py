@@ -21,7 +21,7 @@ from registry_client import policy
 from registry_client.cache import raise_for_os_error, short_id
 from registry_client.errors import NotFound
 from registry_client.hits import PullResult, cache_hit, record_size
-from registry_client.names import FetcherRef, ImageRef, parse_image_ref, parse_reference
+from registry_client.names import FetcherRef, ImageRef
 from registry_client.sources import FetchOptions, Source, Version, open_source
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def _remember(ctx: Context, source: Source, version: Version, sha: str) -> None:
     )
 
 
-# -- search and copy ---------------------------------------------------------------------------
+# -- search ---------------------------------------------------------------------------
 
 
 def search(ctx: Context, query: str, options: FetchOptions | None = None) -> list[dict[str, Any]]:
@@ -150,27 +150,3 @@ def search(ctx: Context, query: str, options: FetchOptions | None = None) -> lis
     finally:
         client.close()
     return library.search_rows(found)
-
-
-def copy(ctx: Context, src: str, dst: str, options: FetchOptions | None = None) -> dict[str, Any]:
-    """Any reference → a bucket remote: pull SRC (verified) into the cache, then push it,
-    unless DST already holds the same sha256."""
-    from registry_client import service
-    from registry_client.remotes import open_remote, remote_for
-
-    target = parse_image_ref(dst)  # source references cannot be written: exit 2
-    pulled = pull_any(ctx, parse_reference(src), options=options)
-    backend = open_remote(remote_for(ctx.config, target))
-    try:
-        present = service.stat_image(backend, target).sha256
-    except NotFound:
-        present = None
-    finally:
-        backend.close()
-    result = {"src": pulled.ref, "dst": str(target), "sha256": pulled.sha256, "size": pulled.size}
-    if present == pulled.sha256:
-        ctx.reporter.info(f"{target} already holds sha256:{pulled.sha256}; nothing to copy")
-        return {**result, "copied": False}
-    labels = {"source": pulled.ref} if len(pulled.ref) < 200 else {}
-    pushed = service.push(ctx, pulled.path, target, labels=labels)
-    return {**result, "copied": True, "key": pushed.key}

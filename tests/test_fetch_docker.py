@@ -22,7 +22,7 @@ import pytest
 
 from registry_client import sif
 from registry_client.errors import AuthError, IntegrityError, InvalidReference, NotFound
-from registry_client.fetch import FetchOptions, copy, pull_fetcher
+from registry_client.fetch import FetchOptions, pull_fetcher
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
 from tests.support.fixtures_oci import (
@@ -565,18 +565,24 @@ def test_cli_pull_inspect_and_exit_codes(tmp_path, registry, proxy):
 
 
 def test_copy_docker_image_to_a_bucket(ctx, registry, tmp_path):
+    from registry_client.migrate import Options, copy_fetched, copy_image
+    from registry_client.names import parse_reference
+
     bucket = tmp_path / "bucket"
     bucket.mkdir()
     dst = f"file://{bucket}/lab/multi:1"
-    first = copy(ctx, f"docker://{registry.host}/lab/multi:1", dst, FetchOptions(arch="amd64"))
-    assert first["copied"] and (bucket / "lab" / "multi:1.sif").exists()
+    src = parse_reference(f"docker://{registry.host}/lab/multi:1")
+    rows = []
+    copy_fetched(ctx, src, dst, Options(), FetchOptions(arch="amd64"), rows.append)
+    first = rows[-1]
+    assert first["status"] == "copied" and (bucket / "lab" / "multi:1.sif").exists()
     assert (bucket / "lab" / "multi:1.sif").read_bytes() == Path(
         ctx.cache.lookup(first["sha256"])
     ).read_bytes()
-    again = copy(ctx, f"docker://{registry.host}/lab/multi:1", dst, FetchOptions(arch="amd64"))
-    assert not again["copied"] and again["sha256"] == first["sha256"]
+    copy_fetched(ctx, src, dst, Options(), FetchOptions(arch="amd64"), rows.append)
+    assert rows[-1]["status"] == "skipped" and rows[-1]["sha256"] == first["sha256"]
     with pytest.raises(InvalidReference):
-        copy(ctx, dst, f"docker://{registry.host}/lab/x:1")
+        copy_image(ctx, dst, f"docker://{registry.host}/lab/x:1", Options(), rows.append)
 
 
 def test_token_headers_renew_before_expiry_and_once_per_refusal(monkeypatch):
