@@ -230,6 +230,8 @@ class _Relay:
         self.sent = 0
         self.reused = 0
         self._count = threading.Lock()
+        self._sent_parts: set[int] = set()
+        self._next_retire = 0
 
     # -- the hashing thread (the caller's) ------------------------------------------------
     def run(self) -> Relayed:
@@ -328,15 +330,14 @@ class _Relay:
         part.sent = self.lanes.senders.submit(self._put, part, md5)
 
     def _put(self, part: _Part, md5: bytes) -> None:
-        try:
-            if self.failed.is_set() or self.lanes.stop.is_set():
-                raise _Abandoned
-            upload, index = self.upload, part.index
-            assert upload is not None and part.file is not None
-            if self.stored.get(index) == md5:
-                upload.keep_part(index, md5)
-                self._count_bytes(part.length, reused=True)
-                return
+        if self.failed.is_set() or self.lanes.stop.is_set():
+            raise _Abandoned
+        upload, index = self.upload, part.index
+        assert upload is not None and part.file is not None
+        if self.stored.get(index) == md5:
+            upload.keep_part(index, md5)
+            self._count_bytes(part.length, reused=True)
+        else:
             fd = part.file.fileno()
             retry_call(
                 f"part {index + 1} of {upload.key}",
@@ -344,8 +345,17 @@ class _Relay:
                 self.lanes.policy,
             )
             self._count_bytes(part.length, reused=False)
-        finally:
-            part.retire()
+        self._retire_sent(index)
+
+    def _retire_sent(self, index: int) -> None:
+        """Spool files go back in order: a backend may read a sent part's reader again
+        until every earlier part is sent (a whole-object hash fed in order, Azure's and
+        GCS's InOrder)."""
+        with self._count:
+            self._sent_parts.add(index)
+            while self._next_retire in self._sent_parts:
+                self.parts[self._next_retire].retire()
+                self._next_retire += 1
 
     def _count_bytes(self, n: int, *, reused: bool) -> None:
         with self._count:

@@ -67,6 +67,12 @@ def _foreign_swift_images(server: Any, container: str, seed: int) -> dict[str, b
     return {"lab/slo:1": b"".join(segments), "bio/mpu:2": b"".join(parts)}
 
 
+def _rows(ndjson: str) -> list[dict[str, Any]]:
+    """The image rows of `migrate --json` (one object per line, then a summary)."""
+    lines = [json.loads(line) for line in ndjson.splitlines() if line.strip()]
+    return [r for r in lines if "summary" not in r]
+
+
 @pytest.fixture(params=["azure", "gcs"])
 def cloud(request: pytest.FixtureRequest) -> RemoteConfig:
     if request.param == "azure":
@@ -99,8 +105,8 @@ def test_migrate_swift_to_cloud_verified_and_idempotent(
     env = {"REGISTRY_CLIENT_CONFIG": str(cfg), "REGISTRY_CLIENT_CACHE_DIR": str(tmp_path / "c")}
 
     first = run_cli("migrate", "--json", "onprem", "cloud", env=env)
-    assert first.returncode == 0, first.stderr
-    rows = {r["ref"]: r for r in json.loads(first.stdout)}
+    assert first.returncode == 0, first.stderr + first.stdout
+    rows = {r["ref"]: r for r in _rows(first.stdout)}
     assert set(rows) == set(images) and {r["status"] for r in rows.values()} == {"copied"}
     for ref, data in images.items():
         assert rows[ref]["sha256"] == hashlib.sha256(data).hexdigest()
@@ -114,4 +120,4 @@ def test_migrate_swift_to_cloud_verified_and_idempotent(
 
     again = run_cli("migrate", "--json", "onprem", "cloud", env=env)
     assert again.returncode == 0, again.stderr
-    assert {r["status"] for r in json.loads(again.stdout)} == {"skipped"}
+    assert {r["status"] for r in _rows(again.stdout)} == {"skipped"}
