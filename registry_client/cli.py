@@ -356,7 +356,7 @@ JobsOpt = Annotated[
         "--jobs", "-j", min=1, max=64, help="Images copied at once (each also in parallel parts)."
     ),
 ]
-DryRunOpt = Annotated[
+PlanOpt = Annotated[
     bool, typer.Option("--dry-run", help="Show the plan (copy/skip/conflict, bytes); no writes.")
 ]
 OverwriteOpt = Annotated[
@@ -377,7 +377,7 @@ def migrate(
     src: Annotated[str, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")],
     dst: Annotated[str, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")],
     jobs: JobsOpt = 4,
-    dry_run: DryRunOpt = False,
+    dry_run: PlanOpt = False,
     overwrite: OverwriteOpt = False,
     shard: Annotated[
         str | None,
@@ -407,7 +407,7 @@ def copy(
         str, typer.Argument(help="Any reference: bucket, docker://, library://, shub://")
     ],
     dst: Annotated[str, typer.Argument(help="[REMOTE:]COLLECTION/NAME[:TAG] or bucket URL")],
-    dry_run: DryRunOpt = False,
+    dry_run: PlanOpt = False,
     overwrite: OverwriteOpt = False,
     temp_dir: TempDirOpt = None,
     arch: ArchOpt = None,

@@ -70,7 +70,7 @@ def _foreign_swift_images(server: Any, container: str, seed: int) -> dict[str, b
 def _rows(ndjson: str) -> list[dict[str, Any]]:
     """The image rows of `migrate --json` (one object per line, then a summary)."""
     lines = [json.loads(line) for line in ndjson.splitlines() if line.strip()]
-    return [r for r in lines if "summary" not in r]
+    return [r for r in lines if "ref" in r]
 
 
 @pytest.fixture(params=["azure", "gcs"])
