@@ -13,7 +13,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from registry_client.schema import BOOLEAN, POSITIVE_INT, POSITIVE_NUMBER, STRING, Kind, one_of
+from registry_client.schema import (
+    BOOLEAN,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    PROXY_LIST,
+    STRING,
+    Kind,
+    one_of,
+)
 
 if TYPE_CHECKING:
     from registry_client.backends.base import Backend
@@ -84,6 +92,7 @@ OPTIONS = {
         "max_connections": POSITIVE_INT,
         "connect_timeout": POSITIVE_NUMBER,
         "read_timeout": POSITIVE_NUMBER,
+        "cache_proxies": PROXY_LIST,  # docs/fleet.md
     },
     "swift": {
         **_COMMON,
@@ -92,6 +101,8 @@ OPTIONS = {
         "timeout": POSITIVE_NUMBER,
         "insecure": BOOLEAN,
         "max_connections": POSITIVE_INT,
+        "cache_proxies": PROXY_LIST,  # docs/fleet.md
+        "temp_url_key": STRING,  # for the TempURLs site caches serve
     },
     "azure": {
         **_COMMON,

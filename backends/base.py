@@ -148,6 +148,19 @@ class Reader(abc.ABC):
         """How to verify this object's ETag. Default: plain md5 of the whole object."""
         return plain_md5_plan(info)
 
+    def shared_url(self, key: str, signed_at: int, expires: int) -> str | None:
+        """A GET URL of `key` that every node computes identically: signed at `signed_at`
+        (Unix seconds) for the store's own host, valid `expires` seconds from then — what
+        a site cache can serve many nodes from (registry_client.fleet). A bearer secret:
+        never log it. None when this store cannot make one. Optional."""
+        return None
+
+    def bypass_caches(self) -> str | None:
+        """After a download from this backend failed verification: read more directly next
+        time (refresh the caches' copies, then the store) and name the new route; None
+        when reads already go to the store. Optional (registry_client.fleet)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -139,6 +139,8 @@ class S3Backend(Backend):
         self.client = client or make_client(self.options, self.limiter.slots)
         endpoint = self.client.meta.endpoint_url
         self.location = f"s3://{bucket}/{prefix} ({endpoint})"
+        self._object_urls: dict[str, str] = {}
+        self._session_credentials: Any = None
 
     @classmethod
     def from_remote(cls, remote: RemoteConfig) -> S3Backend:
@@ -462,6 +464,45 @@ class S3Backend(Backend):
         except Exception:  # noqa: BLE001 - e.g. Swift s3api answers 405: fall back to guessing
             return None
         return int(head.get("ContentLength", 0)) or None
+
+    def shared_url(self, key: str, signed_at: int, expires: int) -> str | None:
+        """A presigned GET signed at `signed_at`: botocore resolves the object's URL
+        (endpoint, addressing style, key encoding), registry_client.sigv4 signs it at the
+        time given, which botocore cannot."""
+        from registry_client.sigv4 import presign_url
+
+        try:
+            credentials = self._signing_credentials()
+            if credentials is None:
+                return None  # anonymous access: nothing to sign with
+            base = self._object_urls.get(key)
+            if base is None:
+                params = {"Bucket": self.bucket, "Key": self._key(key)}
+                url = self.client.generate_presigned_url("get_object", Params=params)
+                base = self._object_urls[key] = url.partition("?")[0]
+        except Exception as exc:
+            raise translate(exc, f"sign {key}") from None
+        region = self.client.meta.region_name or "us-east-1"
+        return presign_url(base, credentials, region, signed_at=signed_at, expires=expires)
+
+    def _signing_credentials(self) -> Any:
+        """The remote's keys, else the AWS conventions' (env, profile...), as make_client."""
+        from registry_client.sigv4 import Credentials
+
+        opts = self.options
+        if opts.get("access_key_id"):
+            return Credentials(
+                str(opts["access_key_id"]),
+                str(opts.get("secret_access_key") or ""),
+                opts.get("session_token") or None,
+            )
+        if self._session_credentials is None:
+            session = botocore.session.Session(profile=opts.get("profile") or None)
+            self._session_credentials = session.get_credentials() or False
+        if not self._session_credentials:
+            return None
+        frozen = self._session_credentials.get_frozen_credentials()  # refreshed if due
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token or None)
 
     def close(self) -> None:
         self.client.close()

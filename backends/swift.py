@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
@@ -286,6 +286,9 @@ class SwiftBackend(Backend):
         self._heads: dict[tuple[str, str], dict[str, str]] = {}
         self._limits: tuple[int, int] | None = None
         self._containers_ready = False
+        self._temp_url_key = str(options.get("temp_url_key") or "") or None
+        self._tempurl_ready = False
+        self._tempurl_lock = threading.Lock()
 
     @classmethod
     def from_remote(cls, remote: RemoteConfig) -> SwiftBackend:
@@ -857,6 +860,51 @@ class SwiftBackend(Backend):
             lambda md5s: [d.hex() for d in md5s[0]] == hashes,
             description=f"DLO ETag over {len(items)} segment md5s",
         )
+
+    # -- shared URLs ----------------------------------------------------------------------
+    def shared_url(self, key: str, signed_at: int, expires: int) -> str | None:
+        """A TempURL (GET, HMAC-SHA256) expiring at `signed_at + expires`, when the cluster
+        runs the tempurl middleware and a key is known: the remote's `temp_url_key`, else
+        the account's or the container's Temp-URL-Key metadata. None otherwise."""
+        from swiftclient.utils import generate_temp_url
+
+        try:
+            secret = self._tempurl_key()
+            if secret is None:
+                return None
+            storage_url = self.tokens.current()[0]
+        except Exception as exc:
+            raise translate(exc, f"sign {key}") from None
+        parts = urlsplit(storage_url)
+        path = f"{parts.path.rstrip('/')}/{self.container}/{self._full(key)}"
+        signed = generate_temp_url(
+            path, signed_at + expires, secret, "GET", absolute=True, digest="sha256"
+        )
+        return f"{parts.scheme}://{parts.netloc}{quote(path)}?{signed.partition('?')[2]}"
+
+    def _tempurl_key(self) -> str | None:
+        """The configured key; else, looked up once, the account's or the container's key
+        when /info lists tempurl with GET and sha256. Any failure means no TempURLs."""
+        with self._tempurl_lock:  # the ranges of a pull ask at once: one lookup
+            if not self._tempurl_ready:
+                if self._temp_url_key is None:
+                    with contextlib.suppress(Exception):  # /info hidden, HEAD refused: none
+                        self._temp_url_key = self._find_tempurl_key()
+                self._tempurl_ready = True
+            return self._temp_url_key
+
+    def _find_tempurl_key(self) -> str | None:
+        conn = self._conn()
+        caps = conn.get_capabilities().get("tempurl") or {}
+        digests = caps.get("allowed_digests", ["sha1", "sha256", "sha512"])
+        if not caps or "GET" not in caps.get("methods", ["GET"]) or "sha256" not in digests:
+            return None
+        # The account's key first: a container's key covers only that container, and the
+        # segments of an SLO live in another one (CONTAINER_segments).
+        found = conn.head_account().get("x-account-meta-temp-url-key")
+        if not found:
+            found = conn.head_container(self.container).get("x-container-meta-temp-url-key")
+        return str(found) if found else None
 
     # -- diagnosis ------------------------------------------------------------------------
     def _diagnose(

@@ -527,6 +527,21 @@ def cache_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     _emit(ctx, as_json, rows, _table(text_rows, ("digest", "size", "refs", "path")))
 
 
+@cache_app.command("import")
+def cache_import(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="The image, delivered by another tool (sbcast).")],
+    ref: Annotated[str, typer.Argument(help="[REMOTE:]COLLECTION/NAME[:TAG][@sha256:HEX] or URL")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify FILE against REF in its remote and publish it atomically; print its path."""
+    from registry_client.names import parse_image_ref
+    from registry_client.service import import_file
+
+    result = import_file(_g(ctx).context(), file, parse_image_ref(ref))
+    _emit(ctx, as_json, result.to_dict(), result.path)
+
+
 @cache_app.command("clean")
 def cache_clean(ctx: typer.Context, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     """Remove everything from the cache (no question asked; see --dry-run)."""

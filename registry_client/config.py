@@ -42,7 +42,16 @@ from registry_client.backends import OPTIONS as REMOTE_OPTIONS
 from registry_client.cache import UNTRUSTED_WAIT, Cache
 from registry_client.errors import ConfigError, NotFound
 from registry_client.names import check_segment
-from registry_client.schema import BOOLEAN, POSITIVE_INT, STRING, Kind, Schema, check_table
+from registry_client.schema import (
+    BOOLEAN,
+    POSITIVE_INT,
+    PROXY_LIST,
+    STRING,
+    Kind,
+    Schema,
+    between,
+    check_table,
+)
 
 APP = "registry-client"
 ENV_CONFIG = "REGISTRY_CLIENT_CONFIG"
@@ -65,6 +74,7 @@ SECRET_KEYS = frozenset(
         "account_key",  # Azure
         "sas_token",  # Azure
         "connection_string",  # Azure (holds the account key or a SAS)
+        "temp_url_key",  # Swift TempURLs (docs/fleet.md)
     }
 )
 LOCAL_REMOTE = "local"
@@ -257,6 +267,17 @@ def check_site_file(path: Path, st: os.stat_result) -> None:
             )
 
 
+#: [fleet]: the site's cache proxies and how the nodes use them (registry_client.fleet,
+#: docs/fleet.md); a remote's own `cache_proxies` wins over this list.
+FLEET_SCHEMA: Schema = {
+    "cache_proxies": PROXY_LIST,
+    "sign_window": between(60, 302_400, integer=True),  # seconds; twice it: S3's 7-day cap
+    "connect_timeout": between(0.1, 600),
+    "read_timeout": between(1, 3600),
+    "fallback_spread": between(0, 3600),
+    "fallback_concurrency": between(1, 64, integer=True),
+}
+
 #: Every key and table of the config file but [remotes.NAME], whose keys depend on the
 #: remote's type (registry_client.backends.OPTIONS). Anything else is a typo to report,
 #: not to ignore: a misspelt `default_remote` would silently push to the local remote.
@@ -290,6 +311,7 @@ SCHEMA: Schema = {
     },
     "library": {"url": STRING, "token": STRING},
     "shub": {"url": STRING, "username": STRING, "token": STRING},
+    "fleet": FLEET_SCHEMA,
 }
 
 

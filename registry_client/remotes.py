@@ -13,6 +13,7 @@ from registry_client.names import SCHEME_TYPES, ImageRef, check_segment, parse_i
 
 if TYPE_CHECKING:
     from registry_client.backends.base import Backend
+    from registry_client.fleet import FleetSettings
     from registry_client.retry import RetryPolicy
 
 
@@ -78,13 +79,21 @@ AZ_CONN = "AZURE_STORAGE_CONNECTION_STRING"
 CLOUD_ENDPOINTS = {"azure": _azure_endpoint, "gcs": _gcs_endpoint}
 
 
-def open_remote(remote: RemoteConfig, policy: RetryPolicy | None = None) -> Backend:
-    """The backend of a remote, wrapped with the retry policy."""
+def open_remote(
+    remote: RemoteConfig, policy: RetryPolicy | None = None, fleet: FleetSettings | None = None
+) -> Backend:
+    """The backend of a remote, wrapped with the retry policy; with `fleet`, its ranged
+    reads go through the site's cache proxies (registry_client.fleet)."""
     from registry_client.backends import open_backend
     from registry_client.retry import RetryingBackend
 
     _log_remote(remote)
-    return RetryingBackend(open_backend(remote), policy)
+    backend = open_backend(remote)
+    if fleet is not None:
+        from registry_client.fleet import with_cache_proxies
+
+        backend = with_cache_proxies(backend, fleet)
+    return RetryingBackend(backend, policy)
 
 
 def _log_remote(remote: RemoteConfig) -> None:

@@ -114,6 +114,12 @@ class RetryingReader(Reader):
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         return self._call(f"layout of {info.key}", lambda: self.inner.etag_plan(info))
 
+    def shared_url(self, key: str, signed_at: int, expires: int) -> str | None:
+        return self._call(f"sign {key}", lambda: self.inner.shared_url(key, signed_at, expires))
+
+    def bypass_caches(self) -> str | None:
+        return self.inner.bypass_caches()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -64,6 +64,43 @@ def one_of(*choices: str) -> Kind:
     return Kind(f"one of {', '.join(map(repr, choices))}", lambda v: v in choices)
 
 
+def between(low: float, high: float, *, integer: bool = False) -> Kind:
+    """A number (an integer with `integer`) from low to high."""
+    test = _is_int if integer else _is_number
+    what = f"{'an integer' if integer else 'a number'} from {low:g} to {high:g}"
+    return Kind(what, lambda v: test(v) and low <= v <= high, int if integer else float)
+
+
+def proxy_url(text: str) -> str | None:
+    """`text` as http(s)://HOST[:PORT] (no path, query or credentials), else None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        return None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        return None
+    return f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+
+
+#: Caching HTTP proxies, tried in order (docs/fleet.md): at most 8, e.g. rack, then site.
+PROXY_LIST = Kind(
+    'a list of up to 8 URLs such as ["http://rack7-cache:8080", "http://site-cache:8080"]',
+    lambda v: (
+        isinstance(v, list) and len(v) <= 8 and all(isinstance(u, str) and proxy_url(u) for u in v)
+    ),
+)
+
+
 #: A table's schema: key → Kind, or key → the schema of a sub-table.
 Schema = Mapping[str, "Kind | Schema"]
 
