@@ -118,11 +118,21 @@ def spawn(
     argv: Sequence[str],
     log_dir: Path,
     env: Mapping[str, str] | None = None,
+    user: tuple[int, int] | None = None,
 ) -> Child:
-    """Start ``argv`` with stdin closed and stdout+stderr appended to ``log_dir/name.log``."""
+    """Start ``argv`` with stdin closed and stdout+stderr appended to ``log_dir/name.log``.
+
+    ``user`` (uid, gid) runs it as that user with no supplementary groups (root only).
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    command = [SETPRIV, "--pdeathsig", "TERM", "--", *argv] if os.access(SETPRIV, os.X_OK) else argv
+    command = list(argv)
+    if user is not None:
+        # One setpriv for both: a later change of user would clear the parent-death signal.
+        drop = [f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups"]
+        command = [SETPRIV, *drop, "--pdeathsig", "TERM", "--", *argv]
+    elif os.access(SETPRIV, os.X_OK):
+        command = [SETPRIV, "--pdeathsig", "TERM", "--", *argv]
     with open(log_path, "ab") as log:  # the child keeps its own copy of the fd
         proc = _forker.submit(
             subprocess.Popen,
