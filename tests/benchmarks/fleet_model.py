@@ -1,0 +1,135 @@
+"""A large start, computed: N nodes pull one image through caches (docs/fleet.md).
+
+A bottleneck model, not a packet simulation. Each stage moves bytes at the rate its slowest
+resource allows — its network link, or its cores divided by the CPU seconds one GB costs it —
+and the stages overlap (the caches fill and serve slice by slice), so the time to the last
+node is the longest stage plus the fill of one slice per cache level. What comes in:
+
+- CPU seconds per GB for nginx serving, for a node's pull (all threads and the busiest one)
+  and for the store: measured on loopback by tests/benchmarks/fleet.py;
+- links, cores and the store's share of bandwidth: assumptions, stated in each row;
+- bytes: counted, not assumed — direct pulls cost the store N copies, a cache level one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Rates:
+    """CPU seconds per GB moved, measured on loopback."""
+
+    cache_cpu_per_gb: float  # nginx serving slices
+    node_cpu_per_gb: float  # one node's pull, every thread (hashing included)
+    node_busiest_per_gb: float  # one node's busiest thread: caps a node's speed
+    store_cpu_per_gb: float = 0.0  # the store serving (informative; its link is assumed)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Assumed, not measured: a typical HPC site."""
+
+    cache_gbit: float = 100.0  # each cache server's link
+    cache_cores: int = 32
+    node_gbit: float = 25.0
+    node_cores: int = 32
+    store_gbit: float = 100.0  # what the object store gives this site
+    slice_bytes: int = 16 * 1024 * 1024
+
+    def describe(self) -> str:
+        return (
+            f"caches {self.cache_gbit:g} Gb/s and {self.cache_cores} cores, nodes "
+            f"{self.node_gbit:g} Gb/s and {self.node_cores} cores, store {self.store_gbit:g} Gb/s"
+        )
+
+
+@dataclass(frozen=True)
+class Start:
+    topology: str  # "direct", "site", "racks"
+    nodes: int
+    size: int  # bytes
+    racks: int = 0
+    store_bytes: float = 0.0
+    site_cache_bytes: float = 0.0  # served by the site cache
+    rack_cache_bytes: float = 0.0  # served by each rack cache
+    seconds: float = 0.0  # to the last node
+    bottleneck: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cache_rate(rates: Rates, hw: Hardware) -> float:
+    """Bytes/s one cache server can serve: its link, or its cores."""
+    return min(hw.cache_gbit * GB / 8, hw.cache_cores * GB / rates.cache_cpu_per_gb)
+
+
+def node_rate(rates: Rates, hw: Hardware) -> float:
+    """Bytes/s one node can pull and verify: its link, its busiest thread, its cores."""
+    return min(
+        hw.node_gbit * GB / 8,
+        GB / rates.node_busiest_per_gb,
+        hw.node_cores * GB / rates.node_cpu_per_gb,
+    )
+
+
+def simulate(
+    topology: str, nodes: int, size: int, rates: Rates, hw: Hardware, racks: int = 0
+) -> Start:
+    """Bytes per tier and the time to the last node of one start."""
+    store = hw.store_gbit * GB / 8
+    node = size / node_rate(rates, hw)
+    if topology == "direct":
+        stages = {"store link": nodes * size / store, "node": node}
+        levels = 0
+        store_bytes, site_bytes, rack_bytes = float(nodes * size), 0.0, 0.0
+    elif topology == "site":
+        stages = {
+            "store link": size / store,
+            "site cache": nodes * size / cache_rate(rates, hw),
+            "node": node,
+        }
+        levels = 1
+        store_bytes, site_bytes, rack_bytes = float(size), float(nodes * size), 0.0
+    elif topology == "racks":
+        if racks < 1:
+            raise ValueError("racks topology needs racks >= 1")
+        per_rack = -(-nodes // racks)
+        stages = {
+            "store link": size / store,
+            "site cache": racks * size / cache_rate(rates, hw),
+            "rack cache": per_rack * size / cache_rate(rates, hw),
+            "node": node,
+        }
+        levels = 2
+        store_bytes, site_bytes, rack_bytes = (
+            float(size),
+            float(racks * size),
+            float(per_rack * size),
+        )
+    else:
+        raise ValueError(f"unknown topology {topology!r}")
+    slowest = max(stages, key=lambda k: stages[k])
+    # The first slice has to come down every level before a node can start on it.
+    latency = levels * hw.slice_bytes / store
+    return Start(
+        topology,
+        nodes,
+        size,
+        racks,
+        store_bytes,
+        site_bytes,
+        rack_bytes,
+        stages[slowest] + latency,
+        slowest,
+    )
+
+
+def loopback_check(cpu_seconds: float, cores: int = 2) -> float:
+    """On the 2-core loopback box everything shares the CPU: the herd cannot end sooner
+    than the CPU it needs spread over the cores."""
+    return cpu_seconds / cores
