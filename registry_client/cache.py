@@ -826,14 +826,6 @@ def _close_all(fds: dict[str, int]) -> None:
     fds.clear()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        safefs.fsync_dir(fd)
-    finally:
-        os.close(fd)
-
-
 def raise_for_os_error(exc: OSError, what: str) -> RegistryClientError:
     """Map disk-full and permission errors to clear, coded errors."""
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

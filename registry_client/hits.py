@@ -58,7 +58,7 @@ def pull_from_cache(cache: Cache, ref: ImageRef, rid: str, offline: bool) -> Pul
     sha, size = ref.digest, None
     if sha is not None and not offline:
         seen = cache.resolve_ref(rid, ref.collection, ref.name, pinned_key(ref, sha))
-        sha = sha if seen else None
+        sha, size = (sha, record_size(seen)) if seen else (None, None)
     if sha is None and offline:
         record = cache.resolve_ref(rid, ref.collection, ref.name, ref.tag) or {}
         sha, size = record.get("sha256"), record_size(record)

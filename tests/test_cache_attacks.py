@@ -351,6 +351,28 @@ def test_two_members_pull_tags_of_one_collection(site: Site) -> None:
             assert_verified(path, image, {user.uid, 0})
 
 
+# -- 12. -o is a copy; a damaged cached file is no hit -------------------------------------------
+
+
+def test_writing_to_an_output_or_a_cached_file_never_reaches_another_member(site: Site) -> None:
+    image = site.push("lab/app:1", 2 * MiB, seed=12)
+    out = site.attacker.home / "app.sif"
+    code, path, err = site.pull(site.attacker, "-o", str(out), "lab/app:1")
+    assert code == 0 and path == str(out), err
+    cached = site.shared_path("sif", "sha256", f"{image.sha}.sif")
+    assert os.stat(out).st_ino != os.stat(cached).st_ino and os.stat(cached).st_nlink == 1
+    # The member writes to their output, then damages the cached image they published.
+    script = (
+        f"chmod u+w {out} && echo evil > {out} && chmod u+w {cached} && truncate -s 1000 {cached}"
+    )
+    assert site.as_user(site.attacker, script) == 0
+    for user in (site.victim, site.attacker):  # the publisher's own next pull repairs it
+        for args in ([f"lab/app:1@sha256:{image.sha}"], ["lab/app:1"]):
+            code, path, err = site.pull(user, *args)
+            assert code == 0, err
+            assert_verified(path, image, {user.uid, 0})
+
+
 # -- other local users and badly made shared caches --------------------------------------------
 
 

@@ -528,6 +528,57 @@ def test_a_damaged_layer_blob_is_found_quarantined_and_fetched_again(ctx, regist
     assert cli.returncode == 4 and "damaged layer blob, moved to" in cli.stdout, cli.stderr
 
 
+def test_a_members_damaged_blobs_and_image_never_reach_another_member(registry):
+    """13, for real, in a shared cache: a member damages the layer blobs and the image they
+    published (their own files); another member's pull still builds the verified image,
+    `cache verify` names the damage, and the member's own `pull --force` repairs theirs."""
+    from registry_client.cache import Cache
+    from tests.support.users import Users, need_root
+
+    need_root()
+    users = Users()
+    try:
+        lab, gid = users.group("lab")
+        victim, attacker = users.user("vic", lab), users.user("att", lab)
+        shared = users.base / "shared"
+        shared.mkdir()
+        os.chown(shared, 0, gid)
+        os.chmod(shared, 0o3775)
+        Cache(shared, shared=True).ensure()  # the admin's `registry-client cache dir`
+        config = users.base / "site.toml"
+        config.write_text(f'cache_dir = "{shared}"\n[cache]\nshared = true\n')
+        env = {"REGISTRY_CLIENT_CONFIG": str(config)}
+        ref = f"docker://{registry.host}/lab/multi:1"
+
+        def pull(user, *args):
+            out = users.cli(user, "pull", "--json", "--arch", "amd64", *args, ref, env=env)
+            assert out.returncode == 0, out.stderr
+            return json.loads(out.stdout)
+
+        theirs = pull(attacker)
+        blobs = shared / "v1" / "blobs" / "sha256"
+        damage = " && ".join(
+            f"chmod u+w {p} && printf 'XXXXXXXXXXXXXXXX' | dd of={p} bs=1 seek=100 conv=notrunc"
+            for p in [*blobs.iterdir(), Path(theirs["path"])]
+        )
+        assert users.run(attacker, "/bin/sh", "-c", damage).returncode == 0
+        mine = pull(victim)
+        assert mine["sha256"] == theirs["sha256"] and mine["path"] != theirs["path"]
+        assert hashlib.sha256(Path(mine["path"]).read_bytes()).hexdigest() == mine["sha256"]
+        verify = users.cli(victim, "cache", "verify", env=env)
+        assert verify.returncode == 4 and "(not yours)" in verify.stdout, verify.stderr
+        assert "Traceback" not in verify.stderr
+        repaired = pull(attacker, "--force")  # their damaged blobs: quarantined, fetched again
+        assert repaired["sha256"] == theirs["sha256"]
+        assert hashlib.sha256(Path(repaired["path"]).read_bytes()).hexdigest() == theirs["sha256"]
+        for blob in blobs.iterdir():
+            if blob.stat().st_uid == attacker.uid:
+                name = blob.name.partition(".")[0]
+                assert hashlib.sha256(blob.read_bytes()).hexdigest() == name
+    finally:
+        users.cleanup()
+
+
 # -- the installed CLI -------------------------------------------------------------------------
 
 
