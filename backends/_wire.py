@@ -41,3 +41,14 @@ def store_metadata(meta: Mapping[str, object] | None) -> dict[str, str]:
         if isinstance(key, str) and isinstance(value, str) and len(value) <= MAX_META_VALUE:
             out[key.lower()[:128]] = value
     return out
+
+
+def check_content_range(header: str | None, start: int, end: int, what: str) -> None:
+    """A ranged GET's Content-Range must be the range asked for (any total)."""
+    from registry_client.errors import IntegrityError
+
+    expected = f"bytes {start}-{end - 1}/"
+    if header is None or not header.startswith(expected):
+        raise IntegrityError(
+            f"{what}: server answered range {header!r}, asked for {start}-{end - 1}"
+        )

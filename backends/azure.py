@@ -45,6 +45,7 @@ from azure.storage.blob._generated.models import ModifiedAccessConditions
 
 from registry_client.backends._parts import InOrder, cut, digests_of, fit_part_size
 from registry_client.backends._wire import (
+    check_content_range,
     first_line,
     is_transport_error,
     retry_after,
@@ -216,7 +217,7 @@ class AzureBackend(Backend):
         except Exception as exc:
             raise translate(exc, what) from None
         try:
-            _check_content_range(response.headers.get("Content-Range"), start, end, what)
+            check_content_range(response.headers.get("Content-Range"), start, end, what)
             yield from body
         except RegistryClientError:
             raise
@@ -368,14 +369,6 @@ class _BlockUpload(Upload):
 
     def abort(self) -> None:
         pass
-
-
-def _check_content_range(header: str | None, start: int, end: int, what: str) -> None:
-    expected = f"bytes {start}-{end - 1}/"
-    if header is None or not header.startswith(expected):
-        raise IntegrityError(
-            f"{what}: server answered range {header!r}, asked for {start}-{end - 1}"
-        )
 
 
 def _unverifiable(why: str) -> EtagPlan:

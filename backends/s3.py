@@ -26,7 +26,12 @@ import botocore.session
 from botocore.config import Config as BotoConfig
 
 from registry_client.backends._parts import fit_part_size as fit_parts
-from registry_client.backends._wire import first_line, is_transport_error, retry_after
+from registry_client.backends._wire import (
+    check_content_range,
+    first_line,
+    is_transport_error,
+    retry_after,
+)
 from registry_client.backends.base import (
     DEFAULT_CONNECTIONS,
     Backend,
@@ -175,7 +180,7 @@ class S3Backend(Backend):
             args["IfMatch"] = f'"{etag}"'
         try:
             resp = self.client.get_object(**args)
-            _check_content_range(resp.get("ContentRange"), start, end, key)
+            check_content_range(resp.get("ContentRange"), start, end, f"read {key}")
             body = resp["Body"]
             try:
                 while chunk := body.read(READ_BLOCK):
@@ -623,14 +628,6 @@ def _check_etag(info: ObjectInfo, expected: str) -> ObjectInfo:
 
 def _is_md5_hex(text: str) -> bool:
     return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
-
-
-def _check_content_range(header: str | None, start: int, end: int, key: str) -> None:
-    expected = f"bytes {start}-{end - 1}/"
-    if header is None or not header.startswith(expected):
-        raise IntegrityError(
-            f"read {key}: server answered range {header!r}, asked for {start}-{end - 1}"
-        )
 
 
 def fit_part_size(size: int, wanted: int) -> int:
