@@ -105,6 +105,28 @@ def test_commands_over_direct_urls(
     assert gone.returncode == 3 and "Traceback" not in gone.stderr
 
 
+def test_copy_between_clouds(
+    azurite_server: Any,
+    azure_container: str,
+    gcs_server: Any,
+    gcs_bucket: str,
+    sample_sif: Path,
+    tmp_path: Path,
+) -> None:
+    """azure:// → gs:// and back with `copy`: pulled verified from one, pushed to the other."""
+    env = {**azure_env(azurite_server, tmp_path), **gcs_env(gcs_server, tmp_path)}
+    az, gs = f"azure://{azure_container}/lab/app:1", f"gs://{gcs_bucket}/lab/app:1"
+    digest = ok("push", str(sample_sif), az, env=env).strip()
+    first = json.loads(ok("copy", "--json", az, gs, env=env))
+    assert first["copied"] and f"sha256:{first['sha256']}" == digest
+    again = json.loads(ok("copy", "--json", az, gs, env=env))
+    assert not again["copied"]  # the destination already holds that sha256
+    back = f"azure://{azure_container}/lab/app:2"
+    ok("copy", gs, back, env=env)
+    pulled = ok("pull", "--force", back, env=env).strip()
+    assert Path(pulled).read_bytes() == sample_sif.read_bytes()
+
+
 def test_named_remotes_hide_secrets(
     azurite_server: Any, azure_container: str, gcs_server: Any, gcs_bucket: str, tmp_path: Path
 ) -> None:
