@@ -90,7 +90,7 @@ def test_commands_over_direct_urls(
     assert {"size", "etag", "sha256"} <= set(pulled["verified"])
 
     rows = json.loads(ok("ls", "--json", f"{store}://{bucket}/hpc", env=env))
-    assert [r["ref"] for r in rows] == ["lab/app:1"] and rows[0]["digest"] == digest
+    assert [r["ref"] for r in rows] == [ref] and rows[0]["digest"] == digest
     inspected = json.loads(ok("inspect", "--json", ref, env=env))
     assert inspected["digest"] == digest and inspected["sif"]["descriptors"]
 
@@ -105,6 +105,13 @@ def test_commands_over_direct_urls(
     assert gone.returncode == 3 and "Traceback" not in gone.stderr
 
 
+def _row(ndjson: str) -> dict[str, Any]:
+    """The one image row of `copy --json` (NDJSON: rows, then a summary)."""
+    rows = [json.loads(line) for line in ndjson.splitlines() if line.strip()]
+    (row,) = [r for r in rows if "ref" in r]
+    return row
+
+
 def test_copy_between_clouds(
     azurite_server: Any,
     azure_container: str,
@@ -117,10 +124,10 @@ def test_copy_between_clouds(
     env = {**azure_env(azurite_server, tmp_path), **gcs_env(gcs_server, tmp_path)}
     az, gs = f"azure://{azure_container}/lab/app:1", f"gs://{gcs_bucket}/lab/app:1"
     digest = ok("push", str(sample_sif), az, env=env).strip()
-    first = json.loads(ok("copy", "--json", az, gs, env=env))
-    assert first["copied"] and f"sha256:{first['sha256']}" == digest
-    again = json.loads(ok("copy", "--json", az, gs, env=env))
-    assert not again["copied"]  # the destination already holds that sha256
+    first = _row(ok("copy", "--json", az, gs, env=env))
+    assert first["status"] == "copied" and f"sha256:{first['sha256']}" == digest
+    again = _row(ok("copy", "--json", az, gs, env=env))
+    assert again["status"] == "skipped"  # the destination already holds that sha256
     back = f"azure://{azure_container}/lab/app:2"
     ok("copy", gs, back, env=env)
     pulled = ok("pull", "--force", back, env=env).strip()
