@@ -336,13 +336,28 @@ def check_document(cfg_path: Path, data: dict[str, Any]) -> None:
     check_table(data, SCHEMA, "", cfg_path)
 
 
+def _expand(value: str | None) -> str | None:
+    """The config's `cache_dir` with $USER-style variables expanded: a site file names one
+    node-local folder per user (`/local/scratch/$USER/registry-client`). An unset variable
+    is an error, not a folder named after it."""
+    if value is None or "$" not in value:
+        return value
+    expanded = os.path.expandvars(value)
+    if "$" in expanded:
+        raise ConfigError(
+            f"cache_dir {value!r}: a variable in it is not set",
+            hint="use variables every job has, such as $USER or $HOME",
+        )
+    return expanded
+
+
 def node_cache(config: Config, cache_dir: str | None = None) -> Cache:
     """The node cache: at --cache-dir (given here), $REGISTRY_CLIENT_CACHE_DIR, the config's
     `cache_dir` or the default. `[cache] shared` makes it one cache for a group's users
     (docs/security.md): `trusted_users` names whose files count as verified besides the
     user's and root's, `untrusted_wait` how long to wait for another user's download;
     the user's private cache (the default) takes what a shared one cannot hold for them."""
-    root = cache_dir or os.environ.get(ENV_CACHE) or config.settings.get("cache_dir")
+    root = cache_dir or os.environ.get(ENV_CACHE) or _expand(config.settings.get("cache_dir"))
     table = config.settings.get("cache")
     options: dict[str, Any] = table if isinstance(table, dict) else {}
     path = Path(root).expanduser() if root else default_cache_dir()

@@ -189,3 +189,15 @@ def test_fast_path_hit_uses_the_site_cache(site: Path, tmp_path: Path) -> None:
     hit = run_cli("pull", "--offline", "archive:lab/a:1", env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert hit.stdout == first.stdout
     assert "typer" not in hit.stderr  # answered before the full CLI loaded
+
+
+def test_cache_dir_expands_user_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "etc" / "config.toml"
+    site.parent.mkdir()
+    site.write_text(f'cache_dir = "{tmp_path}/scratch/$USER/registry-client"\n')
+    monkeypatch.setenv("REGISTRY_CLIENT_SITE_CONFIG", str(site))
+    result = run_cli("cache", "dir", env={"USER": "alice"})
+    assert result.stdout.strip() == f"{tmp_path}/scratch/alice/registry-client"
+    site.write_text('cache_dir = "/scratch/$RC_SURELY_UNSET/x"\n')
+    unset = run_cli("cache", "dir")
+    assert unset.returncode == 2 and "not set" in unset.stderr
