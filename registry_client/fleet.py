@@ -32,7 +32,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -313,8 +313,10 @@ class CacheProxies(Backend):
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
-    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
-        return self.inner.copy(src_key, dst_key)
+    def copy(
+        self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        return self.inner.copy(src_key, dst_key, metadata)
 
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         return self.inner.etag_plan(info)
