@@ -210,19 +210,25 @@ class Cache:
 
     def _layers(self) -> Iterator[Cache]:
         """The caches hits may come from: this one (unless unusable), then the fallback
-        (opened only when asked for: a hit in a shared cache never touches it)."""
+        (opened only when asked for, and only once it exists: reads never make it)."""
         self.ensure()
         if self._state != "unusable":
             yield self
-        if self.fallback is not None:
+        fallback = self.fallback
+        if fallback is not None and (self._state == "unusable" or fallback.exists()):
             try:
-                self.fallback.ensure()
+                fallback.ensure()
             except AuthError as exc:
                 if self._state == "unusable":
                     raise
                 self._notice(f"{exc}; using the shared cache alone")
                 return
-            yield self.fallback
+            yield fallback
+
+    def exists(self) -> bool:
+        """Whether the cache was opened, or its folder is there to open (a hint only: the
+        opening checks it)."""
+        return self._state is not None or os.path.isdir(self.root)
 
     def _store(self) -> Cache:
         """The cache that takes our writes: this one, or the fallback when we may not."""

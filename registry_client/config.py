@@ -362,17 +362,21 @@ def node_cache(config: Config, cache_dir: str | None = None) -> Cache:
     options: dict[str, Any] = table if isinstance(table, dict) else {}
     path = Path(root).expanduser() if root else default_cache_dir()
     locking = _locking_enabled(options)
-    shared = bool(options.get("shared", False))
-    if not shared:
-        return Cache(path, locking=locking)
+    trusted = _trusted_users(config.path, options.get("trusted_users", []))
+    if not options.get("shared", False):
+        return Cache(path, locking=locking, trusted_users=trusted)
     private = default_cache_dir()
     return Cache(
         path,
         shared=True,
         locking=locking,
-        trusted_users=_trusted_users(config.path, options.get("trusted_users", [])),
+        trusted_users=trusted,
         untrusted_wait=float(options.get("untrusted_wait", UNTRUSTED_WAIT)),
-        fallback=Cache(private, locking=locking) if private.absolute() != path.absolute() else None,
+        fallback=(
+            Cache(private, locking=locking, trusted_users=trusted)
+            if private.absolute() != path.absolute()
+            else None
+        ),
     )
 
 

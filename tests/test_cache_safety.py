@@ -226,3 +226,21 @@ def test_a_planted_lock_file_means_no_lock_and_no_resume(ctx: Context, tmp_path:
     os.mkfifo(ctx.cache.base / "locks" / "v.lock")  # would block a plain open
     with ctx.cache.lock("v") as held:
         assert held is False
+
+
+def test_trusted_users_and_untrusted_wait_are_checked(tmp_path: Path) -> None:
+    from registry_client.config import load_config, node_cache
+    from registry_client.errors import ConfigError
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[cache]\nshared = true\ntrusted_users = ["root", 0]\nuntrusted_wait = 5\n')
+    cache = node_cache(load_config(cfg), str(tmp_path / "shared"))
+    assert cache.trusted == {0, os.geteuid()} and cache.untrusted_wait == 5.0
+    for bad, message in (
+        ('trusted_users = ["no-such-user-rc"]', "no user 'no-such-user-rc'"),
+        ('trusted_users = "root"', "trusted_users must be a list"),
+        ("untrusted_wait = -1", "untrusted_wait must be a number of seconds"),
+    ):
+        cfg.write_text(f"[cache]\n{bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            node_cache(load_config(cfg))
