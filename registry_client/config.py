@@ -176,7 +176,25 @@ def remote_from_table(name: str, table: Any, path: Path | str) -> RemoteConfig:
         raise ConfigError(f"{path}: file remote {name!r} needs path")
     if kind != "file" and not (options.get("bucket") or options.get("container")):
         raise ConfigError(f"{path}: {kind} remote {name!r} needs bucket")
+    for key in URL_KEYS:
+        if isinstance(options.get(key), str):
+            check_url(options[key], f"{path}: [remotes.{name}] {key}")
     return RemoteConfig(name, kind, options, str(path))
+
+
+#: Remote options that are endpoints: a value without a scheme is a mistake, not a host.
+URL_KEYS = ("endpoint_url", "auth_url", "storage_url")
+
+
+def check_url(value: str, what: str) -> str:
+    """`value` if it is an http(s) URL; else ConfigError (exit 2) naming `what`. botocore
+    says only "ValueError" about `s3.example.org`, swiftclient tries it as a path."""
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{what} {value[:200]!r}: expected a URL starting with http:// or https://",
+            hint=f"e.g. https://{value[:200]}",
+        )
+    return value
 
 
 def user_config_path(path: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:

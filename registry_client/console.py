@@ -21,6 +21,14 @@ from registry_client.reporting import Reporter, Tally
 ENV_INTERVAL = "REGISTRY_CLIENT_PROGRESS_INTERVAL"
 
 
+def progress_interval() -> float:
+    """Seconds between plain progress lines ($REGISTRY_CLIENT_PROGRESS_INTERVAL, default 5)."""
+    try:
+        return max(0.2, float(os.environ.get(ENV_INTERVAL, "5")))
+    except ValueError:
+        return 5.0
+
+
 class ConsoleReporter(Reporter):
     def __init__(
         self, *, quiet: bool = False, verbose: bool = False, progress: bool | None = None
@@ -78,10 +86,7 @@ class ConsoleReporter(Reporter):
             with self._live(description, tally):
                 yield
             return
-        try:
-            interval = max(0.2, float(os.environ.get(ENV_INTERVAL, "5")))
-        except ValueError:
-            interval = 5.0
+        interval = progress_interval()
         stop = threading.Event()
 
         def tick() -> None:
@@ -137,12 +142,10 @@ class ConsoleReporter(Reporter):
 
 class PlainProgress:
     """`pull lab/app:1: 512/1024 MiB (50%), 85.3 MiB/s` on stderr every few seconds
-    ($REGISTRY_CLIENT_PROGRESS_INTERVAL, default 10): logs of batch jobs show that a long
+    ($REGISTRY_CLIENT_PROGRESS_INTERVAL, default 5): logs of batch jobs show that a long
     transfer is moving, without the control characters of a progress bar."""
 
     def __init__(self, description: str, total: int) -> None:
-        import os
-        import threading
         import time
 
         self.description = one_line(description, 200)
@@ -151,10 +154,7 @@ class PlainProgress:
         self._lock = threading.Lock()
         self._clock = time.monotonic
         self._start = self._last = self._clock()
-        try:
-            self.interval = float(os.environ.get("REGISTRY_CLIENT_PROGRESS_INTERVAL", "10"))
-        except ValueError:
-            self.interval = 10.0
+        self.interval = progress_interval()
 
     def __call__(self, n: int) -> None:
         with self._lock:  # workers report from several threads

@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING
 
 from registry_client.cache import short_id
-from registry_client.config import Config, RemoteConfig
+from registry_client.config import Config, RemoteConfig, check_url
 from registry_client.errors import UsageError
 from registry_client.names import SCHEME_TYPES, ImageRef, check_segment, parse_image_ref
 
@@ -40,17 +40,20 @@ def remote_id(remote: RemoteConfig) -> str:
 
 
 def _endpoint(remote: RemoteConfig) -> str:
-    """Where a remote's requests go: its config, else the ecosystem's variables."""
+    """Where a remote's requests go: its config (checked when read), else the ecosystem's
+    variables, which must be http(s) URLs too."""
     endpoint = str(remote.options.get("endpoint_url") or remote.options.get("auth_url") or "")
-    if not endpoint and remote.type == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL", "")
-    if not endpoint and remote.type == "swift":  # same container name, other cluster
-        endpoint = str(
-            remote.options.get("storage_url")
-            or os.environ.get("OS_STORAGE_URL")
-            or os.environ.get("ST_AUTH")
-            or os.environ.get("OS_AUTH_URL", "")
-        )
+    if endpoint:
+        return endpoint
+    if remote.type == "swift":  # same container name, other cluster
+        endpoint = str(remote.options.get("storage_url") or "")
+    variables = {
+        "s3": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        "swift": ("OS_STORAGE_URL", "ST_AUTH", "OS_AUTH_URL"),
+    }
+    for var in variables.get(remote.type, ()) if not endpoint else ():
+        if endpoint := os.environ.get(var, ""):
+            return check_url(endpoint, var)
     if not endpoint and remote.type in CLOUD_ENDPOINTS:
         endpoint = CLOUD_ENDPOINTS[remote.type](remote.options)
     return endpoint

@@ -201,3 +201,15 @@ def test_search_fills_arch(tmp_path: Path) -> None:
     rows = json.loads(run_cli("search", "app", "--json").stdout)
     assert rows[0]["ref"] == "local:lab/app:1" and rows[0]["arch"] == "amd64"
     assert rows[0]["digest"].startswith("sha256:")
+
+
+def test_an_endpoint_without_a_scheme_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[remotes.x]\ntype = "s3"\nbucket = "bkt"\nendpoint_url = "s3.example.org"\n')
+    from_file = run_cli("--config", str(cfg), "pull", "x:lab/app:1")
+    assert from_file.returncode == 2
+    assert "endpoint_url 's3.example.org': expected a URL starting with http://" in from_file.stderr
+    env = {"AWS_ENDPOINT_URL": "s3.example.org", "AWS_ACCESS_KEY_ID": "k"}
+    from_env = run_cli("pull", "s3://bkt/lab/app:1", env=env)
+    assert from_env.returncode == 2 and "AWS_ENDPOINT_URL 's3.example.org'" in from_env.stderr
+    assert "hint: e.g. https://s3.example.org" in from_env.stderr
