@@ -29,6 +29,10 @@ def test_time_to_the_last_node() -> None:
     racks = simulate("racks", 1000, SIZE, RATES, HW, racks=25)
     assert racks.bottleneck == "rack cache"  # 400 GB per rack cache: 32 s
     assert racks.seconds == pytest.approx(32, rel=0.05)
+    orphans = simulate("racks", 1000, SIZE, RATES, HW, racks=25, racks_down=1)
+    assert orphans.store_bytes == SIZE  # a dead rack cache costs the site cache, not the store
+    assert orphans.site_cache_bytes == (24 + 40) * SIZE
+    assert orphans.bottleneck == "site cache" and orphans.seconds == pytest.approx(51.2, rel=0.05)
     alone = simulate("site", 1, SIZE, RATES, HW)
     assert alone.bottleneck == "node"  # one node: its busiest thread, 1 GB/s: 10 s
     assert alone.seconds == pytest.approx(10, rel=0.05)

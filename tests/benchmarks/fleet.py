@@ -378,6 +378,7 @@ def model(measured: dict[str, float]) -> dict[str, Any]:
         simulate("direct", 1000, size, rates_, hw),
         simulate("site", 1000, size, rates_, hw),
         simulate("racks", 1000, size, rates_, hw, racks=25),
+        simulate("racks", 1000, size, rates_, hw, racks=25, racks_down=1),
     ]
     return {"hardware": hw.describe(), "rows": [r.to_dict() for r in rows]}
 
@@ -434,6 +435,7 @@ def render(out: dict[str, Any]) -> str:
     ]
     for row in out["model"]["rows"]:
         name = row["topology"] + (f" x{row['racks']}" if row["racks"] else "")
+        name += f", {row['racks_down']} down" if row.get("racks_down") else ""
         tb = [row[k] / 1e12 for k in ("store_bytes", "site_cache_bytes", "rack_cache_bytes")]
         lines.append(
             f"| {name} | {tb[0]:.2f} TB | {tb[1]:.2f} TB | {tb[2]:.2f} TB "

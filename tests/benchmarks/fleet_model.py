@@ -53,6 +53,7 @@ class Start:
     nodes: int
     size: int  # bytes
     racks: int = 0
+    racks_down: int = 0
     store_bytes: float = 0.0
     site_cache_bytes: float = 0.0  # served by the site cache
     rack_cache_bytes: float = 0.0  # served by each rack cache
@@ -78,41 +79,37 @@ def node_rate(rates: Rates, hw: Hardware) -> float:
 
 
 def simulate(
-    topology: str, nodes: int, size: int, rates: Rates, hw: Hardware, racks: int = 0
+    topology: str,
+    nodes: int,
+    size: int,
+    rates: Rates,
+    hw: Hardware,
+    racks: int = 0,
+    racks_down: int = 0,
 ) -> Start:
-    """Bytes per tier and the time to the last node of one start."""
+    """Bytes per tier and the time to the last node of one start. With `racks_down`, that
+    many rack caches are dead and their nodes read through the site cache instead."""
     store = hw.store_gbit * GB / 8
-    node = size / node_rate(rates, hw)
+    stages = {"node": size / node_rate(rates, hw)}
+    site_bytes = rack_bytes = 0.0
     if topology == "direct":
-        stages = {"store link": nodes * size / store, "node": node}
-        levels = 0
-        store_bytes, site_bytes, rack_bytes = float(nodes * size), 0.0, 0.0
+        levels, store_bytes = 0, float(nodes * size)
     elif topology == "site":
-        stages = {
-            "store link": size / store,
-            "site cache": nodes * size / cache_rate(rates, hw),
-            "node": node,
-        }
-        levels = 1
-        store_bytes, site_bytes, rack_bytes = float(size), float(nodes * size), 0.0
+        levels, store_bytes, site_bytes = 1, float(size), float(nodes * size)
     elif topology == "racks":
-        if racks < 1:
-            raise ValueError("racks topology needs racks >= 1")
+        if racks < 1 or not 0 <= racks_down < racks:
+            raise ValueError("racks topology needs racks >= 1 and some of them up")
         per_rack = -(-nodes // racks)
-        stages = {
-            "store link": size / store,
-            "site cache": racks * size / cache_rate(rates, hw),
-            "rack cache": per_rack * size / cache_rate(rates, hw),
-            "node": node,
-        }
-        levels = 2
-        store_bytes, site_bytes, rack_bytes = (
-            float(size),
-            float(racks * size),
-            float(per_rack * size),
-        )
+        levels, store_bytes = 2, float(size)
+        # the live rack caches, and the nodes of the dead ones
+        site_bytes = float(((racks - racks_down) + racks_down * per_rack) * size)
+        rack_bytes = float(per_rack * size)
+        stages["rack cache"] = rack_bytes / cache_rate(rates, hw)
     else:
         raise ValueError(f"unknown topology {topology!r}")
+    stages["store link"] = store_bytes / store
+    if site_bytes:
+        stages["site cache"] = site_bytes / cache_rate(rates, hw)
     slowest = max(stages, key=lambda k: stages[k])
     # The first slice has to come down every level before a node can start on it.
     latency = levels * hw.slice_bytes / store
@@ -121,15 +118,10 @@ def simulate(
         nodes,
         size,
         racks,
+        racks_down,
         store_bytes,
         site_bytes,
         rack_bytes,
         stages[slowest] + latency,
         slowest,
     )
-
-
-def loopback_check(cpu_seconds: float, cores: int = 2) -> float:
-    """On the 2-core loopback box everything shares the CPU: the herd cannot end sooner
-    than the CPU it needs spread over the cores."""
-    return cpu_seconds / cores
