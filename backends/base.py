@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import io
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -30,7 +31,8 @@ from types import MappingProxyType
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from registry_client.digests import EtagPlan, plain_md5_plan
-from registry_client.errors import Unsupported
+from registry_client.errors import IntegrityError, Unsupported
+from registry_client.names import is_sha256
 
 __all__ = [
     "Backend",
@@ -67,26 +69,103 @@ def metadata_of(source: Metadata) -> dict[str, str]:
     return dict(source() if callable(source) else source)
 
 
+GiB = 1024**3
+#: Limits of the stores themselves, which bound what a HEAD or metadata may claim:
+#: S3 takes at most 10,000 parts of at most 5 GiB (Swift's default SLO limits are lower).
+MAX_PARTS = 10_000
+MAX_PART_SIZE = 5 * GiB
+MAX_OBJECT_SIZE = MAX_PARTS * MAX_PART_SIZE
+MAX_METADATA_VALUE = 4096  # S3 allows 2 KiB of metadata in all, Swift 256 bytes a value
+# RFC 9110 entity-tag characters (quotes already stripped): no space, DQUOTE or control.
+_ETAG_RE = re.compile(r"(?:W/)?[\x21\x23-\x7e]{1,512}\Z")
+_DECIMAL_RE = re.compile(r"[0-9]{1,20}\Z")
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
+    """What a store says about one object; every field is checked here, where it enters.
+
+    A store (or anything between us and it) may lie. Building an ObjectInfo validates
+    what later becomes a file name, an allocation or a loop bound: the size must be one
+    the stores allow (IntegrityError otherwise: nothing is downloaded), the ETag a valid
+    entity-tag (it is sent back in If-Match), and our metadata well-formed — `sha256` 64
+    lower-case hex digits, `part-size` a part size within the stores' limits, `size`
+    equal to the object's size. A value that fails is dropped from `metadata` and said
+    in `ignored`: the pull warns and verifies by the ETag instead (service.verify).
+    """
+
     key: str
-    size: int
+    size: int  # -1: not known (an HTTP source that did not say)
     etag: str | None = None  # without quotes
     metadata: dict[str, str] = field(default_factory=dict)  # our metadata, lower-case keys
     modified: datetime | None = None
     #: checksums the store keeps of the whole object, validated lower-case hex by the
     #: backend: "md5" (Azure Content-MD5, GCS md5Hash), "crc32c" (GCS)
     checksums: dict[str, str] = field(default_factory=dict)
+    ignored: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        size = self.size
+        if not isinstance(size, int) or isinstance(size, bool) or not -1 <= size <= MAX_OBJECT_SIZE:
+            raise IntegrityError(
+                f"{self.key}: the store reports a size of {size!r} bytes, beyond what any "
+                "store holds; nothing was downloaded",
+                hint="the store, or something between it and this node, is not answering "
+                "truthfully; ask its operator",
+            )
+        ignored = list(self.ignored)
+        if self.etag is not None and not _ETAG_RE.match(self.etag):
+            ignored.append(f"ETag {self.etag[:80]!r} is not a valid entity-tag; ignored")
+            object.__setattr__(self, "etag", None)
+        metadata = _checked_metadata(self.metadata, size, ignored)
+        object.__setattr__(self, "metadata", metadata)
+        object.__setattr__(self, "ignored", tuple(ignored))
 
     @property
     def sha256(self) -> str | None:
-        value = self.metadata.get("sha256")
-        return value.lower() if value else None
+        return self.metadata.get("sha256")
 
     @property
     def part_size(self) -> int | None:
         value = self.metadata.get("part-size")
-        return int(value) if value and value.isdigit() else None
+        return int(value) if value else None
+
+
+def _checked_metadata(metadata: Mapping[str, str], size: int, ignored: list[str]) -> dict[str, str]:
+    """Our metadata with every value that fails its check removed (and said in `ignored`)."""
+    meta = {
+        str(k).lower(): v
+        for k, v in metadata.items()
+        if isinstance(v, str) and len(v) <= MAX_METADATA_VALUE
+    }
+    if len(meta) != len(metadata):
+        ignored.append("metadata values that are not short strings; ignored")
+    stated = meta.get("size")
+    if stated is not None and stated != str(size) and size >= 0:
+        # Metadata of another version (the bytes were replaced, the metadata kept):
+        # its sha256 and part size describe other bytes.
+        ignored.append(f"metadata size {stated[:24]!r} is not the object's {size}; ignored")
+        for key in ("sha256", "part-size", "size"):
+            meta.pop(key, None)
+    sha = meta.get("sha256")
+    if sha is not None and not is_sha256(sha):
+        ignored.append(f"metadata sha256 {sha[:80]!r} is not 64 lower-case hex digits; ignored")
+        del meta["sha256"]
+    part = meta.get("part-size")
+    if part is not None and not _part_size_fits(part, size):
+        ignored.append(
+            f"metadata part-size {part[:24]!r} is outside the stores' limits "
+            f"(1 byte to 5 GiB, at most {MAX_PARTS} parts); ignored"
+        )
+        del meta["part-size"]
+    return meta
+
+
+def _part_size_fits(text: str, size: int) -> bool:
+    if not _DECIMAL_RE.match(text):
+        return False
+    part = int(text)
+    return 0 < part <= MAX_PART_SIZE and (size < 0 or -(-size // part) <= MAX_PARTS)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from registry_client.backends.base import ObjectInfo
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+# S3's multipart limits: 1 to 10,000 parts, each 5 MiB to 5 GiB but the last.
+S3_MAX_PARTS = 10_000
+S3_MIN_PART = 5 * MiB
+S3_MAX_PART = 5 * GiB
 # Part sizes other tools pick, tried first when an object's multipart layout is unknown:
 # boto3/awscli 8 MiB, s3cmd 15 MiB, rclone/mc 5 and 16 MiB, s5cmd 50 MiB, 64/100/128 MiB.
 COMMON_PART_SIZES_MIB = (8, 5, 16, 15, 50, 64, 10, 32, 100, 128, 25, 20, 256, 512)
@@ -119,12 +124,15 @@ class EtagPlan:
     `verifiable` is False when the ETag is known not to be an md5 (e.g. SSE-KMS).
     `more_schemes` keeps the common case to one or two md5 passes: they are hashed in a
     second pass over the downloaded file, only when no scheme of the first pass matched.
+    `impossible` says the ETag is not one the store could have made (e.g. more parts
+    than S3 allows): a lie or damage, so the object needs another checksum to be pulled.
     """
 
     schemes: list[list[int]]
     check: Callable[[list[list[bytes]]], bool]
     verifiable: bool = True
     description: str = ""
+    impossible: bool = False
     #: less likely segmentations, hashed from the local copy only if `schemes` fail
     more_schemes: list[list[int]] = field(default_factory=list)
     #: the hash of each segment: "md5" (S3, Swift, Azure, most GCS objects) or "crc32c"
@@ -187,13 +195,14 @@ def s3_multipart_etag(part_md5s: Sequence[bytes]) -> str:
 
 def candidate_part_sizes(size: int, parts: int, known: int | None = None) -> list[int]:
     """Part sizes that cut `size` bytes into exactly `parts` parts, most likely first:
-    the known one (our metadata, or a PartNumber HEAD), then sizes other tools use, then
-    the whole-MiB sizes in between (bounded)."""
-    if known:
-        return [known]
+    the known one (our metadata, or a PartNumber HEAD) if it does, else sizes other tools
+    use, then the whole-MiB sizes in between (bounded). Every size is one S3 allows."""
 
     def fits(p: int) -> bool:
-        return p > 0 and -(-size // p) == parts
+        return (parts == 1 or S3_MIN_PART <= p <= S3_MAX_PART) and -(-size // p) == parts
+
+    if known and fits(known):
+        return [known]
 
     found = [mib * MiB for mib in COMMON_PART_SIZES_MIB if fits(mib * MiB)]
     lo = max(1, -(-size // (parts * MiB)))  # smallest whole MiB that gives <= parts parts
@@ -227,6 +236,16 @@ def s3_etag_plan(info: ObjectInfo) -> EtagPlan:
     if not (_is_md5_hex(base) and count.isdigit() and int(count) > 0):
         return EtagPlan([], lambda _: False, verifiable=False, description=f"etag {etag!r}")
     parts = int(count)
+    if parts > S3_MAX_PARTS or info.size < (parts - 1) * S3_MIN_PART:
+        return EtagPlan(
+            [],
+            lambda _: False,
+            verifiable=False,
+            description=f"etag {etag!r} names {parts} parts of a {info.size}-byte object, "
+            f"which S3 cannot make (at most {S3_MAX_PARTS} parts, all but the last of "
+            "at least 5 MiB)",
+            impossible=True,
+        )
     sizes = candidate_part_sizes(info.size, parts, info.part_size)
     if not sizes:
         return EtagPlan([], lambda _: False, verifiable=False, description="no part size fits")

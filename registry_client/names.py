@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from registry_client.errors import InvalidReference
 
@@ -26,6 +27,7 @@ SEGMENT_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*\Z")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 TAG_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 DIGEST_RE = re.compile(r"sha256:([a-f0-9]{64})\Z")
+SHA256_RE = re.compile(r"[a-f0-9]{64}\Z")
 # S3 bucket names (and Swift containers, which are looser) as the S3 rules allow.
 BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 SWIFT_CONTAINER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,255}\Z")
@@ -49,6 +51,11 @@ LOCATION_RES = {
     "gs": GCS_BUCKET_RE,
 }
 IMAGE_SUFFIXES = (".sif", ".simg")
+
+
+def is_sha256(value: object) -> TypeGuard[str]:
+    """64 lower-case hex digits: the only form a sha256 takes in names, paths and records."""
+    return isinstance(value, str) and SHA256_RE.match(value) is not None
 
 
 @dataclass(frozen=True)

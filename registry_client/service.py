@@ -160,6 +160,8 @@ def stat_image(backend: Backend, ref: ImageRef) -> ObjectInfo:
 
 def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: bool) -> PullResult:
     info = stat_image(backend, ref)
+    for note in info.ignored:
+        ctx.reporter.warn(f"{info.key}: {note}")
     expected = _expected_sha(ref, info)
     version = (rid, info.key, info.etag or "", str(info.size))
     hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
@@ -249,6 +251,7 @@ def _download_verified(
     from registry_client.transfer import download
 
     plan = backend.etag_plan(info)
+    _check_verifiable(info, plan, expected)
     while True:
         try:
             with _temp_for(ctx, version_id) as (tmp, have, on_range):
@@ -334,6 +337,21 @@ def _resumable_ranges(state: dict[str, Any], chunk: int) -> list[tuple[int, int]
         return [(int(a), int(b)) for a, b in done]
     except (TypeError, ValueError):
         return []
+
+
+def _check_verifiable(info: ObjectInfo, plan: EtagPlan, expected: str | None) -> None:
+    """Before any byte is fetched: an object whose metadata or ETag had to be ignored as
+    invalid must still have a checksum to be verified by, or it is not pulled (exit 4).
+    (Objects of other tools that simply have no md5 ETag stay pullable, with a warning.)"""
+    if plan.verifiable or expected:
+        return
+    if plan.impossible or info.ignored:
+        why = plan.description if plan.impossible else info.ignored[0]
+        raise UnverifiableError(
+            f"{info.key}: {why}, and no other checksum is left to verify the image by; "
+            "nothing was downloaded",
+            hint="push the image again, or ask the store's operator to check it",
+        )
 
 
 def verify(
@@ -661,9 +679,7 @@ def build_metadata(
 
 
 def image_record(info: ObjectInfo, ref: ImageRef) -> dict[str, Any]:
-    labels: Any = info.metadata.get("labels")
-    with contextlib.suppress(TypeError, ValueError):
-        labels = json.loads(labels) if labels else {}
+    labels = _labels(info.metadata.get("labels"))
     pushed = info.metadata.get("created") or (info.modified.isoformat() if info.modified else None)
     return {
         "ref": str(ref),
@@ -674,6 +690,18 @@ def image_record(info: ObjectInfo, ref: ImageRef) -> dict[str, Any]:
         "arch": info.metadata.get("arch"),
         "labels": labels or {},
     }
+
+
+def _labels(text: str | None) -> dict[str, str]:
+    """The labels metadata (a flat JSON object of strings, as push writes it); anything
+    else another tool or a store put there is ignored."""
+    try:
+        labels = json.loads(text) if text else {}
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(labels, dict):
+        return {}
+    return {k: v for k, v in labels.items() if isinstance(v, str)}
 
 
 def list_remote(config: Config, target: str | None) -> list[dict[str, Any]]:

@@ -57,8 +57,8 @@ def test_multipart_with_unknown_part_size_is_found() -> None:
 
 
 def test_multipart_known_part_size_from_metadata_not_aligned_to_mib() -> None:
-    data = random.Random(3).randbytes(3 * MiB + 10)
-    part = MiB + 12345
+    data = random.Random(3).randbytes(11 * MiB + 10)
+    part = 5 * MiB + 12345
     info = ObjectInfo("k", len(data), multipart_etag(data, part), {"part-size": str(part)})
     assert run_plan(info, data)
 
@@ -84,3 +84,23 @@ def test_unverifiable_etags_say_so() -> None:
     info = ObjectInfo("k", 10, "not-an-md5-etag")
     assert not s3_etag_plan(info).verifiable
     assert not s3_etag_plan(ObjectInfo("k", 10, None)).verifiable
+
+
+def test_a_part_size_s3_cannot_have_is_not_used() -> None:
+    """`part-size: 1` once made a pull hash every byte as its own part (~80 bytes of
+    memory per image byte); below 5 MiB, or not cutting the object into the ETag's
+    part count, the metadata is passed over for the sizes that do."""
+    data = random.Random(4).randbytes(16 * MiB + 3)
+    etag = multipart_etag(data, 8 * MiB)
+    for bad in ("1", str(MiB), str(9 * MiB), str(6 * 1024**3)):
+        info = ObjectInfo("k", len(data), etag, {"part-size": bad})
+        plan = s3_etag_plan(info)
+        assert all(len(s) <= 3 for s in plan.schemes + plan.more_schemes), bad
+        assert run_plan(info, data), bad
+
+
+def test_etags_s3_cannot_make_are_impossible() -> None:
+    for etag in ("0" * 32 + "-10001", "0" * 32 + "-99999999999", "0" * 32 + "-3"):
+        plan = s3_etag_plan(ObjectInfo("k", 10 * MiB - 1, etag))  # 3 parts: >= 10 MiB
+        assert not plan.verifiable and plan.impossible and plan.schemes == [], etag
+    assert not s3_etag_plan(ObjectInfo("k", 10, "not-an-md5-etag")).impossible

@@ -391,6 +391,23 @@ def test_corrupt(proxy: FaultProxy, http: urllib3.PoolManager) -> None:
     assert all(data[i] == want[i] ^ 0xFF for i in range(70_000, 70_004))
 
 
+def test_headers_rewrites_what_the_store_says(proxy: FaultProxy, http: urllib3.PoolManager) -> None:
+    proxy.add_fault(
+        Fault.headers(
+            {"Content-Length": "99999999999", "X-Lie": "../../x", "Content-Type": None},
+            method="HEAD",
+        )
+    )
+    head = http.request("HEAD", f"{proxy.url}/obj")
+    assert head.headers["Content-Length"] == "99999999999" and head.headers["X-Lie"] == "../../x"
+    assert "Content-Type" not in head.headers
+    proxy.add_fault(Fault.headers({"ETag": '"forged"'}))  # a GET keeps its body and framing
+    answer = http.request("GET", f"{proxy.url}/obj")
+    assert answer.headers["ETag"] == '"forged"' and answer.data == PAYLOAD
+    assert http.request("GET", f"{proxy.url}/obj").data == PAYLOAD  # same connection, in sync
+    assert proxy.stats.connections == 1 and proxy.stats.faults == {"headers": 2}
+
+
 def test_stop_is_prompt(upstream: _Upstream) -> None:
     proxy = FaultProxy(upstream.url).start()
     proxy.add_fault(Fault.stall(after_bytes=100, seconds=60, path="/obj"))

@@ -39,6 +39,10 @@ a ``Range`` header); the first one with budget left (``times``) applies to that 
                   (chunked, read-until-close) are relayed unchanged.
 ``corrupt``       XOR ``length`` bytes at ``offset`` of the body with ``xor`` (same length,
                   headers untouched).
+``headers``       rewrite response headers: each name in ``set_headers`` is removed and, if
+                  its value is not None, sent with that value instead (a store that lies
+                  about metadata, ETags or sizes). Headers that frame the body
+                  (Content-Length, Transfer-Encoding) may only be rewritten on HEAD.
 
 Byte positions count the body bytes as sent on the wire (for a chunked response that
 includes the chunk framing). A body shorter than ``n_bytes`` is relayed whole, and the
@@ -89,6 +93,7 @@ class Kind(str, enum.Enum):
     SLOW = "slow"
     WRONG_LENGTH = "wrong_length"
     CORRUPT = "corrupt"
+    HEADERS = "headers"
 
 
 @dataclass
@@ -115,6 +120,7 @@ class Fault:
     offset: int = 0
     length: int = 1
     xor: int = 0xFF
+    set_headers: dict[str, str | None] = field(default_factory=dict)
     fired: int = field(default=0, compare=False)
 
     @classmethod
@@ -167,6 +173,12 @@ class Fault:
         if not 1 <= xor <= 0xFF:
             raise ValueError("xor must be 1..255 so that every byte really changes")
         return cls(Kind.CORRUPT, times, offset=offset, length=length, xor=xor, **match)
+
+    @classmethod
+    def headers(
+        cls, set_headers: dict[str, str | None], times: int | None = 1, **match: Any
+    ) -> Fault:
+        return cls(Kind.HEADERS, times, set_headers=dict(set_headers), **match)
 
     @property
     def remaining(self) -> int | None:
@@ -512,6 +524,19 @@ class _Response(_Message):
     def has_body(self, method: str) -> bool:
         return method != "HEAD" and self.code not in (204, 304) and self.code >= 200
 
+    def with_headers(self, changes: dict[str, str | None]) -> bytes:
+        """The raw head with the named headers dropped, and re-added where given a value."""
+        drop = {name.lower() for name in changes}
+        lines = [
+            line
+            for line in self.raw.split(b"\r\n")
+            if line.split(b":", 1)[0].strip().lower().decode("latin-1") not in drop
+        ]
+        while lines and not lines[-1]:
+            lines.pop()
+        lines += [f"{k}: {v}".encode("latin-1") for k, v in changes.items() if v is not None]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
     def with_length(self, length: int) -> bytes:
         """The raw head with every Content-Length value replaced (nothing else changes)."""
         lines = self.raw.split(b"\r\n")
@@ -765,6 +790,13 @@ class _Exchange:
 
     def relay(self, resp: _Response, up_reader: _Reader) -> bool:
         """Send the response on, applying the fault; True if the connection stays usable."""
+        if self.kind is Kind.HEADERS:
+            assert self.fault is not None
+            raw = resp.with_headers(self.fault.set_headers)
+            if not resp.has_body(self.req.method):
+                self.send_head(raw, resp.code)
+                return not resp.wants_close
+            resp = _Response(raw)
         if not resp.has_body(self.req.method):
             self.send_head(resp.raw, resp.code)
             return not resp.wants_close
