@@ -1,8 +1,17 @@
-"""Small helpers every network backend shares to turn wire errors into our exceptions."""
+"""Small helpers every network backend shares: wire errors into our exceptions, and a
+way to stop a response's body read from another thread."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from registry_client.backends.base import ReadWatch
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -52,3 +61,30 @@ def check_content_range(header: str | None, start: int, end: int, what: str) -> 
         raise IntegrityError(
             f"{what}: server answered range {header!r}, asked for {start}-{end - 1}"
         )
+
+
+def watched(watch: ReadWatch | None, response: Any) -> AbstractContextManager[None]:
+    """While a body is read from `response` (a urllib3 response: botocore's and
+    requests' both are), `watch` may shut its connection down (ReadWatch.attach)."""
+    if watch is None:
+        return contextlib.nullcontext()
+    return watch.attach(lambda: shut_down(response))
+
+
+def shut_down(response: Any) -> None:
+    """Shut the socket under a urllib3 response down, from any thread: a read blocked on
+    it returns at once (EOF, so the read fails as a broken connection), and the
+    connection is never reused. The socket is reached the way botocore's own
+    set_socket_timeout reaches it when the response no longer names its connection."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None:
+        fp = getattr(getattr(response, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    shut_socket(sock)
+
+
+def shut_socket(sock: object) -> None:
+    """Shut a socket down for reading and writing, from any thread (see shut_down)."""
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

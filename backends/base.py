@@ -19,10 +19,12 @@ Every request to one remote runs under that remote's `Limiter`, sized from its c
 from __future__ import annotations
 
 import abc
+import contextlib
 import io
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from types import MappingProxyType
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from registry_client.digests import EtagPlan, plain_md5_plan
-from registry_client.errors import IntegrityError, Unsupported
+from registry_client.errors import IntegrityError, RemoteUnavailable, Unsupported
 from registry_client.names import is_sha256
 
 __all__ = [
@@ -46,6 +48,8 @@ __all__ = [
     "PartSource",
     "Progress",
     "RangeReader",
+    "ReadCancelled",
+    "ReadWatch",
     "Upload",
     "metadata_of",
     "parallel",
@@ -168,6 +172,87 @@ def _part_size_fits(text: str, size: int) -> bool:
     return 0 < part <= MAX_PART_SIZE and (size < 0 or -(-size // part) <= MAX_PARTS)
 
 
+class ReadCancelled(Exception):
+    """A read stopped because the download it belongs to failed or was interrupted."""
+
+
+class ReadWatch:
+    """One ranged read, as the transfer engine watches it from its own thread.
+
+    The engine notes each block that arrives (`moved`) and, from the thread that waits
+    for the download, stops a read that has been silent for too long (`stop` with a
+    Stalled error: retried) or every read of a download that failed or was interrupted
+    (`cancel`). A read blocked in a socket cannot notice either by itself, so a backend
+    that reads a body over the network `attach`es a function that shuts that
+    connection down: the blocked read then returns at once, wherever it waits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop: Callable[[], None] | None = None
+        self.reason: RemoteUnavailable | None = None  # why the current attempt was stopped
+        self.cancelled = threading.Event()
+        self.mark = time.monotonic()  # when the last block arrived (or the attempt began)
+
+    def moved(self) -> None:
+        self.mark = time.monotonic()
+
+    @contextlib.contextmanager
+    def attach(self, stop: Callable[[], None]) -> Iterator[None]:
+        """While the body is read: `stop()` ends it (called at once if already stopped)."""
+        with self._lock:
+            self._stop = stop
+            stopped = self.reason is not None or self.cancelled.is_set()
+        if stopped:
+            _quietly(stop)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._stop = None
+
+    def stop(self, reason: RemoteUnavailable) -> None:
+        """End the current attempt (it fails with `reason`, which a retry may follow)."""
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            stop = self._stop
+        if stop is not None:
+            _quietly(stop)
+
+    def cancel(self) -> None:
+        """End the read for good: no retry follows (see ReadCancelled)."""
+        self.cancelled.set()
+        with self._lock:
+            stop = self._stop
+        if stop is not None:
+            _quietly(stop)
+
+    def restart(self) -> None:
+        """A new attempt begins: its clock starts now."""
+        with self._lock:
+            self.reason = None
+            self.mark = time.monotonic()
+
+    def check(self, error: RemoteUnavailable) -> RemoteUnavailable:
+        """The error an attempt ended with, as the watch explains it: ReadCancelled if the
+        download is over, the stall that stopped it, or `error` itself."""
+        if self.cancelled.is_set():
+            raise ReadCancelled
+        return self.reason or error
+
+    def pause(self, seconds: float) -> None:
+        """Sleep between attempts; ReadCancelled as soon as the download is over."""
+        if self.cancelled.wait(seconds):
+            raise ReadCancelled
+
+
+def _quietly(stop: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):
+        stop()
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """The optional features a backend has, declared (rclone's optional features).
@@ -215,12 +300,21 @@ class Reader(abc.ABC):
         """Size, ETag and metadata of one object; NotFound if absent."""
 
     @abc.abstractmethod
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         """Yield bytes [start, end) of the object.
 
         When `etag` is given the read is pinned to it: if the object changed, raise
         ObjectChanged rather than return bytes of another version. Implementations
-        check the server's Content-Range and length.
+        check the server's Content-Range and length. A network reader attaches to
+        `watch` a way to shut its connection while it reads the body (ReadWatch).
         """
 
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:

@@ -24,6 +24,7 @@ from registry_client.backends.base import (
     Metadata,
     ObjectInfo,
     Reader,
+    ReadWatch,
     Upload,
     metadata_of,
 )
@@ -98,7 +99,15 @@ class FileBackend(Backend):
             return {}
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,  # local reads: nothing to shut down
+    ) -> Iterator[bytes]:
         path = self._path(key)
         try:
             fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the with below

@@ -31,6 +31,7 @@ from registry_client.backends._wire import (
     first_line,
     is_transport_error,
     retry_after,
+    watched,
 )
 from registry_client.backends.base import (
     DEFAULT_CONNECTIONS,
@@ -41,6 +42,7 @@ from registry_client.backends.base import (
     Metadata,
     ObjectInfo,
     Reader,
+    ReadWatch,
     Upload,
     metadata_of,
 )
@@ -168,7 +170,15 @@ class S3Backend(Backend):
         etag = str(head.get("ETag", "")).strip('"') or None
         return ObjectInfo(key, int(head["ContentLength"]), etag, meta, head.get("LastModified"))
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         if end <= start:
             return
         args: dict[str, Any] = {
@@ -183,8 +193,9 @@ class S3Backend(Backend):
             check_content_range(resp.get("ContentRange"), start, end, f"read {key}")
             body = resp["Body"]
             try:
-                while chunk := body.read(READ_BLOCK):
-                    yield chunk
+                with watched(watch, body._raw_stream):
+                    while chunk := body.read(READ_BLOCK):
+                        yield chunk
             finally:
                 body.close()
         except Exception as exc:  # GeneratorExit is not an Exception: closing passes through

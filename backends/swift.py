@@ -45,6 +45,7 @@ from urllib.parse import quote, unquote, urlsplit
 from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
+from registry_client.backends._wire import watched
 from registry_client.backends.base import (
     Backend,
     Capabilities,
@@ -53,6 +54,7 @@ from registry_client.backends.base import (
     Metadata,
     ObjectInfo,
     Reader,
+    ReadWatch,
     Upload,
     metadata_of,
 )
@@ -356,7 +358,15 @@ class SwiftBackend(Backend):
     def stat(self, key: str) -> ObjectInfo:
         return self._info(key, self._head(key))
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         if end <= start:
             return
         pos = start
@@ -369,9 +379,10 @@ class SwiftBackend(Backend):
             )
             _check_content_range(resp, start, end, key)
             try:
-                for chunk in body:
-                    pos += len(chunk)
-                    yield chunk
+                with watched(watch, body.resp.raw):
+                    for chunk in body:
+                        pos += len(chunk)
+                        yield chunk
             finally:
                 body.close()
         except GeneratorExit:
@@ -379,11 +390,11 @@ class SwiftBackend(Backend):
         except Exception as exc:
             error = translate(exc, f"read {key}")
             if isinstance(error, RemoteUnavailable) and not isinstance(error, ObjectChanged):
-                raise self._diagnose(key, etag, pos, end, error) from None
+                raise self._diagnose(key, etag, pos, end, error, watch) from None
             raise error from None
         if pos < end:
             short = RemoteUnavailable(f"read {key}: body ended at {pos} of {end}")
-            raise self._diagnose(key, etag, pos, end, short)
+            raise self._diagnose(key, etag, pos, end, short, watch)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
@@ -908,9 +919,17 @@ class SwiftBackend(Backend):
 
     # -- diagnosis ------------------------------------------------------------------------
     def _diagnose(
-        self, key: str, etag: str | None, start: int, end: int, error: RegistryClientError
+        self,
+        key: str,
+        etag: str | None,
+        start: int,
+        end: int,
+        error: RegistryClientError,
+        watch: ReadWatch | None = None,
     ) -> RegistryClientError:
         """Swift cut a read short: a damaged segment (exit 4), a new version, or a hiccup."""
+        if watch is not None and (watch.reason or watch.cancelled.is_set()):
+            return error  # we cut it (a stall, or the download is over): nothing to probe
         try:
             head = self._head(key)
             if etag and _unquote_etag(head.get("etag")) != etag:

@@ -45,6 +45,7 @@ from registry_client.names import check_segment
 from registry_client.schema import (
     BOOLEAN,
     POSITIVE_INT,
+    POSITIVE_NUMBER,
     PROXY_LIST,
     STRING,
     Kind,
@@ -326,6 +327,7 @@ SCHEMA: Schema = {
         "concurrency": POSITIVE_INT,
         "part_size": POSITIVE_INT,  # bytes
         "push_concurrency": POSITIVE_INT,
+        "stall_timeout": POSITIVE_NUMBER,  # seconds a read may deliver nothing
     },
     "library": {"url": STRING, "token": STRING},
     "shub": {"url": STRING, "username": STRING, "token": STRING},

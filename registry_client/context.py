@@ -51,8 +51,8 @@ def open_context(
 
 
 def transfer_settings(table: Any) -> dict[str, Any]:
-    """[transfer] chunk_size, concurrency, part_size, push_concurrency from the config
-    (checked by config.load_config), as keyword arguments of Context."""
+    """[transfer] chunk_size, concurrency, stall_timeout, part_size, push_concurrency from
+    the config (checked by config.load_config), as keyword arguments of Context."""
     if table is None:
         return {}
     default = TransferSettings()
@@ -60,6 +60,7 @@ def transfer_settings(table: Any) -> dict[str, Any]:
         "transfer": TransferSettings(
             chunk_size=table.get("chunk_size", default.chunk_size),
             concurrency=table.get("concurrency", default.concurrency),
+            stall_timeout=float(table.get("stall_timeout", default.stall_timeout)),
         )
     }
     for key in ("part_size", "push_concurrency"):

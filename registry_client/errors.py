@@ -10,7 +10,8 @@
     │   └── UnverifiableError      exit 4  ETag cannot be checked and no sha256 is known
     ├── AuthError                  exit 5  authentication or permission refused
     ├── RemoteUnavailable          exit 6  remote unreachable or failing after retries
-    │   └── ObjectChanged          exit 6  the object changed under a download (If-Match failed)
+    │   ├── ObjectChanged          exit 6  the object changed under a download (If-Match failed)
+    │   └── Stalled                exit 6  a read made no progress for [transfer] stall_timeout
     └── Interrupted                exit 130
 
 The CLI turns each into one `error: ...` line plus an optional hint on stderr.
@@ -91,6 +92,12 @@ class ObjectChanged(RemoteUnavailable):
     """
 
     retryable = False
+
+
+class Stalled(RemoteUnavailable):
+    """A read that delivered nothing for `[transfer] stall_timeout` seconds: stopped and
+    retried like a broken connection, but an attempt that ended this way never renews
+    the retry budget (a body that trickles forever must end in exit 6)."""
 
 
 class Interrupted(RegistryClientError):

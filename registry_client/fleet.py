@@ -33,10 +33,12 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from registry_client.backends._wire import shut_socket
 from registry_client.backends.base import (
     Backend,
     EtagPlan,
@@ -44,6 +46,8 @@ from registry_client.backends.base import (
     ObjectInfo,
     PartSource,
     Progress,
+    ReadCancelled,
+    ReadWatch,
     Upload,
 )
 from registry_client.errors import ConfigError, ObjectChanged, RegistryClientError
@@ -181,8 +185,10 @@ class ProxyClient:
         end: int,
         etag: str,
         refresh: bool,
+        watch: ReadWatch | None = None,
     ) -> Iterator[bytes]:
-        """Bytes [start, end) of `url`, pinned to `etag`, through `proxy`.
+        """Bytes [start, end) of `url`, pinned to `etag`, through `proxy`; `watch` may shut
+        the connection down while the body is read (ReadWatch).
 
         Raises _CacheFailed, _StoreRefused or ObjectChanged; never names the URL.
         """
@@ -200,15 +206,17 @@ class ProxyClient:
         except (OSError, http.client.HTTPException) as exc:
             self._drop(proxy)
             raise _CacheFailed(type(exc).__name__) from None
+        stoppable = watch.attach(lambda: shut_socket(conn.sock)) if watch else nullcontext()
         try:
             _check_answer(resp, start, end, etag)
             pos = start
-            while pos < end:
-                chunk = resp.read(min(READ_BLOCK, end - pos))
-                if not chunk:
-                    raise _CacheFailed(f"body ended at {pos} of {end}")
-                pos += len(chunk)
-                yield chunk
+            with stoppable:
+                while pos < end:
+                    chunk = resp.read(min(READ_BLOCK, end - pos))
+                    if not chunk:
+                        raise _CacheFailed(f"body ended at {pos} of {end}")
+                    pos += len(chunk)
+                    yield chunk
             if resp.read(1):
                 raise _CacheFailed("more bytes than the range")
         except (OSError, http.client.HTTPException) as exc:
@@ -336,7 +344,15 @@ class CacheProxies(Backend):
             self._schedule(self._route)
             return self._route
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         if end <= start:
             return
         pos = start
@@ -345,13 +361,18 @@ class CacheProxies(Backend):
         if url is not None and etag is not None:
             self._wait_for(route)
             for proxy in self._live_proxies():
+                refresh = route == "refresh"
                 try:
-                    for chunk in self._client.get(proxy, url, pos, end, etag, route == "refresh"):
+                    for chunk in self._client.get(proxy, url, pos, end, etag, refresh, watch):
                         pos += len(chunk)
                         self._count("cache_bytes", len(chunk))
                         yield chunk
                     return
                 except _CacheFailed as exc:
+                    if watch is not None:  # stopped by us: over, or stalled (next source)
+                        if watch.cancelled.is_set():
+                            raise ReadCancelled from None
+                        watch.restart()
                     self._mark_down(proxy, key, str(exc))
                 except _StoreRefused as exc:
                     self._give_up_caches(
@@ -360,17 +381,23 @@ class CacheProxies(Backend):
                     break
             else:
                 self._give_up_caches("no cache proxy answered")
-        yield from self._direct(key, pos, end, etag, fallback=url is not None)
+        yield from self._direct(key, pos, end, etag, url is not None, watch)
 
     def _direct(
-        self, key: str, start: int, end: int, etag: str | None, fallback: bool
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        fallback: bool,
+        watch: ReadWatch | None,
     ) -> Iterator[bytes]:
         if not fallback and self._route != "direct":
-            yield from self.inner.read_range(key, start, end, etag)
+            yield from self.inner.read_range(key, start, end, etag, watch=watch)
             return
         self._wait_for("direct")
         with self._direct_slots:
-            for chunk in self.inner.read_range(key, start, end, etag):
+            for chunk in self.inner.read_range(key, start, end, etag, watch=watch):
                 self._count("direct_bytes", len(chunk))
                 yield chunk
 

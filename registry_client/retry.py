@@ -30,10 +30,11 @@ from registry_client.backends.base import (
     PartSource,
     Progress,
     Reader,
+    ReadWatch,
     Upload,
     upload,
 )
-from registry_client.errors import RemoteUnavailable
+from registry_client.errors import RemoteUnavailable, Stalled
 
 log = logging.getLogger("registry_client.retry")
 T = TypeVar("T")
@@ -86,21 +87,39 @@ class RetryingReader(Reader):
     def stat(self, key: str) -> ObjectInfo:
         return self._call(f"stat {key}", lambda: self.inner.stat(key))
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         attempt = 0
         pos = start
         began = time.monotonic()
         log.debug("read %s bytes %d-%d", key, start, end - 1)
         while pos < end:
+            moved = 0
             try:
-                for chunk in self.inner.read_range(key, pos, end, etag):
+                for chunk in self.inner.read_range(key, pos, end, etag, watch=watch):
                     pos += len(chunk)
+                    moved += len(chunk)
                     yield chunk
-                    attempt = 0  # progress resets the budget: only stalls count
                 if pos < end:
                     raise RemoteUnavailable(f"read {key}: body ended at {pos} of {end}")
             except RemoteUnavailable as exc:
-                attempt = self._backoff(f"read {key} @{pos}", attempt, exc)
+                if watch is not None:
+                    exc = watch.check(exc)  # ReadCancelled: the download is over
+                if moved and not isinstance(exc, Stalled):
+                    attempt = 0  # progress renews the budget; a trickle that stalls does not
+                sleep = watch.pause if watch is not None and self._sleep is time.sleep else None
+                attempt = backoff(
+                    self.policy, sleep or self._sleep, f"read {key} @{pos}", attempt, exc
+                )
+                if watch is not None:
+                    watch.restart()
         took = time.monotonic() - began
         log.debug(
             "read %s bytes %d-%d: %d bytes in %.0f ms",

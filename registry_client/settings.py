@@ -9,7 +9,9 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class TransferSettings:
-    """Ranged reads of a download: range size and how many run at once."""
+    """Ranged reads of a download: range size, how many run at once, and how long a read
+    may deliver nothing before it is stopped and retried (seconds)."""
 
     chunk_size: int = 16 * MiB
     concurrency: int = 8
+    stall_timeout: float = 30.0

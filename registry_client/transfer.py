@@ -16,6 +16,12 @@ So the busiest thread does sha256 alone (~0.6 CPU s/GiB with SHA-NI), not md5 as
 and memory stays flat: `concurrency` network buffers plus one read-back block per thread.
 Ranges are cut along a known segmentation where there is one (a 64 MiB part as four
 16 MiB ranges; 5 MiB parts three to a range), so most chains are hashed as received.
+
+The thread that waits for the ranges also watches them (a ReadWatch each): a read that
+delivers nothing for `stall_timeout` seconds is stopped and retried (exit 6 once the
+retries are spent), so a server that trickles a body never holds the node's download
+lock for good; and when the download fails or is interrupted (Ctrl-C), every read still
+running is stopped at once, wherever it is blocked.
 """
 
 from __future__ import annotations
@@ -27,22 +33,67 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
-from registry_client.backends.base import ObjectInfo, Progress, Reader
+from registry_client.backends.base import ObjectInfo, Progress, ReadCancelled, Reader, ReadWatch
 from registry_client.digests import DigestResult, new_hash
-from registry_client.errors import IntegrityError
+from registry_client.errors import IntegrityError, Stalled
 from registry_client.settings import TransferSettings
 
 MiB = 1024 * 1024
 SHA_BLOCK = 4 * MiB  # read-back block of the sha256 thread
 MD5_BLOCK = 2 * MiB  # read-back block of a worker catching a chain up
 MAX_CHAINS = 100_000  # md5 states kept at once (10,000 S3 parts × a few candidates)
+WATCH_EVERY = 0.2  # seconds between looks at the reads in progress
 
 
 class _Abandoned(Exception):
     """A range given up because the download as a whole failed."""
+
+
+class _Watches:
+    """The reads in progress, watched by the thread that waits for the download."""
+
+    def __init__(self, key: str, stall_timeout: float) -> None:
+        self.key = key
+        self.stall_timeout = stall_timeout
+        self._lock = threading.Lock()
+        self._live: set[ReadWatch] = set()
+        self._cancelled = False
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[ReadWatch]:
+        watch = ReadWatch()
+        with self._lock:
+            self._live.add(watch)
+            if self._cancelled:
+                watch.cancel()
+        try:
+            yield watch
+        finally:
+            with self._lock:
+                self._live.discard(watch)
+
+    def stop_stalled(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            stalled = [w for w in self._live if now - w.mark > self.stall_timeout]
+        for watch in stalled:
+            watch.stop(
+                Stalled(
+                    f"read {self.key}: no data for {self.stall_timeout:g} s",
+                    hint="the store stopped sending; [transfer] stall_timeout sets the wait",
+                )
+            )
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            live = list(self._live)
+        for watch in live:
+            watch.cancel()
 
 
 class _Chain:
@@ -295,13 +346,15 @@ def _run(
     ) as pool:
         sha = pool.submit(_named, "rc-sha256", _follow_sha256, fd, info.size, state)
         work = [pool.submit(_catch_up_all, digests, digests.overlapping(*r)) for r in have]
-        fetch = _Fetch(backend, info, fd, digests, progress, on_range)
+        watches = _Watches(info.key, settings.stall_timeout)
+        fetch = _Fetch(backend, info, fd, digests, progress, on_range, watches)
         work += [pool.submit(fetch.range, r) for r in jobs]
         try:
-            _wait_all(work)
+            _wait_all(work, watches)
             sha256 = sha.result()
         except BaseException:  # a failed range, or Ctrl-C in this thread
             state.fail()  # workers stop at their next chunk, the hasher at once
+            watches.cancel_all()  # and reads blocked in a socket at once
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return DigestResult(info.size, sha256, digests.result())
@@ -318,9 +371,10 @@ class _Fetch:
         digests: _Digests,
         progress: Progress | None,
         on_range: Callable[[int, int], None] | None,
+        watches: _Watches,
     ) -> None:
         self.backend, self.info, self.fd, self.digests = backend, info, fd, digests
-        self.progress, self.on_range = progress, on_range
+        self.progress, self.on_range, self.watches = progress, on_range, watches
 
     def range(self, rng: tuple[int, int]) -> None:
         state = self.digests.state
@@ -332,7 +386,7 @@ class _Fetch:
         try:
             with self.backend.limiter:
                 self._receive(start, end, mine)
-        except _Abandoned:
+        except (_Abandoned, ReadCancelled):
             return  # the failure that stopped us is reported by the range that had it
         except BaseException:
             state.fail()
@@ -347,20 +401,26 @@ class _Fetch:
 
     def _receive(self, start: int, end: int, mine: list[_Chain]) -> None:
         pos, key = start, self.info.key
-        for chunk in self.backend.read_range(key, start, end, self.info.etag):
-            if self.digests.state.failed:
-                raise _Abandoned  # another range failed or the user interrupted: stop reading
-            n = len(chunk)
-            if pos + n > end:
-                raise IntegrityError(f"{key}: server sent more bytes than asked for")
-            view = memoryview(chunk)
-            _feed(mine, view, pos)
-            _write_all(self.fd, view, pos)
-            pos += n
-            if self.progress:
-                self.progress(n)
+        with self.watches.track() as watch:
+            for chunk in self.backend.read_range(key, start, end, self.info.etag, watch=watch):
+                watch.moved()
+                self._take(chunk, pos, end, mine)
+                pos += len(chunk)
         if pos != end:
             raise IntegrityError(f"{key}: range {start}-{end} ended at {pos}")
+
+    def _take(self, chunk: bytes, pos: int, end: int, mine: list[_Chain]) -> None:
+        """Hash and write one chunk received for [pos, ...)."""
+        if self.digests.state.failed:
+            raise _Abandoned  # another range failed or the user interrupted: stop reading
+        n = len(chunk)
+        if pos + n > end:
+            raise IntegrityError(f"{self.info.key}: server sent more bytes than asked for")
+        view = memoryview(chunk)
+        _feed(mine, view, pos)
+        _write_all(self.fd, view, pos)
+        if self.progress:
+            self.progress(n)
 
 
 def _feed(chains: list[_Chain], view: memoryview, pos: int) -> None:
@@ -401,14 +461,16 @@ def _named(name: str, fn: Callable[..., str], *args: object) -> str:
     return fn(*args)
 
 
-def _wait_all(futures: list[Future[None]]) -> None:
-    """Wait for every range; raise the first failure as soon as it happens."""
-    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-    for fut in done:
-        if (error := fut.exception()) is not None:
-            raise error
-    for fut in futures:
-        fut.result()
+def _wait_all(futures: list[Future[None]], watches: _Watches | None = None) -> None:
+    """Wait for every job, stopping stalled reads; raise the first failure at once."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=WATCH_EVERY, return_when=FIRST_EXCEPTION)
+        for fut in done:
+            if (error := fut.exception()) is not None:
+                raise error
+        if watches is not None:
+            watches.stop_stalled()
 
 
 def _open_dest(dest: os.PathLike[str] | str) -> int:

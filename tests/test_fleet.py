@@ -120,7 +120,9 @@ class MemoryStore(Backend):
     def stat(self, key: str) -> ObjectInfo:
         return ObjectInfo(key, SIZE, ETAG)
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self, key: str, start: int, end: int, etag: str | None, *, watch: Any = None
+    ) -> Iterator[bytes]:
         with self.lock:
             self.active += 1
             self.most_active = max(self.most_active, self.active)

@@ -115,11 +115,13 @@ def test_repush_during_download_restarts_cleanly(
     real_read = S3Backend.read_range
     calls = {"n": 0}
 
-    def read_and_repush(self: S3Backend, key: str, start: int, end: int, etag: str | None):
+    def read_and_repush(
+        self: S3Backend, key: str, start: int, end: int, etag: str | None, **kw: Any
+    ):
         calls["n"] += 1
         if calls["n"] == 3:  # mid-download, a new version lands under the same tag
             service.push(ctx, str(new), ref)
-        yield from real_read(self, key, start, end, etag)
+        yield from real_read(self, key, start, end, etag, **kw)
 
     monkeypatch.setattr(S3Backend, "read_range", read_and_repush)
     result = service.pull(ctx, ref)
@@ -133,7 +135,9 @@ def test_object_changed_every_time_gives_up(
     write_random(tmp_path / "a", 1000)
     service.push(ctx, str(tmp_path / "a"), parse_image_ref("lab/app:x"))
 
-    def always_changed(self: S3Backend, key: str, start: int, end: int, etag: str | None):
+    def always_changed(
+        self: S3Backend, key: str, start: int, end: int, etag: str | None, **kw: Any
+    ):
         raise ObjectChanged("changed")
         yield b""
 

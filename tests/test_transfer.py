@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,7 +35,9 @@ class Shuffled(Reader):
     def stat(self, key: str) -> ObjectInfo:
         return ObjectInfo(key, len(self.data), "e")
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self, key: str, start: int, end: int, etag: str | None, *, watch: Any = None
+    ) -> Iterator[bytes]:
         with self.lock:
             self.reads.append((start, end))
             delay = self.rng.random() / 200
@@ -130,7 +133,9 @@ def test_a_failed_range_stops_everything_and_is_raised(tmp_path: Path) -> None:
 
 def test_a_server_sending_too_much_is_refused(tmp_path: Path) -> None:
     class Generous(Shuffled):
-        def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+        def read_range(
+            self, key: str, start: int, end: int, etag: str | None, *, watch: Any = None
+        ) -> Iterator[bytes]:
             yield self.data[start : end + 1]
 
     source = Generous(bytes(range(256)) * 10, 0)

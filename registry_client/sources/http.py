@@ -15,6 +15,7 @@ Nothing here retries: wrap sources in RetryingReader and calls in retry.retry_ca
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -28,8 +29,15 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 
 from registry_client import __version__
-from registry_client.backends._wire import retry_after
-from registry_client.backends.base import EtagPlan, Limiter, ObjectInfo, Progress, Reader
+from registry_client.backends._wire import retry_after, watched
+from registry_client.backends.base import (
+    EtagPlan,
+    Limiter,
+    ObjectInfo,
+    Progress,
+    Reader,
+    ReadWatch,
+)
 from registry_client.digests import DigestResult
 from registry_client.errors import (
     AuthError,
@@ -352,7 +360,15 @@ class HttpSource(Reader):
         etag = (resp.headers.get("ETag") or "").strip('"') or None
         return ObjectInfo(key, -1 if size is None else size, etag)
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         if end <= start:
             return
         extra = {"Accept-Encoding": "identity"}
@@ -361,7 +377,8 @@ class HttpSource(Reader):
         resp, _ = self._get(self.final_url, extra)
         try:
             skip = self._check_range(resp, start, end, etag)
-            yield from _body(resp, skip, end - start, self.label)
+            with watched(watch, resp.raw):
+                yield from _body(resp, skip, end - start, self.label)
         finally:
             resp.close()
 
@@ -466,7 +483,7 @@ def download_verified(
         )
     settings = settings or TransferSettings()
     if not ranges:  # one stream: no range requests the server would ignore
-        settings = TransferSettings(chunk_size=max(info.size, 1), concurrency=1)
+        settings = dataclasses.replace(settings, chunk_size=max(info.size, 1), concurrency=1)
     schemes = [[info.size]] if expected.md5 else []
     result = download(source, info, dest, schemes, settings=settings, progress=progress)
     return result, check_digests(info.key, result, expected)

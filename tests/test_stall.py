@@ -1,0 +1,139 @@
+"""Bounded time for a pull whatever the store does: a body that trickles or stops is
+stopped and retried, then the pull exits 6 and frees the node's download lock; Ctrl-C
+ends a pull within a second even mid-body. The fault proxy sits in front of the real
+servers (moto's S3, Swift's own API) and slows or stalls their bodies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from swiftclient.client import Connection
+
+from registry_client.config import RemoteConfig
+from tests.support.backend_contract import write_random
+from tests.support.faultproxy import Fault, FaultProxy
+from tests.support.helpers import console_script, run_cli, s3_client, s3_options
+
+pytestmark = pytest.mark.servers
+MiB = 1024 * 1024
+SIZE = 3 * MiB + 11
+
+
+def _config(path: Path, remote: RemoteConfig, stall_timeout: float) -> dict[str, str]:
+    import tomli_w
+
+    table = {"type": remote.type, **remote.options}
+    path.write_text(
+        tomli_w.dumps(
+            {
+                "default_remote": "lab",
+                "transfer": {"chunk_size": MiB, "concurrency": 2, "stall_timeout": stall_timeout},
+                "remotes": {"lab": table},
+            }
+        )
+    )
+    path.chmod(0o600)
+    return {
+        "REGISTRY_CLIENT_CONFIG": str(path),
+        "REGISTRY_CLIENT_CACHE_DIR": str(path.parent / "nodecache"),
+    }
+
+
+@pytest.fixture(params=["s3", "swift"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[FaultProxy, Any]]:
+    """(proxy, remote) with lab/app:1 holding SIZE bytes, every request through the proxy."""
+    data = write_random(tmp_path / "app.sif", SIZE, seed=7)
+    if request.param == "s3":
+        server = request.getfixturevalue("moto_server")
+        bucket = f"rc-{uuid.uuid4().hex[:12]}"
+        client = s3_client(server)
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="lab/app:1.sif", Body=data)
+        with FaultProxy(server.s3_endpoint) as proxy:
+            options = {**s3_options(server, bucket), "endpoint_url": proxy.url}
+            yield proxy, (RemoteConfig("lab", "s3", options), data)
+        return
+    server = request.getfixturevalue("swift_server")
+    conn = Connection(server.auth_url, server.user, server.key, retries=0)
+    container = f"rc-{uuid.uuid4().hex[:12]}"
+    conn.put_container(container)
+    conn.put_object(container, "lab/app:1.sif", data)
+    storage_url, token = conn.get_auth()
+    parts = urlsplit(storage_url)
+    with FaultProxy(f"{parts.scheme}://{parts.netloc}") as proxy:
+        proxied = urlunsplit((parts.scheme, urlsplit(proxy.url).netloc, parts.path, "", ""))
+        options = {"bucket": container, "storage_url": proxied, "auth_token": token}
+        yield proxy, (RemoteConfig("lab", "swift", options), data)
+
+
+def test_a_trickling_body_ends_in_exit_6_and_frees_the_lock(
+    store: tuple[FaultProxy, Any], tmp_path: Path
+) -> None:
+    """1 byte every 2 s used to keep a pull, and the lock other jobs wait on, forever."""
+    proxy, (remote, data) = store
+    env = _config(tmp_path / "config.toml", remote, stall_timeout=1)
+    proxy.add_fault(Fault.slow(0.5, times=None, has_range=True))
+    start = time.monotonic()
+    result = run_cli("pull", "lab/app:1", env=env, timeout=120)
+    took = time.monotonic() - start
+    print(f"\ntrickling body: exit {result.returncode} after {took:.1f}s")
+    assert result.returncode == 6, result.stderr
+    assert "no data for 1 s" in result.stderr and "gave up after" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert took < 60
+    proxy.clear_faults()  # the store recovers: the next pull is not blocked by a lock
+    again = run_cli("pull", "lab/app:1", env=env, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert Path(again.stdout.strip()).read_bytes() == data
+
+
+def test_a_stalled_body_is_retried_and_the_pull_completes(
+    store: tuple[FaultProxy, Any], tmp_path: Path
+) -> None:
+    proxy, (remote, data) = store
+    env = _config(tmp_path / "config.toml", remote, stall_timeout=1)
+    stall = proxy.add_fault(Fault.stall(after_bytes=300_000, seconds=60, has_range=True))
+    start = time.monotonic()
+    result = run_cli("pull", "lab/app:1", env=env, timeout=60)
+    took = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).read_bytes() == data
+    assert stall.fired == 1 and took < 20, took
+
+
+def test_ctrl_c_mid_body_exits_130_within_a_second(
+    store: tuple[FaultProxy, Any], tmp_path: Path
+) -> None:
+    """One Ctrl-C during a slow body used to be ignored for a minute."""
+    proxy, (remote, _data) = store
+    env = _config(tmp_path / "config.toml", remote, stall_timeout=600)
+    proxy.add_fault(Fault.slow(1000, times=None, has_range=True))
+    proc = subprocess.Popen(
+        [*console_script(), "pull", "lab/app:1"],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while proxy.stats.get_bytes < 4000:  # bodies are flowing, slowly
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - start
+    print(f"\nCtrl-C mid-body: exit {proc.returncode} after {took:.2f}s")
+    assert proc.returncode == 130 and out == ""
+    assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
+    assert took < 1.0

@@ -1,0 +1,102 @@
+"""The transfer engine's watch over its reads, with a reader that blocks like a socket.
+
+A fake reader stands in for the network here (the real servers behind the fault proxy
+are in test_stall.py): its body read blocks until the watch shuts it, as a socket read
+does until the connection is shut down.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry_client.backends.base import ObjectInfo, Reader, ReadWatch
+from registry_client.errors import IntegrityError, RemoteUnavailable, Stalled
+from registry_client.retry import RetryingReader, RetryPolicy
+from registry_client.settings import TransferSettings
+from registry_client.transfer import download
+
+KiB = 1024
+
+
+class BlockingReader(Reader):
+    """Sends `trickle` bytes of a range, then blocks until its read is shut down;
+    ranges starting at `fail_at` fail at once instead."""
+
+    kind = "fake"
+
+    def __init__(self, trickle: int = 1, fail_at: int | None = None) -> None:
+        self.trickle = trickle
+        self.fail_at = fail_at
+        self.attempts = 0
+        self.lock = threading.Lock()
+
+    def stat(self, key: str) -> ObjectInfo:
+        raise NotImplementedError
+
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
+        with self.lock:
+            self.attempts += 1
+        if start == self.fail_at:
+            raise IntegrityError("this range is damaged")
+        shut = threading.Event()
+        assert watch is not None
+        with watch.attach(shut.set):
+            yield b"x" * min(self.trickle, end - start)
+            if not shut.wait(30):  # a socket nobody shuts: the test would time out
+                raise AssertionError("the read was never stopped")
+        raise RemoteUnavailable(f"read {key}: connection shut down")
+
+
+def _download(reader: Reader, tmp_path: Path, **settings: float) -> None:
+    info = ObjectInfo("lab/app:1.sif", 64 * KiB)
+    download(
+        RetryingReader(reader, RetryPolicy(attempts=3, base_delay=0.01)),
+        info,
+        tmp_path / "tmp",
+        [],
+        settings=TransferSettings(chunk_size=16 * KiB, concurrency=2, **settings),  # type: ignore[arg-type]
+    )
+
+
+def test_a_read_that_stops_delivering_is_stopped_retried_then_stalled(tmp_path: Path) -> None:
+    reader = BlockingReader(trickle=1)
+    start = time.monotonic()
+    with pytest.raises(Stalled) as caught:
+        _download(reader, tmp_path, stall_timeout=0.3)
+    took = time.monotonic() - start
+    # Each attempt delivered a byte, yet the budget was not renewed: 3 attempts, then out.
+    assert "no data for 0.3 s" in caught.value.message
+    assert "gave up after 3 attempts" in caught.value.message
+    assert 0.8 < took < 5 and reader.attempts <= 2 * 3
+
+
+def test_a_failure_elsewhere_stops_blocked_reads_at_once(tmp_path: Path) -> None:
+    reader = BlockingReader(trickle=1, fail_at=16 * KiB)  # runs beside the first
+    start = time.monotonic()
+    with pytest.raises(IntegrityError, match="damaged"):
+        _download(reader, tmp_path, stall_timeout=600)
+    assert time.monotonic() - start < 2
+
+
+def test_a_watch_stopped_before_the_body_stops_it_when_it_attaches() -> None:
+    watch = ReadWatch()
+    watch.stop(Stalled("late"))
+    shut = threading.Event()
+    with watch.attach(shut.set):
+        assert shut.is_set()
+    assert watch.check(RemoteUnavailable("broken")).message == "late"
+    watch.restart()
+    assert watch.check(RemoteUnavailable("broken")).message == "broken"
