@@ -50,6 +50,7 @@ from registry_client.backends._wire import (
     is_transport_error,
     retry_after,
     store_metadata,
+    watched,
 )
 from registry_client.backends.base import (
     DEFAULT_CONNECTIONS,
@@ -59,6 +60,7 @@ from registry_client.backends.base import (
     Limiter,
     Metadata,
     ObjectInfo,
+    ReadWatch,
     Upload,
     metadata_of,
 )
@@ -99,6 +101,10 @@ def translate(exc: BaseException, what: str) -> RegistryClientError:
     """azure-core errors → our tree; messages carry names and codes, never credentials."""
     if isinstance(exc, RegistryClientError):
         return exc
+    if isinstance(exc, HttpResponseError) and not exc.status_code:
+        # No status: the body broke off (IncompleteReadError: a reset, or a stalled read
+        # shut down), a transport failure like any other.
+        return RemoteUnavailable(f"{what}: {type(exc).__name__}: {first_line(exc)}")
     if isinstance(exc, HttpResponseError):
         status = exc.status_code or 0
         code = str(getattr(exc, "error_code", None) or "")
@@ -197,7 +203,15 @@ class AzureBackend(Backend):
             {"md5": md5} if md5 else {},
         )
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         """One ranged Get Blob, its body streamed in 1 MiB reads.
 
         Through the SDK's generated operation (the one its own downloader calls) rather
@@ -218,7 +232,8 @@ class AzureBackend(Backend):
             raise translate(exc, what) from None
         try:
             check_content_range(response.headers.get("Content-Range"), start, end, what)
-            yield from body
+            with watched(watch, getattr(response.internal_response, "raw", None)):
+                yield from body
         except RegistryClientError:
             raise
         except Exception as exc:  # GeneratorExit is not an Exception: closing passes through

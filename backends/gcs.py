@@ -38,6 +38,7 @@ from registry_client.backends._wire import (
     is_transport_error,
     retry_after,
     store_metadata,
+    watched,
 )
 from registry_client.backends.base import (
     DEFAULT_CONNECTIONS,
@@ -47,6 +48,7 @@ from registry_client.backends.base import (
     Limiter,
     Metadata,
     ObjectInfo,
+    ReadWatch,
     Upload,
     metadata_of,
     parallel,
@@ -194,7 +196,15 @@ class GcsBackend(Backend):
         meta = store_metadata(props.get("metadata") if isinstance(props, dict) else None)
         return ObjectInfo(key, int(size), generation, meta, blob.updated, checksums)
 
-    def read_range(self, key: str, start: int, end: int, etag: str | None) -> Iterator[bytes]:
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> Iterator[bytes]:
         if end <= start:
             return
         params = {"alt": "media"}
@@ -218,7 +228,8 @@ class GcsBackend(Backend):
             if resp.status_code not in (200, 206):
                 raise for_status(resp.status_code, what, resp.headers)
             _check_range(resp, start, end, what)
-            yield from resp.raw.stream(READ_BLOCK, decode_content=False)
+            with watched(watch, resp.raw):
+                yield from resp.raw.stream(READ_BLOCK, decode_content=False)
         except RegistryClientError:
             raise
         except Exception as exc:  # GeneratorExit is not an Exception: closing passes through

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 LOGGER = "registry_client"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -55,9 +55,53 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+if TYPE_CHECKING:
+    _Handler = logging.StreamHandler[TextIO]
+else:  # not subscriptable at run time before Python 3.11
+    _Handler = logging.StreamHandler
+
+
+class _Stderr(_Handler):
+    """Writes to whatever sys.stderr is when a record comes (as logging.lastResort)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+class OneLine(logging.Filter):
+    """Warnings that reach stderr without -v: one `warning:` line each, control
+    characters escaped and secrets redacted, like every other line the CLI prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from registry_client.console import one_line
+
+        record.msg = one_line(redact(record.getMessage()))
+        record.args = None
+        return True
+
+
 def setup(verbosity: int, log_file: str | None = None) -> None:
-    """Route this package's logs to stderr (with -v) and to `log_file` (0600, appended)."""
+    """Route this package's logs to stderr (with -v) and to `log_file` (0600, appended).
+
+    Libraries' own warnings never reach stderr (Python would print them raw, server text
+    included, through its last-resort handler); this package's go there as `warning:`
+    lines even without -v."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
     if not verbosity and not log_file:
+        logger = logging.getLogger(LOGGER)
+        if not any(isinstance(h.filters[0], OneLine) for h in logger.handlers if h.filters):
+            warnings = _Stderr()
+            warnings.setLevel(logging.WARNING)
+            warnings.setFormatter(logging.Formatter("warning: %(message)s"))
+            warnings.addFilter(OneLine())
+            logger.addHandler(warnings)
         return
     level = logging.DEBUG if verbosity >= 2 else logging.INFO
     logger = logging.getLogger(LOGGER)
