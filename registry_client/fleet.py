@@ -44,8 +44,6 @@ from registry_client.backends.base import (
     EtagPlan,
     Metadata,
     ObjectInfo,
-    PartSource,
-    Progress,
     ReadCancelled,
     ReadWatch,
     Upload,
@@ -302,21 +300,7 @@ class CacheProxies(Backend):
         return self.inner.list(prefix)
 
     def start_upload(self, key: str, size: int, metadata: Metadata, *, part_size: int) -> Upload:
-        return self.inner.start_upload(key, size, metadata, part_size=part_size)
-
-    def put(
-        self,
-        key: str,
-        source: str | os.PathLike[str] | PartSource,
-        metadata: Metadata,
-        *,
-        part_size: int,
-        concurrency: int,
-        progress: Progress | None = None,
-    ) -> ObjectInfo:
-        return self.inner.put(
-            key, source, metadata, part_size=part_size, concurrency=concurrency, progress=progress
-        )
+        return self.inner.start_upload(key, size, metadata, part_size=part_size)  # (and put)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)
