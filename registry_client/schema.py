@@ -89,7 +89,8 @@ def proxy_url(text: str) -> str | None:
         or parts.fragment
     ):
         return None
-    return f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
 #: Caching HTTP proxies, tried in order (docs/fleet.md): at most 8, e.g. rack, then site.

@@ -59,9 +59,9 @@ def test_site_list_remote_list_and_environment(
     assert own is not None and own.cache_proxies == ("http://mine:81",)
     assert fleet_settings(site, _remote(cache_proxies=[])) is None  # a remote opts out
     assert fleet_settings(site, _remote("file", path="/x")) is None  # nothing to cache
-    monkeypatch.setenv(ENV_PROXIES, "http://a:1, http://b:2")
+    monkeypatch.setenv(ENV_PROXIES, "http://a:1, http://[::1]:2")
     env = fleet_settings(site, _remote(cache_proxies=["http://mine:81"]))
-    assert env is not None and env.cache_proxies == ("http://a:1", "http://b:2")
+    assert env is not None and env.cache_proxies == ("http://a:1", "http://[::1]:2")
     monkeypatch.setenv(ENV_PROXIES, "")
     assert fleet_settings(site, _remote()) is None
     monkeypatch.delenv(ENV_PROXIES)
