@@ -27,7 +27,7 @@ import tomli_w
 from registry_client import sif
 from registry_client.sigv4 import Credentials, host_header, presign_url
 from tests.support.faultproxy import FaultProxy
-from tests.support.helpers import console_script, s3_client
+from tests.support.helpers import clear_of_window_boundary, console_script, s3_client
 from tests.support.servers.nginx_cache import NginxCache, flip_byte, start_nginx_cache
 
 pytestmark = pytest.mark.servers
@@ -136,6 +136,7 @@ class Site:
 
 @pytest.fixture
 def site(swift_server: Any, tmp_path: Path) -> Iterator[Site]:
+    clear_of_window_boundary()
     with FaultProxy(swift_server.s3_endpoint, idle_timeout=120) as store:
         yield Site(swift_server, store, tmp_path)
 
