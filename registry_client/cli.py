@@ -496,13 +496,16 @@ def cache_warm(
     lines = [f"{r['ref']}\t{r.get('path') or 'FAILED'}" for r in report.results]
     _done(ctx, report.summary())
     _emit(ctx, as_json, report.to_dict(), "\n".join(lines) or None)
-    if report.failed:
+    if report.failed:  # the report (JSON too) is out: only the error line and the code
         worst = report.failed[0]
-        raise RegistryClientError(
-            f"{len(report.failed)} of {len(refs)} reference(s) could not be pulled, "
-            f"the first: {worst['ref']}",
-            hint="each failure is a warning above; run `cache warm` again to retry them",
-        ).with_exit(worst["exit"])
+        print_error(
+            RegistryClientError(
+                f"{len(report.failed)} of {len(refs)} reference(s) could not be pulled, "
+                f"the first: {worst['ref']}",
+                hint="each failure is a warning above; run `cache warm` again to retry them",
+            )
+        )
+        raise typer.Exit(worst["exit"])
 
 
 def _read_lines(source: str) -> list[str]:

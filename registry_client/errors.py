@@ -34,11 +34,6 @@ class RegistryClientError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def with_exit(self, code: int) -> RegistryClientError:
-        """This error, exiting with `code` (a batch's summary takes its first failure's)."""
-        self.exit_code = code
-        return self
-
 
 class UsageError(RegistryClientError):
     exit_code = 2

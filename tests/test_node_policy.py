@@ -156,3 +156,14 @@ def test_pinned_pull_reads_only_what_this_node_has_seen(tmp_path: Path) -> None:
     assert unseen.returncode == 3, unseen.stderr  # asked the store, as any other node would
     offline = run_cli("pull", "--offline", f"lab/copy:1@sha256:{sha}")
     assert offline.returncode == 0 and offline.stdout == seen.stdout  # cache only: the digest
+
+
+def test_cache_warm_json_is_one_document_even_with_failures(tmp_path: Path) -> None:
+    push(tmp_path, "lab/ok:1")
+    listing = tmp_path / "l.txt"
+    listing.write_text("lab/ok:1\nlab/missing:1\n")
+    result = run_cli("--json", "cache", "warm", str(listing))
+    assert result.returncode == 3
+    report = json.loads(result.stdout)  # one JSON document: the report
+    assert report["failed"] == 1 and report["results"][1]["exit"] == 3
+    assert "error: 1 of 2 reference(s)" in result.stderr
