@@ -3,10 +3,12 @@ token renewal for per-thread connections, and Swift error translation."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import swiftclient.client as swift_client
@@ -27,6 +29,7 @@ from registry_client.errors import (
 
 # swiftclient logs the first characters of tokens and keys at INFO; never show any.
 swift_client.logger_settings["reveal_sensitive_prefix"] = 0
+MAX_TOKEN_ANSWER = 8 * 1024 * 1024
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -211,16 +214,47 @@ def authenticate(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[s
                 insecure=verify is False,
                 cacert=verify if isinstance(verify, str) else None,
             )
+        except ClientException as exc:
+            raise auth_failure(auth, exc.http_status or 0, exc.http_reason or "") from None
         except Exception as exc:
-            raise translate(exc, f"Swift auth at {auth.auth_url}") from None
+            raise translate(exc, f"Swift auth at {_shown(auth.auth_url)}") from None
     else:
         url, token = keystone_v3(auth, timeout, verify)
     return auth.storage_url or url, token
 
 
+def auth_failure(auth: SwiftAuth, status: int, reason: str) -> RegistryClientError:
+    """What an answer other than a token means, said about the auth URL, never about an
+    image: a busy or failing service is retried (exit 6), anything else is an auth error
+    (exit 5). Swift answers a wrong auth URL with 404, 412 ("Bad URL"), 400 or even 200
+    (another endpoint): reporting those as "not found" or "changed during the download"
+    sends users looking in the wrong place."""
+    variable = "ST_AUTH" if auth.version == "1" else "OS_AUTH_URL"
+    where = f"{'Swift auth' if auth.version == '1' else 'Keystone'} at {_shown(auth.auth_url)}"
+    text = f"{where}: HTTP {status} {reason}".strip()
+    if status >= 500 or status in (408, 429):
+        return RemoteUnavailable(text)
+    if status in (401, 403):
+        who = "ST_USER/ST_KEY" if auth.version == "1" else "the OS_* credentials"
+        return AuthError(f"{text}: credentials refused", hint=f"check {who} (or the remote's)")
+    example = "http://HOST:8080/auth/v1.0" if auth.version == "1" else "https://HOST:5000/v3"
+    return AuthError(
+        f"{text}: not a working {'auth' if auth.version == '1' else 'Keystone'} endpoint",
+        hint=f"check {variable} (or the remote's auth_url), e.g. {example}",
+    )
+
+
+def _shown(url: str) -> str:
+    """An auth URL fit for messages: no user info, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def keystone_v3(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[str, str]:
     """POST /v3/auth/tokens; the object-store endpoint comes from the service catalog."""
-    where = f"Keystone at {auth.auth_url}"
+    where = f"Keystone at {_shown(auth.auth_url)}"
     try:
         resp = requests.post(
             _tokens_url(auth.auth_url),
@@ -228,16 +262,15 @@ def keystone_v3(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[st
             timeout=timeout,
             verify=verify,
             headers={"Accept": "application/json"},
+            stream=True,
         )
     except requests.RequestException as exc:
         raise RemoteUnavailable(f"{where}: {type(exc).__name__}") from None
-    if resp.status_code not in (200, 201):
-        raise _from_status(resp.status_code, resp.reason or "", where, resp.headers)
-    token = resp.headers.get("X-Subject-Token", "")
-    try:
-        catalog = resp.json()["token"].get("catalog") or []
-    except (ValueError, KeyError, TypeError, AttributeError):
-        catalog = []
+    with resp:
+        if resp.status_code not in (200, 201):
+            raise auth_failure(auth, resp.status_code, resp.reason or "")
+        token = resp.headers.get("X-Subject-Token", "")
+        catalog = _catalog(resp, where)
     url = auth.storage_url or _object_store_url(catalog, auth.region_name, auth.interface)
     if not token or not url:
         raise AuthError(
@@ -246,6 +279,24 @@ def keystone_v3(auth: SwiftAuth, timeout: float, verify: bool | str) -> tuple[st
             hint="set region_name / OS_REGION_NAME, or storage_url",
         )
     return url, token
+
+
+def _catalog(resp: requests.Response, where: str) -> list[Any]:
+    """The service catalog of a token answer, read bounded (catalogs are kilobytes)."""
+    body = bytearray()
+    try:
+        for piece in resp.iter_content(64 * 1024):
+            body += piece
+            if len(body) > MAX_TOKEN_ANSWER:
+                raise AuthError(f"{where}: a token answer larger than {MAX_TOKEN_ANSWER} bytes")
+        data = json.loads(body)
+    except requests.RequestException as exc:
+        raise RemoteUnavailable(f"{where}: {type(exc).__name__}") from None
+    except (ValueError, RecursionError):
+        return []
+    token = data.get("token") if isinstance(data, dict) else None
+    catalog = token.get("catalog") if isinstance(token, dict) else None
+    return catalog if isinstance(catalog, list) else []
 
 
 def _tokens_url(auth_url: str) -> str:
@@ -288,7 +339,10 @@ def _object_store_url(catalog: Iterable[Any], region: str, interface: str) -> st
     for service in catalog:
         if not isinstance(service, dict) or service.get("type") != "object-store":
             continue
-        for ep in service.get("endpoints") or []:
+        endpoints = service.get("endpoints")
+        for ep in endpoints if isinstance(endpoints, list) else []:
+            if not isinstance(ep, dict):
+                continue
             in_region = not region or region in (ep.get("region_id"), ep.get("region"))
             if ep.get("interface") == interface and in_region and ep.get("url"):
                 return str(ep["url"])
