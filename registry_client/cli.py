@@ -600,7 +600,8 @@ def cache_prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove old or excess images (never one a running pull holds) and stale temp files."""
-    from registry_client.maintenance import parse_age, parse_size, prune_cache
+    from registry_client.maintenance import prune_cache
+    from registry_client.units import parse_age, parse_size
 
     try:
         age = parse_age(max_age) if max_age is not None else None

@@ -342,7 +342,7 @@ def _is_size(value: Any) -> bool:
         return value > 0
     if not isinstance(value, str):
         return False
-    from registry_client.maintenance import parse_size  # only when the key is there
+    from registry_client.units import parse_size
 
     try:
         return parse_size(value) > 0

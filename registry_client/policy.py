@@ -31,7 +31,7 @@ def max_size(ctx: Context) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    from registry_client.maintenance import parse_size
+    from registry_client.units import parse_size
 
     return parse_size(str(value))  # checked when the config was read
 

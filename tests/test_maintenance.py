@@ -12,8 +12,9 @@ import pytest
 from registry_client import service
 from registry_client.config import RemoteConfig
 from registry_client.context import Context
-from registry_client.maintenance import parse_age, parse_size, prune_cache, verify_cache
+from registry_client.maintenance import prune_cache, verify_cache
 from registry_client.names import parse_image_ref
+from registry_client.units import parse_age, parse_size
 from tests.support.backend_contract import write_random
 from tests.support.helpers import make_context, run_cli
 
