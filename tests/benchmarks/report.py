@@ -356,6 +356,81 @@ def cloud_table(rows: list[dict[str, Any]]) -> str:
     return table(headers, body)
 
 
+def migrate_tables(fig: dict[str, Any]) -> list[str]:
+    """Our migrate / rclone copy: a registry, a killed run, 1,000 small images."""
+    from tests.benchmarks.migration import OURS, RCLONE
+
+    parts: list[str] = []
+    reg = fig.get("registry")
+    if reg:
+        ours, peer = reg["tools"][OURS], reg["tools"][RCLONE]
+        busiest = [run[0] for run in reg["threads"] if run]
+        rows = [
+            [
+                f"{reg['images']} images, {reg['bytes'] / 1e6:.0f} MB",
+                _mmm(ours["wall"]),
+                _mmm(peer["wall"]),
+                _mmm(reg["ratio"]),
+                f"{_f(ours['cpu']['median'])} / {_f(peer['cpu']['median'])}",
+                f"{_f(ours['rss_mb']['median'], 0)} / {_f(peer['rss_mb']['median'], 0)}",
+                _f(max(busiest), 2) if busiest else "-",
+                f"{max(reg['cache_growth'] or [0]) / 1e6:.1f} MB",
+            ]
+        ]
+        headers = [
+            "Swift → S3 (s3api)",
+            "ours s",
+            "rclone s",
+            "ours/rclone",
+            "CPU s: ours / rclone",
+            "peak RSS MB: ours / rclone",
+            "busiest thread CPU s",
+            "node cache growth",
+        ]
+        parts += [table(headers, rows), "", "Our CPU seconds per thread, busiest first, per run:"]
+        parts += [", ".join(_f(t) for t in run) for run in reg["threads"]]
+    killed = fig.get("killed")
+    if killed:
+        rows = [
+            [
+                tool,
+                f"{v['killed_at'] / 1e6:.0f} MB",
+                f"{v['sent'] / 1e6:.0f} MB",
+                _f(v["sent_ratio"], 3),
+                "yes" if v["within_goal"] else "NO",
+            ]
+            for tool, v in killed["tools"].items()
+        ]
+        headers = [
+            "kill -9 at half, rerun",
+            "killed at",
+            "uploaded in all",
+            "/ total",
+            "≤ total + largest",
+        ]
+        parts += ["", table(headers, rows)]
+    small = fig.get("small")
+    if small:
+        again = small["again"]
+        rows = [
+            [
+                "first copy",
+                _f(small["first"][OURS]),
+                _f(small["first"][RCLONE]),
+                _f(small["first_ratio"]),
+            ],
+            [
+                "nothing left to do",
+                _mmm(again[OURS]["wall"]),
+                _mmm(again[RCLONE]["wall"]),
+                _mmm(small["again_ratio"]),
+            ],
+        ]
+        headers = [f"{small['images']} small images", "ours s", "rclone s", "ours/rclone"]
+        parts += ["", table(headers, rows)]
+    return parts
+
+
 def render(results: dict[str, Any]) -> str:
     parts = []
     if results.get("pull"):
@@ -381,6 +456,9 @@ def render(results: dict[str, Any]) -> str:
         parts += ["", "## Herd (N concurrent pulls, one cold cache)", herd_table(results["herd"])]
     if results.get("cloud"):
         parts += ["", "## Cloud emulators: cold pull vs the SDK", cloud_table(results["cloud"])]
+    if results.get("migrate"):
+        parts += ["", "## Migration: registry-client migrate vs rclone copy"]
+        parts += migrate_tables(results["migrate"])
     if results.get("rss"):
         parts += ["", "## Peak RSS", rss_table(results["rss"])]
     if results.get("cpu"):

@@ -31,6 +31,7 @@ from tests.benchmarks import report
 from tests.benchmarks.clouds import cloud_figure
 from tests.benchmarks.figures import Bench, herd_figure, pull_figure, push_figure, warm_figure
 from tests.benchmarks.measure import checked, hash_floor, run_timed
+from tests.benchmarks.migration import migration_figures
 from tests.benchmarks.tools import Tools, ensure_tools, tool_version
 from tests.benchmarks.world import (
     World,
@@ -41,7 +42,7 @@ from tests.benchmarks.world import (
 )
 
 TARGETS = ["swift-s3api", "moto", "swift"]
-FIGURES = ["push", "pull", "warm", "herd", "floor", "cloud"]
+FIGURES = ["push", "pull", "warm", "herd", "floor", "cloud", "migrate"]
 MODES = {  # sizes, repeats, warm repeats, herd repeats, herd image, herd Ns, moto cap, cloud
     "quick": ("64M,256M", 2, 10, 1, "32M", "8,32", "64M", "64M"),
     "default": ("256M,1G", 3, 15, 2, "128M", "8,32", "256M", "256M"),
@@ -379,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             results["cloud"] = cloud_figure(bench, world.images[args.cloud_size])
             results["timings"]["cloud"] = round(time.perf_counter() - t0, 1)
+        if "migrate" in args.only:
+            t0 = time.perf_counter()
+            results["migrate"] = migration_figures(bench, args.repeats)
+            results["timings"]["migrate"] = round(time.perf_counter() - t0, 1)
         if args.profile:
             log("profiling a cold pull with py-spy")
             results["profile"] = profile_pull(bench, args, out)
