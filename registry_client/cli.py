@@ -18,6 +18,7 @@ import typer
 from registry_client import __version__
 from registry_client.console import ConsoleReporter, one_line, print_error, write_result
 from registry_client.errors import Interrupted, RegistryClientError, UsageError
+from registry_client.settings import MIGRATE_JOBS
 
 app = typer.Typer(
     name="registry-client",
@@ -376,7 +377,7 @@ def migrate(
     ctx: typer.Context,
     src: Annotated[str, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")],
     dst: Annotated[str, typer.Argument(help="REMOTE[:COLLECTION] or bucket URL")],
-    jobs: JobsOpt = 4,
+    jobs: JobsOpt = MIGRATE_JOBS,
     dry_run: PlanOpt = False,
     overwrite: OverwriteOpt = False,
     shard: Annotated[

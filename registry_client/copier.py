@@ -140,8 +140,14 @@ def _stream(
     try:
         upload, part_size = _open(sides, info, dst_key, plan, known)
     except DigestNeeded:
-        known.sha = _first_pass(sides, info, plan)
-        upload, part_size = _open(sides, info, dst_key, plan, known)
+        # The destination wants the sha256 before the first part (S3's multipart upload)
+        # and the source records none: one part (whose metadata goes with it, after
+        # every byte was hashed) if the spool can hold the image, else a first read.
+        if info.size <= sides.lanes.spool.budget:
+            upload, part_size = _open(sides, info, dst_key, plan, known, whole=True)
+        else:
+            known.sha = _first_pass(sides, info, plan)
+            upload, part_size = _open(sides, info, dst_key, plan, known)
     checks: list[tuple[str, ...]] = []
 
     def check(result: DigestResult) -> None:
@@ -180,12 +186,19 @@ def _stream(
 
 
 def _open(
-    sides: Sides, info: ObjectInfo, dst_key: str, plan: EtagPlan, known: _Known
+    sides: Sides,
+    info: ObjectInfo,
+    dst_key: str,
+    plan: EtagPlan,
+    known: _Known,
+    *,
+    whole: bool = False,
 ) -> tuple[Upload, int]:
     """A resumed upload if one fits, else a new one, cut like the source where it can be
-    (one md5 pass serves both sides). The part size goes into the metadata, so if the
-    destination cut the object otherwise, the upload is opened again with its size."""
-    part_size = _aligned_part_size(plan, info, sides.part_size)
+    (one md5 pass serves both sides), or in one part (`whole`). The part size goes into
+    the metadata, so if the destination cut the object otherwise, the upload is opened
+    again with its size."""
+    part_size = max(info.size, 1) if whole else _aligned_part_size(plan, info, sides.part_size)
     for _ in range(2):
 
         def metadata(size: int = part_size) -> dict[str, str]:

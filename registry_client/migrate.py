@@ -55,11 +55,12 @@ from registry_client.relay import Lanes
 from registry_client.remotes import open_remote, parse_remote_target, remote_for
 from registry_client.reporting import Tally
 from registry_client.service import stat_image
+from registry_client.settings import MIGRATE_JOBS
 from registry_client.sources import FetchOptions
 
 MiB = 1024 * 1024
 MD5_ETAG_RE = re.compile(r"[0-9a-f]{32}(-[0-9]+)?\Z")
-DEFAULT_JOBS = 4
+DEFAULT_JOBS = MIGRATE_JOBS
 SPOOL_BUDGET = 512 * MiB
 # Most severe first: an integrity failure decides the exit code over everything else.
 SEVERITY = (4, 5, 6, 3, 2, 1)
@@ -410,7 +411,9 @@ def _run(
         connections=_connections(options),
         budget=options.budget,
         directory=options.temp_dir,
-        chunk_size=ctx.transfer.chunk_size,
+        # A part (64 MiB by default) comes in one ranged GET: parallel reads come from
+        # the parts and the images in flight, and fewer requests cost the stores less.
+        chunk_size=max(ctx.transfer.chunk_size, ctx.part_size),
     )
     sides = Sides(source, target, lanes, ctx.reporter, ctx.part_size, src.text)
     seeds = {i.group: i for i in items if i.action == "skip"}

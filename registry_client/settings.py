@@ -15,3 +15,7 @@ class TransferSettings:
     chunk_size: int = 16 * MiB
     concurrency: int = 8
     stall_timeout: float = 30.0
+
+
+#: images a migration copies at once (`migrate --jobs`); large ones also go in parallel parts
+MIGRATE_JOBS = 8
