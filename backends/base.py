@@ -51,6 +51,7 @@ __all__ = [
     "ReadCancelled",
     "ReadWatch",
     "Upload",
+    "innermost",
     "metadata_of",
     "parallel",
     "upload",
@@ -432,6 +433,17 @@ class Backend(Reader):
         """Remove the interrupted uploads of `key` (never the object itself); how many.
         Only where `capabilities.resume`."""
         raise Unsupported(f"{self.location} cannot list interrupted uploads")
+
+
+def innermost(reader: Reader) -> Reader:
+    """The storage backend under its wrappers (retries, cache proxies), which keep it as
+    `inner`: a server-side copy asks whether two backends are the same store."""
+    for _ in range(8):
+        inner = getattr(reader, "inner", None)
+        if not isinstance(inner, Reader):
+            break
+        reader = inner
+    return reader
 
 
 # -- limits -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from registry_client.backends.base import (
     Reader,
     ReadWatch,
     Upload,
+    innermost,
     metadata_of,
 )
 from registry_client.errors import (
@@ -162,7 +163,7 @@ class FileBackend(Backend):
         self, source: Reader, info: ObjectInfo, dst_key: str, metadata: Mapping[str, str]
     ) -> ObjectInfo | None:
         """A local copy from another directory remote; its md5 must be the source's."""
-        other = getattr(source, "inner", source)
+        other = innermost(source)
         if not isinstance(other, FileBackend) or not info.etag:
             return None  # no sidecar md5 to check the copy against: streamed instead
         copied = self.put(dst_key, str(other._path(info.key)), metadata, part_size=0, concurrency=1)

@@ -44,6 +44,7 @@ from registry_client.backends.base import (
     Reader,
     ReadWatch,
     Upload,
+    innermost,
     metadata_of,
 )
 from registry_client.digests import s3_etag_plan, s3_multipart_etag, segments
@@ -288,7 +289,7 @@ class S3Backend(Backend):
     ) -> ObjectInfo | None:
         """CopyObject, or UploadPartCopy part by part in the source's own layout, so the
         copy's ETag (md5 of the bytes, or md5 of the part md5s) must equal the source's."""
-        other = getattr(source, "inner", source)
+        other = innermost(source)
         if not isinstance(other, S3Backend) or not self._same_store(other):
             return None
         etag = (info.etag or "").lower()

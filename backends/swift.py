@@ -56,6 +56,7 @@ from registry_client.backends.base import (
     Reader,
     ReadWatch,
     Upload,
+    innermost,
     metadata_of,
 )
 from registry_client.backends.swift_auth import SwiftAuth, SwiftConnection, TokenStore, translate
@@ -524,7 +525,7 @@ class SwiftBackend(Backend):
         """Within one account (same storage URL): segment copies and a new manifest, or one
         COPY; the copy's ETag (the SLO ETag from the same segment md5s) must be the
         source's."""
-        other = getattr(source, "inner", source)
+        other = innermost(source)
         if (
             not isinstance(other, SwiftBackend)
             or other.tokens.current()[0] != (self.tokens.current()[0])

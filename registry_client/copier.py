@@ -21,16 +21,24 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import IO, Any
 
 from registry_client import __version__
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo, Reader, Upload
 from registry_client.digests import DigestResult
-from registry_client.errors import IntegrityError, RegistryClientError
-from registry_client.relay import Lanes, relay
+from registry_client.errors import (
+    AuthError,
+    IntegrityError,
+    NotFound,
+    RegistryClientError,
+    RemoteUnavailable,
+)
+from registry_client.relay import Lanes, StreamReader, relay
 from registry_client.reporting import Reporter
 from registry_client.retry import retry_call
 from registry_client.service import LAYOUT_VERSION, verify
+from registry_client.sources import Download
+from registry_client.sources.http import Expected, check_digests
 
 MiB = 1024 * 1024
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -120,6 +128,35 @@ def read_back(info: ObjectInfo, sha256: str, size: int) -> None:
 # -- streaming ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Origin:
+    """What is streamed: where its bytes come from (a reader opened for each pass over
+    them), the object, its ETag plan, and the check of the digests read (IntegrityError
+    on a mismatch; the checks made otherwise)."""
+
+    open: Callable[[], Reader]
+    info: ObjectInfo
+    plan: EtagPlan
+    check: Callable[[DigestResult, str | None], tuple[str, ...]]
+
+
+def bucket_origin(sides: Sides, info: ObjectInfo) -> Origin:
+    """An object of the source store, checked as a pull checks it."""
+    plan = sides.source.etag_plan(info)
+
+    def check(result: DigestResult, sha: str | None) -> tuple[str, ...]:
+        # Part sizes other tools rarely use are tried in a second read only if the common
+        # ones fail (a pull hashes its local copy again instead).
+        if plan.verifiable and plan.more_schemes and not plan.check(result.segment_md5s):
+            again = relay(
+                sides.source, info, plan.more_schemes, None, sides.lanes, algorithm=plan.algorithm
+            ).digest
+            result = DigestResult(result.size, result.sha256, again.segment_md5s)
+        return verify(info, plan, result, sha, sides.reporter)
+
+    return Origin(lambda: sides.source, info, plan, check)
+
+
 class _Known:
     """The sha256 once it is known: from the source's metadata, a first pass, or the relay."""
 
@@ -135,7 +172,15 @@ class _Known:
 def _stream(
     sides: Sides, info: ObjectInfo, sha: str | None, dst_key: str, progress: Progress | None
 ) -> Copied:
-    plan = sides.source.etag_plan(info)
+    return stream(sides, bucket_origin(sides, info), sha, dst_key, progress)
+
+
+def stream(
+    sides: Sides, origin: Origin, sha: str | None, dst_key: str, progress: Progress | None
+) -> Copied:
+    """Relay `origin` into a new or resumed upload of `dst_key`; complete it only once the
+    origin's digests matched; read the destination's record back."""
+    info, plan = origin.info, origin.plan
     known = _Known(sha)
     try:
         upload, part_size = _open(sides, info, dst_key, plan, known)
@@ -146,18 +191,18 @@ def _stream(
         if info.size <= sides.lanes.spool.budget:
             upload, part_size = _open(sides, info, dst_key, plan, known, whole=True)
         else:
-            known.sha = _first_pass(sides, info, plan)
+            known.sha = first_pass(sides, origin)
             upload, part_size = _open(sides, info, dst_key, plan, known)
     checks: list[tuple[str, ...]] = []
 
     def check(result: DigestResult) -> None:
-        checks.append(_verify_source(sides, info, plan, result, known.sha))
+        checks.append(origin.check(result, known.sha))
         known.sha = result.sha256
 
     resumed = bool(upload.stored)
     try:
         relayed = relay(
-            sides.source,
+            origin.open(),
             info,
             plan.schemes,
             upload,
@@ -180,7 +225,8 @@ def _stream(
         # An upload resumed across a change of the source kept its first metadata.
         sides.reporter.warn(f"{dst_key}: the resumed upload's metadata was stale; copying anew")
         retry_call(f"delete {dst_key}", lambda: sides.target.delete(dst_key), sides.lanes.policy)
-        return _stream(sides, replace(info, modified=None), sha, dst_key, progress)
+        fresh = Origin(origin.open, replace(info, modified=None), plan, origin.check)
+        return stream(sides, fresh, sha, dst_key, progress)
     how = "resumed" if relayed.reused else "streamed"
     return Copied(final, sha, how, relayed.sent, relayed.reused, (*checks[0], "part md5s"))
 
@@ -245,36 +291,23 @@ def _aligned_part_size(plan: EtagPlan, info: ObjectInfo, default: int) -> int:
 
 def source_sha256(sides: Sides, info: ObjectInfo) -> str:
     """Read the source object once to learn its sha256, verified against its ETag."""
-    return _first_pass(sides, info, sides.source.etag_plan(info))
+    return first_pass(sides, bucket_origin(sides, info))
 
 
-def _first_pass(sides: Sides, info: ObjectInfo, plan: EtagPlan) -> str:
-    """Read the source once to learn (and verify) its sha256 before the upload starts."""
+def first_pass(sides: Sides, origin: Origin) -> str:
+    """Read the origin once to learn (and verify) its sha256 before the upload starts."""
+    info, plan = origin.info, origin.plan
     sides.reporter.info(f"{info.key}: no sha256 recorded; hashing it before the upload")
     found: list[str] = []
 
     def check(result: DigestResult) -> None:
-        _verify_source(sides, info, plan, result, None)
+        origin.check(result, None)
         found.append(result.sha256)
 
     relay(
-        sides.source, info, plan.schemes, None, sides.lanes, verify=check, algorithm=plan.algorithm
+        origin.open(), info, plan.schemes, None, sides.lanes, verify=check, algorithm=plan.algorithm
     )
     return found[0]
-
-
-def _verify_source(
-    sides: Sides, info: ObjectInfo, plan: EtagPlan, result: DigestResult, sha: str | None
-) -> tuple[str, ...]:
-    """Size, ETag (or segment md5s) and sha256 of what was read, as a pull checks them.
-    Part sizes other tools rarely use are tried in a second read only if the common ones
-    fail (a pull hashes its local copy again instead)."""
-    if plan.verifiable and plan.more_schemes and not plan.check(result.segment_md5s):
-        again = relay(
-            sides.source, info, plan.more_schemes, None, sides.lanes, algorithm=plan.algorithm
-        ).digest
-        result = DigestResult(result.size, result.sha256, again.segment_md5s)
-    return verify(info, plan, result, sha, sides.reporter)
 
 
 def _part_size_of(info: ObjectInfo) -> int:
@@ -347,3 +380,72 @@ def _fit(meta: dict[str, str]) -> dict[str, str]:
             break
         del meta[key]
     return meta
+
+
+# -- a registry's download, as a plain stream ------------------------------------------------------
+
+
+def download_origin(download: Download, opened: list[StreamReader]) -> Origin:
+    """A library:// or shub:// image read as one plain HTTPS stream through smart_open
+    (the natural shape: one URL, one body), checked against the digests the registry
+    publishes. Each pass opens the URL again; every stream opened goes into `opened`."""
+
+    def open_stream() -> Reader:
+        reader = StreamReader(_open_url(download), info, download.label)
+        opened.append(reader)
+        return reader
+
+    first = _open_url(download)
+    size = download.size if download.size is not None else _content_length(first, download)
+    info = ObjectInfo(download.label, size)
+    opened.append(StreamReader(first, info, download.label))
+    readers = iter([opened[-1]])
+    expected = Expected(size=download.size, sha256=download.sha256, md5=download.md5)
+
+    def check(result: DigestResult, _sha: str | None) -> tuple[str, ...]:
+        return check_digests(download.label, result, expected)
+
+    md5 = download.md5
+    plan = (
+        EtagPlan([[size]], lambda md5s: md5s[0][0].hex() == md5, description="the registry's md5")
+        if md5
+        else EtagPlan([], lambda _: False, verifiable=False, description="the registry's sha256")
+    )
+    return Origin(lambda: next(readers, None) or open_stream(), info, plan, check)
+
+
+def _open_url(download: Download) -> IO[bytes]:
+    import requests
+    import smart_open
+
+    headers = {"Accept-Encoding": "identity", **download.headers}
+    params = {"session": download.session, "headers": headers, "timeout": 60}
+    what = f"GET {download.label}"
+    try:
+        stream: IO[bytes] = smart_open.open(
+            download.url, "rb", compression="disable", transport_params=params
+        )
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        raise _http_error(status, what) from None
+    except (requests.RequestException, OSError) as exc:
+        raise RemoteUnavailable(f"{what}: {type(exc).__name__}") from None
+    return stream
+
+
+def _http_error(status: int, what: str) -> RegistryClientError:
+    if status == 404:
+        return NotFound(f"{what}: 404")
+    if status in (401, 403):
+        return AuthError(f"{what}: {status}", hint="check the registry's token")
+    if status >= 500 or status == 429:
+        return RemoteUnavailable(f"{what}: {status}")
+    return RegistryClientError(f"{what}: HTTP {status}")
+
+
+def _content_length(stream: Any, download: Download) -> int:
+    value = str(getattr(getattr(stream, "response", None), "headers", {}).get("Content-Length", ""))
+    if not value.isdigit():
+        stream.close()
+        raise RegistryClientError(f"{download.label}: the server did not say how large it is")
+    return int(value)

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -45,6 +46,7 @@ from registry_client.backends.base import (
     Metadata,
     ObjectInfo,
     ReadCancelled,
+    Reader,
     ReadWatch,
     Upload,
 )
@@ -309,6 +311,28 @@ class CacheProxies(Backend):
         self, src_key: str, dst_key: str, metadata: Mapping[str, str] | None = None
     ) -> ObjectInfo:
         return self.inner.copy(src_key, dst_key, metadata)
+
+    def copy_from(
+        self, source: Reader, info: ObjectInfo, dst_key: str, metadata: Mapping[str, str]
+    ) -> ObjectInfo | None:
+        return self.inner.copy_from(source, info, dst_key, metadata)
+
+    def resume_upload(
+        self,
+        key: str,
+        size: int,
+        metadata: Metadata,
+        *,
+        part_size: int,
+        since: datetime | None,
+    ) -> Upload | None:
+        return self.inner.resume_upload(key, size, metadata, part_size=part_size, since=since)
+
+    def pending_uploads(self, prefix: str = "") -> set[str]:
+        return self.inner.pending_uploads(prefix)
+
+    def discard_pending(self, key: str) -> int:
+        return self.inner.discard_pending(key)
 
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         return self.inner.etag_plan(info)

@@ -40,8 +40,10 @@ from registry_client.copier import (
     Sides,
     carry,
     copy_within,
+    download_origin,
     recorded_sha256,
     source_sha256,
+    stream,
 )
 from registry_client.errors import Interrupted, NotFound, RegistryClientError, UsageError
 from registry_client.names import (
@@ -51,12 +53,12 @@ from registry_client.names import (
     parse_image_ref,
     ref_from_key,
 )
-from registry_client.relay import Lanes
+from registry_client.relay import Lanes, StreamReader
 from registry_client.remotes import open_remote, parse_remote_target, remote_for
 from registry_client.reporting import Tally
 from registry_client.service import stat_image
 from registry_client.settings import MIGRATE_JOBS
-from registry_client.sources import FetchOptions
+from registry_client.sources import Download, FetchOptions, open_source
 
 MiB = 1024 * 1024
 MD5_ETAG_RE = re.compile(r"[0-9a-f]{32}(-[0-9]+)?\Z")
@@ -594,11 +596,10 @@ def copy_fetched(
     fetch_options: FetchOptions,
     emit: Emit,
 ) -> Summary:
-    """docker://, library://, shub:// → a bucket: fetched (a docker image is built) into the
-    verified node cache, then pushed; a tag already holding that sha256 is skipped."""
-    from registry_client.fetch import pull_fetcher
-    from registry_client.service import push
-
+    """docker://, library://, shub:// → a bucket. An image that is one download with a
+    digest to check (library://, shub://) is streamed straight to the bucket; a docker
+    image is built into the verified node cache, then pushed. A tag already holding that
+    sha256 is skipped; one holding another is a conflict unless --overwrite."""
     started = time.monotonic()
     target_ref = parse_image_ref(dst_text)
     summary = Summary()
@@ -606,25 +607,109 @@ def copy_fetched(
     if options.dry_run:
         row.update(status="planned", action="copy", reason="its content is known once fetched")
     else:
-        pulled = pull_fetcher(ctx, ref, options=fetch_options)
-        row.update(size=pulled.size, sha256=pulled.sha256)
-        held = _held_sha256(ctx, target_ref)
-        if held == pulled.sha256:
-            row.update(status="skipped", reason="same sha256")
-        elif held is not None and not options.overwrite:
-            row.update(
-                status="conflict",
-                reason=f"the destination holds sha256:{held}",
-                exit_code=CONFLICT_CODE,
-            )
-        else:
-            labels = {"source": pulled.ref} if len(pulled.ref) < 200 else {}
-            pushed = push(ctx, pulled.path, target_ref, labels=labels)
-            row.update(status="copied", how="fetched, then pushed", sent=pushed.size)
+        try:
+            _copy_fetched(ctx, ref, target_ref, options, fetch_options, row)
+        except RegistryClientError as exc:
+            row.update(status="failed", reason=exc.message[:500], exit_code=exc.exit_code)
     summary.add(row)
     emit(row)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _copy_fetched(
+    ctx: Context,
+    ref: FetcherRef,
+    target_ref: ImageRef,
+    options: Options,
+    fetch_options: FetchOptions,
+    row: Row,
+) -> None:
+    held = _held_sha256(ctx, target_ref)
+    source = open_source(ctx, ref, fetch_options)
+    try:
+        source.resolve()
+        download = source.download()
+        if download is not None and (held is None or download.sha256):
+            _stream_download(ctx, download, held, target_ref, options, row, str(ref))
+        else:
+            _fetch_then_push(ctx, ref, held, target_ref, options, fetch_options, row)
+    finally:
+        source.close()
+
+
+def _decided(row: Row, sha: str | None, held: str | None, overwrite: bool) -> bool:
+    """Fill in a skip or a conflict for a destination tag that already holds something."""
+    if held is not None and held == sha:
+        row.update(status="skipped", reason="same sha256")
+        return True
+    if held is not None and not overwrite:
+        row.update(
+            status="conflict",
+            reason=f"the destination holds sha256:{held}",
+            exit_code=CONFLICT_CODE,
+        )
+        return True
+    return False
+
+
+def _stream_download(
+    ctx: Context,
+    download: Download,
+    held: str | None,
+    target_ref: ImageRef,
+    options: Options,
+    row: Row,
+    origin: str,
+) -> None:
+    row.update(size=download.size, sha256=download.sha256)
+    if _decided(row, download.sha256, held, options.overwrite):
+        return
+    target = open_remote(remote_for(ctx.config, target_ref))
+    opened: list[StreamReader] = []
+    lanes = Lanes.create(
+        connections=4, budget=options.budget, directory=options.temp_dir, chunk_size=ctx.part_size
+    )
+    try:
+        found = download_origin(download, opened)
+        sides = Sides(opened[0], target, lanes, ctx.reporter, ctx.part_size, origin)
+        tally = Tally(1, found.info.size)
+        with ctx.reporter.batch(f"copy {origin}", tally):
+            done = stream(sides, found, download.sha256, target_ref.key(), tally.advance)
+        row.update(
+            size=found.info.size,
+            sha256=done.sha256,
+            status="copied",
+            how="streamed from the registry's download",
+            sent=done.sent,
+            verified=list(done.checks),
+        )
+    finally:
+        lanes.close()
+        for reader in opened:
+            reader.close()
+        target.close()
+
+
+def _fetch_then_push(
+    ctx: Context,
+    ref: FetcherRef,
+    held: str | None,
+    target_ref: ImageRef,
+    options: Options,
+    fetch_options: FetchOptions,
+    row: Row,
+) -> None:
+    from registry_client.fetch import pull_fetcher
+    from registry_client.service import push
+
+    pulled = pull_fetcher(ctx, ref, options=fetch_options)
+    row.update(size=pulled.size, sha256=pulled.sha256)
+    if _decided(row, pulled.sha256, held, options.overwrite):
+        return
+    labels = {"migrated-from": pulled.ref} if len(pulled.ref) <= 100 else {}
+    pushed = push(ctx, pulled.path, target_ref, labels=labels)
+    row.update(status="copied", how="fetched into the cache, then pushed", sent=pushed.size)
 
 
 def _held_sha256(ctx: Context, ref: ImageRef) -> str | None:

@@ -29,18 +29,24 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, cast
 
-from registry_client.backends.base import ObjectInfo, RangeReader, Reader, Upload
+from registry_client.backends.base import ObjectInfo, RangeReader, Reader, ReadWatch, Upload
 from registry_client.digests import Digester, DigestResult
-from registry_client.errors import IntegrityError, Interrupted
+from registry_client.errors import (
+    IntegrityError,
+    Interrupted,
+    RegistryClientError,
+    RemoteUnavailable,
+)
 from registry_client.retry import RetryPolicy, retry_call
 
 MiB = 1024 * 1024
 HASH_BLOCK = 4 * MiB
+STREAM_BLOCK = MiB
 
 Progress = Callable[[int], None]
 
@@ -387,3 +393,56 @@ def _write_all(fd: int, data: bytes, pos: int) -> None:
         written = os.pwrite(fd, view, pos)
         pos += written
         view = view[written:]
+
+
+class StreamReader(Reader):
+    """A Reader over one forward-only stream (a download read as a plain stream): ranges
+    are served in order, each as soon as the ones before it were read. A relay asks for
+    its parts in order, so a part fetched early waits its turn; once one is abandoned,
+    the stream is spent and the others fail rather than wait."""
+
+    kind = "stream"
+
+    def __init__(self, stream: IO[bytes], info: ObjectInfo, label: str) -> None:
+        self.stream, self.info, self.label = stream, info, label
+        self.location = label
+        self.pos = 0
+        self.spent = False
+        self._turn = threading.Condition()
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.info
+
+    def read_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,  # the stream's own timeout bounds a silent read
+    ) -> Iterator[bytes]:
+        with self._turn:
+            while self.pos != start and not self.spent:
+                if self.pos > start:
+                    raise RegistryClientError(f"{self.label}: read out of order")
+                self._turn.wait(0.5)
+            if self.spent:
+                raise RemoteUnavailable(f"{self.label}: the download stopped")
+            try:
+                while self.pos < end:
+                    data = self.stream.read(min(STREAM_BLOCK, end - self.pos))
+                    if not data:
+                        raise IntegrityError(
+                            f"{self.label}: the download ended at byte {self.pos} of {end}"
+                        )
+                    self.pos += len(data)
+                    yield data
+            except BaseException:
+                self.spent = True
+                raise
+            finally:
+                self._turn.notify_all()
+
+    def close(self) -> None:
+        self.stream.close()

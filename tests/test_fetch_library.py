@@ -234,3 +234,37 @@ def test_cli_search(tmp_path, library):
     proc = cli(tmp_path, library, "--json", "search", "tools")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["ref"] == "library://lab/tools/app:1.0"
+
+
+def copy_to_bucket(ctx, library: LibraryFixture, ref: str, bucket: Path, **options):
+    """`copy REF file://BUCKET/lab/app:1` through the API; the one row it reports."""
+    from registry_client.migrate import Options, copy_fetched
+
+    rows: list[dict] = []
+    fetch = FetchOptions(arch="amd64", library_url=library.url)
+    dst = f"file://{bucket}/lab/app:1"
+    copy_fetched(ctx, parse_reference(ref), dst, Options(**options), fetch, rows.append)
+    return rows[0]
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_copy_streams_the_download_to_a_bucket_verified(ctx, library, tmp_path, ranges):
+    """The image goes from the Library's download (one plain stream, smart_open) to the
+    bucket without the node cache; the token never reaches the store it redirects to."""
+    library.store_ranges = ranges
+    image = library.images["lab/tools/app:1.0"]
+    row = copy_to_bucket(ctx, library, "library://lab/tools/app:1.0", tmp_path / "b")
+    assert row["status"] == "copied" and row["how"] == "streamed from the registry's download"
+    assert row["sha256"] == image.sha256 and {"size", "sha256"} <= set(row["verified"])
+    assert (tmp_path / "b" / "lab" / "app:1.sif").read_bytes() == image.data
+    assert published(ctx) == []  # nothing went through the cache
+    assert all("authorization" not in r.headers for r in library.store.requests_to("/objects/"))
+    again = copy_to_bucket(ctx, library, "library://lab/tools/app:1.0", tmp_path / "b")
+    assert again["status"] == "skipped" and len(library.store.requests_to("/objects/")) == 1
+
+
+def test_copy_of_a_corrupt_download_writes_nothing(ctx, library, tmp_path):
+    library.corrupt = True
+    row = copy_to_bucket(ctx, library, "library://lab/tools/app:1.0", tmp_path / "b")
+    assert row["status"] == "failed" and row["exit_code"] == 4 and "sha256" in row["reason"]
+    assert not list((tmp_path / "b").rglob("*.sif"))

@@ -200,3 +200,19 @@ def test_signature_matches_the_servers_formula():
     assert header == (
         f"SREGISTRY-HMAC-SHA256 Credential=pull/{user}/20240501T13Z,Signature={signature}"
     )
+
+
+def test_copy_streams_the_hub_download_checked_by_its_md5(ctx, hub, tmp_path):
+    from registry_client.migrate import Options, copy_fetched
+
+    rows: list[dict] = []
+    dst = f"file://{tmp_path / 'b'}/lab/hello:1"
+    ref = parse_reference("shub://vsoch/hello-world:v2")
+    copy_fetched(ctx, ref, dst, Options(), FetchOptions(shub_url=hub.url), rows.append)
+    image = hub.images["vsoch/hello-world:v2"]
+    assert rows[0]["status"] == "copied" and "md5" in rows[0]["verified"]
+    assert (tmp_path / "b" / "lab" / "hello:1.sif").read_bytes() == image.data
+    assert published(ctx) == []
+    hub.corrupt = True
+    copy_fetched(ctx, ref, f"{dst}-2", Options(), FetchOptions(shub_url=hub.url), rows.append)
+    assert rows[1]["status"] == "failed" and rows[1]["exit_code"] == 4

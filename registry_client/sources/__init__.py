@@ -56,6 +56,20 @@ class Version:
     aliases: tuple[tuple[str, ...], ...] = ()  # other keys naming the same content
 
 
+@dataclass(frozen=True)
+class Download:
+    """An image that is one plain HTTP download (after `resolve`), and what its registry
+    says the bytes are: `copy` streams it to a bucket without the node cache."""
+
+    url: str
+    session: Any  # requests.Session, with the source's TLS settings
+    headers: dict[str, str]  # credentials for `url`'s origin only (never for a redirect)
+    label: str  # names it in messages, without credentials
+    size: int | None = None
+    sha256: str | None = None
+    md5: str | None = None
+
+
 class Source(abc.ABC):
     """One reference on one registry: read-only, it resolves and produces an image."""
 
@@ -78,6 +92,11 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
         """Write the verified image to dest; return (its sha256, what was checked)."""
+
+    def download(self) -> Download | None:
+        """After `resolve`: the image as one download with a digest to check it by, or
+        None (a docker image is built here; an image the registry records no digest of)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -33,7 +33,7 @@ from registry_client.errors import (
     UsageError,
 )
 from registry_client.names import DEFAULT_TAG
-from registry_client.sources import FetchOptions, Source, Version, endpoint, setting
+from registry_client.sources import Download, FetchOptions, Source, Version, endpoint, setting
 from registry_client.sources.http import (
     Credentials,
     Expected,
@@ -307,6 +307,19 @@ class LibrarySource(Source):
                 settings=ctx.transfer,
                 progress=advance,
             )
+
+    def download(self) -> Download | None:
+        if self.record is None or not self.record.sha256:
+            return None  # an image named by SIF UUID is checked from its file: pull it
+        source = self.client.source(self.ref, self.arch)
+        return Download(
+            source.url,
+            source.session,
+            source.credentials.for_url(source.url) if source.credentials else {},
+            source.label,
+            size=self.record.size,
+            sha256=self.record.sha256,
+        )
 
     def close(self) -> None:
         self.client.close()

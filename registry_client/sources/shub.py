@@ -43,7 +43,7 @@ from registry_client.errors import (
     RegistryClientError,
     UnverifiableError,
 )
-from registry_client.sources import FetchOptions, Source, Version, endpoint, setting
+from registry_client.sources import Download, FetchOptions, Source, Version, endpoint, setting
 from registry_client.sources.http import (
     HOST_RE,
     Credentials,
@@ -283,6 +283,13 @@ class ShubSource(Source):
             return download(
                 self.client, self.ref, self.manifest, dest, settings=ctx.transfer, progress=advance
             )
+
+    def download(self) -> Download | None:
+        if self.manifest is None:
+            return None
+        url = self.manifest.image_url
+        label = f"{self.ref} ({safe_url(url)})"
+        return Download(url, self.client.session, {}, label, md5=self.manifest.md5)
 
     def close(self) -> None:
         self.client.close()
