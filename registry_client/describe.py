@@ -1,7 +1,9 @@
 """`inspect`: the SIF header and descriptors of a local file or a remote image.
 
 A remote image is read with a few ranged GETs (header, then the descriptor table):
-inspecting a 10 GB image downloads a few kilobytes.
+inspecting a 10 GB image downloads a few kilobytes. What the header declares is bounded
+(sif.MAX_DESCRIPTORS), every read is bounded (transfer.read_bytes) and watched like a
+download's, and what the image names (descriptor names, labels) is printed escaped.
 """
 
 from __future__ import annotations
@@ -13,17 +15,24 @@ from typing import Any
 
 from registry_client import sif
 from registry_client.backends.base import Backend, ObjectInfo
+from registry_client.console import one_line
 from registry_client.digests import hash_file
 from registry_client.errors import NotFound
 from registry_client.names import ImageRef, parse_image_ref
+from registry_client.settings import TransferSettings
+from registry_client.transfer import MAX_IN_MEMORY, read_bytes
 
 
 class RangeReader(io.RawIOBase):
-    """A read-only, seekable view of a remote object; every read is one ranged GET."""
+    """A read-only, seekable view of a remote object; every read is one ranged GET, of
+    at most transfer.MAX_IN_MEMORY bytes."""
 
-    def __init__(self, backend: Backend, info: ObjectInfo) -> None:
+    def __init__(
+        self, backend: Backend, info: ObjectInfo, settings: TransferSettings | None = None
+    ) -> None:
         self.backend = backend
         self.info = info
+        self.settings = settings or TransferSettings()
         self.pos = 0
 
     def readable(self) -> bool:
@@ -40,11 +49,13 @@ class RangeReader(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
-    def read(self, size: int = -1) -> bytes:
-        end = self.info.size if size < 0 else min(self.info.size, self.pos + size)
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            size = self.info.size - self.pos
+        end = min(self.info.size, self.pos + min(size, MAX_IN_MEMORY))
         if end <= self.pos:
             return b""
-        data = b"".join(self.backend.read_range(self.info.key, self.pos, end, self.info.etag))
+        data = read_bytes(self.backend, self.info, self.pos, end, settings=self.settings)
         self.pos += len(data)
         return data
 
@@ -83,7 +94,7 @@ def describe_remote(ctx: Any, ref: ImageRef) -> dict[str, Any]:
             **record,
             "metadata": dict(info.metadata),
         }
-        return {**data, **_sif_part(RangeReader(backend, info))}
+        return {**data, **_sif_part(RangeReader(backend, info, ctx.transfer))}
     finally:
         backend.close()
 
@@ -97,6 +108,11 @@ def _sif_part(source: Any) -> dict[str, Any]:
 
 
 def format_description(data: dict[str, Any]) -> str:
+    """The text form; each line escaped (names, labels and errors come from the image)."""
+    return "\n".join(one_line(line) for line in _lines(data))
+
+
+def _lines(data: dict[str, Any]) -> list[str]:
     lines = [f"source:  {data.get('source')}"]
     for key in ("ref", "digest", "size", "arch", "pushed", "labels"):
         if data.get(key) not in (None, {}, ""):
@@ -104,7 +120,7 @@ def format_description(data: dict[str, Any]) -> str:
     image = data.get("sif")
     if image is None:
         lines.append(f"not a SIF image: {data.get('sif_error')}")
-        return "\n".join(lines)
+        return lines
     header = image.get("header", {})
     lines.append("header:")
     lines += [f"  {k}: {v}" for k, v in header.items() if k != "launch_script"]
@@ -115,4 +131,4 @@ def format_description(data: dict[str, Any]) -> str:
             f"  {d.get('id'):>3}  {d.get('datatype_name', d.get('datatype')):<22} "
             f"{d.get('size'):>12}  {d.get('name', '')}  {extra}".rstrip()
         )
-    return "\n".join(lines)
+    return lines

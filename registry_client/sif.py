@@ -101,6 +101,9 @@ GROUP_MASK = 0xF0000000
 _MAX_ID = ~GROUP_MASK & 0xFFFFFFFF
 DEFAULT_GROUP = 1
 DEFAULT_DESCRIPTOR_CAPACITY = 48
+# Readers stop here (2.4 MB of table): a header is untrusted input, and the table it
+# declares is read whole (and, for a remote image, with one ranged GET). Writers too.
+MAX_DESCRIPTORS = 4096
 DEFAULT_DESCRIPTORS_OFFSET = 4096
 #: Partitions are aligned to this file offset; other objects are not aligned.
 PARTITION_ALIGNMENT = 4096
@@ -532,6 +535,8 @@ def _parse_header(raw: bytes, file_size: int) -> SifHeader:
     table = dtotal * DESCRIPTOR_STRUCT.size if dtotal >= 0 else -1
     checks = [
         (dtotal < 0, f"negative descriptor count {dtotal}"),
+        (dtotal > MAX_DESCRIPTORS,
+         f"{dtotal} descriptors declared; readers stop at {MAX_DESCRIPTORS}"),
         (not 0 <= dfree <= dtotal, f"free descriptor count {dfree} not in [0, {dtotal}]"),
         (doff < HEADER_STRUCT.size, f"descriptor table offset {doff} overlaps the header"),
         (dsize < table, f"descriptor table size {dsize} is below {dtotal} x 585 bytes"),
@@ -765,7 +770,7 @@ def _plan_object(obj: SifObject, default_arch: str) -> _Planned:
 
 def _plan(objects: list[SifObject], capacity: int, default_arch: str) -> list[_Planned]:
     """Validate every object before a byte is written."""
-    if not 0 < capacity < 0xFFFFFFFF:
+    if not 0 < capacity <= MAX_DESCRIPTORS:
         raise ValueError(f"descriptor capacity {capacity} out of range")
     if len(objects) > capacity:
         raise ValueError(f"{len(objects)} objects do not fit in {capacity} descriptors")

@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 from registry_client.backends.base import ObjectInfo, Progress, ReadCancelled, Reader, ReadWatch
 from registry_client.digests import DigestResult, new_hash
@@ -47,6 +48,7 @@ SHA_BLOCK = 4 * MiB  # read-back block of the sha256 thread
 MD5_BLOCK = 2 * MiB  # read-back block of a worker catching a chain up
 MAX_CHAINS = 100_000  # md5 states kept at once (10,000 S3 parts × a few candidates)
 WATCH_EVERY = 0.2  # seconds between looks at the reads in progress
+MAX_IN_MEMORY = 16 * MiB  # the most read_bytes holds
 
 
 class _Abandoned(Exception):
@@ -461,7 +463,41 @@ def _named(name: str, fn: Callable[..., str], *args: object) -> str:
     return fn(*args)
 
 
-def _wait_all(futures: list[Future[None]], watches: _Watches | None = None) -> None:
+def read_bytes(
+    backend: Reader,
+    info: ObjectInfo,
+    start: int,
+    end: int,
+    *,
+    settings: TransferSettings = TransferSettings(),
+) -> bytes:
+    """Bytes [start, end) in memory, for small reads (a header, a table) that get the
+    watch a download's reads get: stopped and retried when silent, ended by Ctrl-C."""
+    if not 0 <= start <= end <= start + MAX_IN_MEMORY:
+        raise ValueError(f"a read of {end - start} bytes is not a small read")
+    watches = _Watches(info.key, settings.stall_timeout)
+
+    def fetch() -> bytes:
+        data = bytearray()
+        with watches.track() as watch:
+            for chunk in backend.read_range(info.key, start, end, info.etag, watch=watch):
+                watch.moved()
+                data += chunk
+                if len(data) > end - start:
+                    raise IntegrityError(f"{info.key}: server sent more bytes than asked for")
+        return bytes(data)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="rc-get") as pool:
+        future = pool.submit(fetch)
+        try:
+            _wait_all([future], watches)
+        except BaseException:
+            watches.cancel_all()
+            raise
+        return future.result()
+
+
+def _wait_all(futures: Sequence[Future[Any]], watches: _Watches | None = None) -> None:
     """Wait for every job, stopping stalled reads; raise the first failure at once."""
     pending = set(futures)
     while pending:

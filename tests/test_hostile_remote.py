@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,13 @@ from swiftclient.client import Connection
 from registry_client.config import RemoteConfig
 from tests.support.backend_contract import write_random
 from tests.support.faultproxy import Fault, FaultProxy
-from tests.support.helpers import console_script, run_cli, s3_client, s3_options, write_config
+from tests.support.helpers import (
+    run_cli,
+    run_cli_measured,
+    s3_client,
+    s3_options,
+    write_config,
+)
 
 pytestmark = pytest.mark.servers
 MiB = 1024 * 1024
@@ -127,20 +132,6 @@ def test_file_remote_sidecar_sha256_is_not_a_path(tmp_path: Path) -> None:
 # -- remote metadata never becomes a loop bound or an allocation --------------------------
 
 
-def _run_measured(
-    args: list[str], env: dict[str, str], tmp_path: Path
-) -> tuple[int, str, str, int]:
-    """Run the CLI; (exit code, stdout, stderr, peak RSS in MiB) of that process."""
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
-    with out.open("w") as fout, err.open("w") as ferr:
-        proc = subprocess.Popen(
-            [*console_script(), *args], env={**os.environ, **env}, stdout=fout, stderr=ferr
-        )
-        _pid, status, usage = os.wait4(proc.pid, 0)  # reaped here, with its resource usage
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out.read_text(), err.read_text(), usage.ru_maxrss // 1024
-
-
 def test_part_size_of_one_byte_is_ignored_and_memory_stays_flat(
     tmp_path: Path, moto_server: Any
 ) -> None:
@@ -161,10 +152,10 @@ def test_part_size_of_one_byte_is_ignored_and_memory_stays_flat(
         ExtraArgs={"Metadata": {"part-size": "1", "sha256": hashlib.sha256(data).hexdigest()}},
         Config=TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB),
     )
-    code, out, err, peak = _run_measured(["pull", "lab/big:1"], env, tmp_path)
-    assert code == 0, err
-    assert Path(out.strip()).read_bytes() == data
-    assert "metadata part-size '1' is outside the stores' limits" in err
+    result, peak = run_cli_measured("pull", "lab/big:1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).read_bytes() == data
+    assert "metadata part-size '1' is outside the stores' limits" in result.stderr
     print(f"\npeak RSS of the pull: {peak} MiB")
     assert peak < 200
 

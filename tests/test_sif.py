@@ -508,7 +508,8 @@ HEADER_FIELD = {name: 64 + 8 * i for i, name in enumerate(
     [
         ("total", -1, "negative descriptor count"),
         ("total", 10, "not in"),
-        ("total", 2**62, "descriptor table size"),
+        ("total", 2**62, "readers stop at 4096"),
+        ("total", 4097, "readers stop at 4096"),
         ("free", 49, "not in"),
         ("doff", 0, "overlaps the header"),
         ("doff", 10**9, "descriptor table ends"),

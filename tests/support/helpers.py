@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,24 @@ def run_cli(
         cwd=cwd,
         stdin=subprocess.DEVNULL,
     )
+
+
+def run_cli_measured(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """run_cli under GNU time: the result and the peak RSS (MiB) of the CLI alone. (A
+    child's own rusage would count the test process's memory: it starts as a fork.)"""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as report:
+        result = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", report.name, *console_script(), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        peak_kib = int(report.read().split()[-1])
+    return result, peak_kib // 1024
 
 
 def make_context(
