@@ -45,10 +45,26 @@ def test_man_page_is_generated_from_the_cli(tmp_path: Path) -> None:
         assert "REGISTRY-CLIENT(1)" in shown.stdout and "cache warm" in shown.stdout
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_completion_script_and_answers(shell: str) -> None:
-    script = run_cli("--show-completion", shell)
-    assert script.returncode == 0 and "_REGISTRY_CLIENT_COMPLETE" in script.stdout
+@pytest.mark.parametrize(
+    ("shell", "marker"),
+    [
+        ("bash", "complete -o default -F _registry_client_completion registry-client"),
+        ("zsh", "#compdef registry-client"),
+        ("fish", "complete --command registry-client"),
+    ],
+)
+def test_completion_scripts_for_each_shell(shell: str, marker: str) -> None:
+    """What docs/hpc.md writes to /etc: the script of a named shell, whatever shell (or
+    none, under a configuration tool) runs the command."""
+    script = subprocess.run(
+        console_script(),
+        env={**os.environ, "_REGISTRY_CLIENT_COMPLETE": f"source_{shell}"},
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # no shell above it to detect
+        timeout=60,
+    )
+    assert script.returncode == 0 and marker in script.stdout, script.stderr
 
 
 def test_completion_completes_commands_and_subcommands() -> None:
