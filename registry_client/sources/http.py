@@ -20,6 +20,7 @@ import ipaddress
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,9 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import requests
 
 from registry_client import __version__
-from registry_client.backends._wire import retry_after, watched
+from registry_client.backends._wire import retry_after, shut_down, watched
 from registry_client.backends.base import (
+    MAX_OBJECT_SIZE,
     EtagPlan,
     Limiter,
     ObjectInfo,
@@ -53,6 +55,7 @@ USER_AGENT = f"registry-client/{__version__}"
 TIMEOUT = (15.0, 120.0)  # connect, read: a stalled read becomes a retryable error
 BLOCK = 1024 * 1024
 MAX_REDIRECTS = 10
+API_DEADLINE = 120.0  # seconds for a whole small answer (JSON, a manifest)
 MAX_JSON = 8 * 1024 * 1024  # manifests, records and tokens are small; refuse anything huge
 ERROR_BODY = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -255,12 +258,53 @@ def read_json(resp: requests.Response, what: str) -> Any:
     try:
         body = read_limited(resp, MAX_JSON, what)
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than we parse
         raise RegistryClientError(f"{what}: the server did not answer JSON") from None
 
 
+# -- typed fields of untrusted JSON -------------------------------------------------------
+# A registry's answer is read through these: a field of another type (or absurd size) is
+# as good as absent, so no str(), len() or iteration ever meets a value it does not expect.
+
+
+def text_field(data: Any, key: str, limit: int = 4096) -> str | None:
+    """`data[key]` if data is an object and that is a string of at most `limit` chars."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) and len(value) <= limit else None
+
+
+def int_field(data: Any, key: str, high: int = MAX_OBJECT_SIZE) -> int | None:
+    """`data[key]` if it is an integer (not a boolean) in [0, high]."""
+    value = data.get(key) if isinstance(data, dict) else None
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= high
+    return value if ok else None
+
+
+def list_field(data: Any, key: str) -> list[Any]:
+    """`data[key]` if it is a list, else an empty one."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, list) else []
+
+
+def dict_field(data: Any, key: str) -> dict[str, Any]:
+    """`data[key]` if it is an object, else an empty one."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 def read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
+    """A small answer (an API's JSON, a manifest), bounded in bytes and in time: a server
+    that trickles it is cut off after API_DEADLINE seconds (retryable, exit 6 at last)."""
     chunks, total = [], 0
+    expired = threading.Event()
+
+    def cut_off() -> None:
+        expired.set()
+        shut_down(resp.raw)
+
+    timer = threading.Timer(API_DEADLINE, cut_off)
+    timer.daemon = True
+    timer.start()
     try:
         for chunk in resp.iter_content(64 * 1024):
             total += len(chunk)
@@ -268,8 +312,13 @@ def read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
                 raise RegistryClientError(f"{what}: response larger than {limit} bytes")
             chunks.append(chunk)
     except requests.exceptions.RequestException as exc:
+        if expired.is_set():
+            raise RemoteUnavailable(
+                f"{what}: no complete answer in {API_DEADLINE:g} s", retry_after=0
+            ) from None
         raise RemoteUnavailable(f"{what}: connection broken ({type(exc).__name__})") from None
     finally:
+        timer.cancel()
         resp.close()
     return b"".join(chunks)
 

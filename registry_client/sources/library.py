@@ -42,7 +42,10 @@ from registry_client.sources.http import (
     env_first,
     fetch_verified,
     get_json,
+    int_field,
+    list_field,
     new_session,
+    text_field,
 )
 
 if TYPE_CHECKING:
@@ -166,7 +169,7 @@ class LibraryClient:
 
 def _record_hash(ref: LibraryRef, data: dict[str, Any]) -> tuple[str | None, str | None]:
     """(sha256, None) or (None, SIF UUID): what the download will be checked against."""
-    value = str(data.get("hash") or "").lower()
+    value = (text_field(data, "hash", 200) or "").lower()
     match = HASH_TAG_RE.match(value)
     if match:
         sha = match.group(1)
@@ -184,8 +187,8 @@ def _record_hash(ref: LibraryRef, data: dict[str, Any]) -> tuple[str | None, str
 
 
 def _record_size(ref: LibraryRef, data: dict[str, Any]) -> int:
-    size = data.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    size = int_field(data, "size")
+    if size is None:
         raise RegistryClientError(f"{ref}: the library's image record has no valid size")
     return size
 
@@ -193,17 +196,21 @@ def _record_size(ref: LibraryRef, data: dict[str, Any]) -> int:
 def search_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Images of a search answer as rows: ref, size, arch, description."""
     rows = []
-    for img in results.get("image") or []:
+    for img in list_field(results, "image"):
         if not isinstance(img, dict):
             continue
-        tags = img.get("tags") or [str(img.get("hash", ""))]
-        name = f"{img.get('entityName')}/{img.get('collectionName')}/{img.get('containerName')}"
+        tags = [t for t in list_field(img, "tags") if isinstance(t, str)]
+        tags = tags or [text_field(img, "hash", 200) or ""]
+        name = "/".join(
+            text_field(img, k, 200) or "?"
+            for k in ("entityName", "collectionName", "containerName")
+        )
         rows.append(
             {
-                "ref": f"library://{name}:{','.join(map(str, tags))}",
-                "size": img.get("size"),
-                "arch": img.get("arch"),
-                "description": img.get("description") or "",
+                "ref": f"library://{name}:{','.join(tags)}",
+                "size": int_field(img, "size"),
+                "arch": text_field(img, "arch", 40),
+                "description": text_field(img, "description") or "",
             }
         )
     return sorted(rows, key=lambda r: r["ref"])

@@ -57,6 +57,7 @@ from registry_client.sources.http import (
     new_session,
     safe_url,
     same_origin,
+    text_field,
 )
 
 if TYPE_CHECKING:
@@ -203,15 +204,15 @@ def _sregistry_secret(base: str) -> ShubSecret | None:
 
 
 def _manifest(ref: ShubRef, data: dict[str, Any]) -> Manifest:
-    image = str(data.get("image") or "")
+    image = text_field(data, "image", 8192) or ""
     if urlsplit(image).scheme not in ("http", "https"):
         raise RegistryClientError(f"{ref}: the Hub gave no http(s) image URL")
-    md5 = str(data.get("version") or "").lower()
+    md5 = (text_field(data, "version", 64) or "").lower()
     if not MD5_RE.match(md5):
         raise UnverifiableError(
             f"{ref}: the Hub's version {md5[:40]!r} is not an md5; the image could not be verified"
         )
-    commit = str(data.get("commit") or "").lower() or None
+    commit = (text_field(data, "commit", 64) or "").lower() or None
     if ref.version and ref.version not in (md5, commit):
         raise IntegrityError(f"{ref}: the Hub answered with version {md5} (commit {commit})")
     return Manifest(image, md5, commit, data)

@@ -52,16 +52,20 @@ from registry_client.sources.http import (
     Credentials,
     Expected,
     HttpSource,
+    dict_field,
     fetch_verified,
     get_following,
     get_json,
     host_url,
+    int_field,
     is_loopback,
+    list_field,
     new_session,
     post_form,
     raise_unless_ok,
     read_limited,
     safe_url,
+    text_field,
 )
 
 if TYPE_CHECKING:
@@ -95,6 +99,7 @@ LAYER_TYPES = (
 )
 MAX_MANIFEST = 4 * 1024 * 1024
 MAX_CONFIG = 8 * 1024 * 1024
+MAX_LAYERS = 1000  # Docker stops at 127; an image with more is not one we build
 
 # Reference grammar of distribution/reference, restricted to what we need.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -228,7 +233,7 @@ def node_platform(arch: str | None = None) -> Platform:
 
 
 def _platform_matches(entry: dict[str, Any], want: Platform) -> bool:
-    plat = entry.get("platform") or {}
+    plat = dict_field(entry, "platform")
     if plat.get("os") != want.os or plat.get("architecture") != want.architecture:
         return False
     variant = plat.get("variant")
@@ -256,15 +261,16 @@ class Descriptor:
     def from_json(cls, data: Any, what: str) -> Descriptor:
         if not isinstance(data, dict):
             raise RegistryClientError(f"{what}: malformed descriptor")
-        digest, size = data.get("digest"), data.get("size")
-        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        digest, size = text_field(data, "digest", 100), int_field(data, "size")
+        if digest is None or not DIGEST_RE.match(digest):
             raise RegistryClientError(
-                f"{what}: unsupported digest {str(digest)[:80]!r} (only sha256 is supported)"
+                f"{what}: unsupported digest {str(data.get('digest'))[:80]!r} "
+                "(only sha256 is supported)"
             )
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if size is None:
             raise RegistryClientError(f"{what}: descriptor without a valid size")
-        urls = tuple(u for u in data.get("urls") or () if isinstance(u, str))
-        return cls(str(data.get("mediaType") or ""), digest, size, urls)
+        urls = tuple(u for u in list_field(data, "urls") if isinstance(u, str))
+        return cls(text_field(data, "mediaType", 200) or "", digest, size, urls)
 
 
 @dataclass(frozen=True)
@@ -411,12 +417,7 @@ class RegistryClient:
             data, media, digest = self.manifest(entry.digest)
             if media not in MANIFEST_TYPES:
                 raise RegistryClientError(f"{self.ref}: nested indexes are not supported")
-        config = Descriptor.from_json(data.get("config"), f"{self.ref} config")
-        layers = tuple(
-            Descriptor.from_json(d, f"{self.ref} layer {i}")
-            for i, d in enumerate(data.get("layers") or [])
-        )
-        _check_image_types(str(self.ref), config, layers)
+        config, layers = image_descriptors(data, str(self.ref))
         return ResolvedImage(self.ref, digest, index_digest, want, config, layers)
 
     # -- blobs -----------------------------------------------------------------------
@@ -433,6 +434,7 @@ class RegistryClient:
     def config_json(self, desc: Descriptor) -> dict[str, Any]:
         """The image config blob (small, read into memory), verified against its digest."""
         from registry_client.retry import RetryingReader
+        from registry_client.transfer import read_bytes
 
         if desc.size > MAX_CONFIG:
             raise RegistryClientError(f"{self.ref}: image config of {desc.size} bytes is too large")
@@ -442,12 +444,12 @@ class RegistryClient:
             raise IntegrityError(
                 f"{self.ref}: image config is {info.size} bytes, its descriptor says {desc.size}"
             )
-        body = b"".join(source.read_range(desc.digest, 0, info.size, info.etag))
+        body = read_bytes(source, info, 0, info.size)
         if hashlib.sha256(body).hexdigest() != desc.hex:
             raise IntegrityError(f"{self.ref}: image config does not match {desc.digest}")
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if not isinstance(data, dict):
             raise RegistryClientError(f"{self.ref}: image config is not a JSON object")
@@ -455,6 +457,21 @@ class RegistryClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def image_descriptors(
+    manifest: dict[str, Any], ref: str
+) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+    """The config and layer descriptors of an image manifest, typed and bounded."""
+    config = Descriptor.from_json(manifest.get("config"), f"{ref} config")
+    found = manifest.get("layers")
+    if not isinstance(found, list):
+        raise RegistryClientError(f"{ref}: the image manifest has no list of layers")
+    if len(found) > MAX_LAYERS:
+        raise RegistryClientError(f"{ref}: {len(found)} layers; at most {MAX_LAYERS} are read")
+    layers = tuple(Descriptor.from_json(d, f"{ref} layer {i}") for i, d in enumerate(found))
+    _check_image_types(ref, config, layers)
+    return config, layers
 
 
 def _token_answer(body: Any, what: str) -> tuple[str, int | None]:
@@ -477,13 +494,13 @@ def _check_manifest_digest(what: str, digest: str, reference: str, header: str |
 def _parse_manifest(body: bytes, content_type: str, what: str) -> tuple[dict[str, Any], str]:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RegistryClientError(f"{what}: not JSON") from None
     if not isinstance(data, dict):
         raise RegistryClientError(f"{what}: not a manifest")
     if data.get("schemaVersion") == 1:
         raise UsageError(f"{what}: Docker schema 1 manifests are not supported")
-    media = str(data.get("mediaType") or content_type).split(";")[0].strip()
+    media = (text_field(data, "mediaType", 200) or content_type).split(";")[0].strip()
     if media not in (*INDEX_TYPES, *MANIFEST_TYPES):
         media = _guess_media(data, what)
     return data, media
@@ -499,20 +516,16 @@ def _guess_media(data: dict[str, Any], what: str) -> str:
 
 
 def _select(index: dict[str, Any], want: Platform, ref: str) -> Descriptor:
-    entries = [e for e in index.get("manifests") or [] if isinstance(e, dict)]
+    entries = [e for e in list_field(index, "manifests") if isinstance(e, dict)]
     for entry in entries:
         if _platform_matches(entry, want):
             return Descriptor.from_json(entry, f"{ref} index entry")
     offered = sorted(
         {
             "/".join(
-                str(v)
-                for v in (
-                    (e.get("platform") or {}).get("os"),
-                    (e.get("platform") or {}).get("architecture"),
-                    (e.get("platform") or {}).get("variant"),
-                )
-                if v
+                v
+                for k in ("os", "architecture", "variant")
+                if (v := text_field(dict_field(e, "platform"), k, 40))
             )
             for e in entries
         }
