@@ -158,18 +158,20 @@ class Digester:
         schemes: Sequence[Sequence[int]] = (),
         algorithm: str = "md5",
         *,
-        beside: bool = False,
+        helper: bool | None = None,
     ) -> None:
+        """`helper`: sha256 on its own thread (by default when there are segment hashes to
+        run beside it); False where many Digesters run at once (a migration's images) and
+        the hand-off per block would cost more than it overlaps."""
         self._sha = hashlib.sha256()
         self._segmenters = [_Segmenter(s, algorithm) for s in schemes]
-        parallel = bool(self._segmenters) or beside
+        parallel = bool(self._segmenters) if helper is None else helper
         self._pool = ThreadPoolExecutor(1, "rc-sha256") if parallel else None
         self.size = 0
 
     def update(self, data: bytes | bytearray | memoryview, beside: Sequence[Any] = ()) -> None:
         """Hash the next bytes. `beside`: other hash objects (e.g. the md5 of the part
-        these bytes belong to) updated with them on this thread while sha256 runs on the
-        helper; build the Digester with beside=True to have that helper."""
+        these bytes belong to) updated with them on this thread."""
         view = memoryview(data)
         pending = self._pool.submit(self._sha.update, view) if self._pool else None
         if pending is None:

@@ -203,12 +203,19 @@ def dest_key(item_ref: ImageRef, src_key: str, dst: Side) -> str:
 def plan(
     source: Backend, target: Backend, src: Side, dst: Side, options: Options, workers: int
 ) -> list[Item]:
-    items = [
-        Item(ref, info, dest_key(ref, info.key, dst))
-        for info in source.list(src.prefix)
-        if (ref := ref_from_key(info.key)) is not None and in_shard(ref, options.shard)
-    ]
-    present = {info.key: info for info in target.list(dst.prefix or src.prefix)}
+    def source_items() -> list[Item]:
+        return [
+            Item(ref, info, dest_key(ref, info.key, dst))
+            for info in source.list(src.prefix)
+            if (ref := ref_from_key(info.key)) is not None and in_shard(ref, options.shard)
+        ]
+
+    def destination() -> dict[str, ObjectInfo]:
+        return {info.key: info for info in target.list(dst.prefix or src.prefix)}
+
+    with ThreadPoolExecutor(2, "rc-list") as pool:  # the two listings at once
+        listed, found = pool.submit(source_items), pool.submit(destination)
+        items, present = listed.result(), found.result()
     seen: dict[str, Item] = {}
     for item in items:
         item.dst = present.get(item.dst_key)
@@ -362,7 +369,7 @@ def _execute(
     ctx: Context, src: Side, dst: Side, planner: Planner, options: Options, emit: Emit
 ) -> Summary:
     started = time.monotonic()
-    source, target = open_remote(src.remote), open_remote(dst.remote)
+    source, target = _open_both(src.remote, dst.remote)
     summary = Summary()
     lock = threading.Lock()
 
@@ -383,6 +390,21 @@ def _execute(
         target.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _open_both(src: RemoteConfig, dst: RemoteConfig) -> tuple[Backend, Backend]:
+    """Both remotes, set up at once (client libraries, service models, authentication)."""
+    with ThreadPoolExecutor(2, "rc-open") as pool:
+        opening = [pool.submit(open_remote, src), pool.submit(open_remote, dst)]
+        wait(opening)
+    opened = [f.result() for f in opening if f.exception() is None]
+    if len(opened) < 2:
+        for backend in opened:
+            backend.close()
+        for fut in opening:
+            if (error := fut.exception()) is not None:
+                raise error
+    return opening[0].result(), opening[1].result()
 
 
 def _connections(options: Options) -> int:
