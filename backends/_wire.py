@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -88,3 +88,65 @@ def shut_socket(sock: object) -> None:
     if isinstance(sock, socket.socket):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+class RawBody:
+    """A urllib3 response body received straight into the caller's memory.
+
+    urllib3 (under botocore and requests) hands out each piece of a body as a new bytes
+    object, and urllib3 2 copies it once more through its queue of decoded bytes: at a
+    GiB per second, allocating, faulting in and freeing those buffers costs more CPU than
+    the copy out of the socket itself. Underneath sits an http.client response whose
+    readinto() receives from the socket into any buffer. It is used when the body is
+    plain (a Content-Length, not chunked, no Content-Encoding, nothing read yet);
+    anything else goes through urllib3's read() and one copy.
+    """
+
+    def __init__(
+        self,
+        raw: Any,
+        translate: Callable[[Exception], Exception],
+        watch: ReadWatch | None = None,
+    ) -> None:
+        self._raw = raw
+        self._translate = translate
+        # While the body is open, the engine's watch may shut its connection (a stall).
+        self._watched = watched(watch, raw)
+        self._watched.__enter__()
+        fp = getattr(raw, "_fp", None)
+        headers = getattr(raw, "headers", {}) or {}
+        self._direct = (
+            fp is not None
+            and callable(getattr(fp, "readinto", None))
+            and getattr(fp, "length", None) is not None
+            and not getattr(fp, "chunked", False)
+            and not headers.get("content-encoding")
+            and not getattr(raw, "_decoded_buffer", None)
+        )
+        self._fp = fp if self._direct else None
+        self._ended = False
+
+    def readinto(self, view: memoryview, /) -> int:
+        if not view or self._ended:
+            return 0
+        try:
+            if self._fp is not None:
+                n = int(self._fp.readinto(view))
+            else:
+                data = self._raw.read(len(view))
+                n = len(data)
+                view[:n] = data
+        except Exception as exc:
+            raise self._translate(exc) from None
+        self._ended = n == 0
+        return n
+
+    def close(self) -> None:
+        self._watched.__exit__(None, None, None)
+        try:
+            if self._fp is not None and self._fp.isclosed():
+                self._raw.release_conn()  # read to its end: the connection can be reused
+            else:
+                self._raw.close()
+        except Exception:  # noqa: BLE001 - closing never hides the error being reported
+            pass

@@ -39,6 +39,8 @@ from registry_client.names import is_sha256
 __all__ = [
     "Backend",
     "Capabilities",
+    "ChunkBody",
+    "RangeBody",
     "Reader",
     "EtagPlan",
     "FileParts",
@@ -318,6 +320,20 @@ class Reader(abc.ABC):
         `watch` a way to shut its connection while it reads the body (ReadWatch).
         """
 
+    def open_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> RangeBody:
+        """Bytes [start, end) as a body to `readinto` the caller's memory (same pinning,
+        checks and `watch` as read_range). Stores whose client can receive into a given
+        buffer override it; the default copies read_range's pieces."""
+        return ChunkBody(self.read_range(key, start, end, etag, watch=watch))
+
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         """How to verify this object's ETag. Default: plain md5 of the whole object."""
         return plain_md5_plan(info)
@@ -337,6 +353,40 @@ class Reader(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class RangeBody(Protocol):
+    """The body of one ranged read, received into memory the caller owns."""
+
+    def readinto(self, view: memoryview, /) -> int:
+        """Fill the start of `view`; the number of bytes, 0 once the range is complete."""
+
+    def close(self) -> None:
+        """Release the connection (for reuse only if the body was read to its end)."""
+
+
+class ChunkBody:
+    """A RangeBody over an iterator of byte strings (read_range's), copying each piece."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._left = memoryview(b"")
+
+    def readinto(self, view: memoryview, /) -> int:
+        while not self._left:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._left = memoryview(chunk)
+        n = min(len(view), len(self._left))
+        view[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
 
 
 class Backend(Reader):

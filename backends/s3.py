@@ -27,20 +27,22 @@ from botocore.config import Config as BotoConfig
 
 from registry_client.backends._parts import fit_part_size as fit_parts
 from registry_client.backends._wire import (
+    RawBody,
     check_content_range,
     first_line,
     is_transport_error,
     retry_after,
-    watched,
 )
 from registry_client.backends.base import (
     DEFAULT_CONNECTIONS,
     Backend,
     Capabilities,
+    ChunkBody,
     EtagPlan,
     Limiter,
     Metadata,
     ObjectInfo,
+    RangeBody,
     Reader,
     ReadWatch,
     Upload,
@@ -182,6 +184,26 @@ class S3Backend(Backend):
     ) -> Iterator[bytes]:
         if end <= start:
             return
+        body = self.open_range(key, start, end, etag, watch=watch)
+        try:
+            buf = bytearray(READ_BLOCK)
+            view = memoryview(buf)
+            while n := body.readinto(view):
+                yield bytes(view[:n])
+        finally:
+            body.close()
+
+    def open_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> RangeBody:
+        if end <= start:
+            return ChunkBody(iter(()))
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": self._key(key),
@@ -189,18 +211,13 @@ class S3Backend(Backend):
         }
         if etag:
             args["IfMatch"] = f'"{etag}"'
+        what = f"read {key}"
         try:
             resp = self.client.get_object(**args)
-            check_content_range(resp.get("ContentRange"), start, end, f"read {key}")
-            body = resp["Body"]
-            try:
-                with watched(watch, body._raw_stream):
-                    while chunk := body.read(READ_BLOCK):
-                        yield chunk
-            finally:
-                body.close()
-        except Exception as exc:  # GeneratorExit is not an Exception: closing passes through
-            raise translate(exc, f"read {key}") from None
+            check_content_range(resp.get("ContentRange"), start, end, what)
+        except Exception as exc:
+            raise translate(exc, what) from None
+        return RawBody(resp["Body"]._raw_stream, lambda exc: translate(exc, what), watch)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")

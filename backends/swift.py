@@ -45,14 +45,16 @@ from urllib.parse import quote, unquote, urlsplit
 from swiftclient.exceptions import ClientException
 from swiftclient.utils import LengthWrapper
 
-from registry_client.backends._wire import watched
+from registry_client.backends._wire import RawBody
 from registry_client.backends.base import (
     Backend,
     Capabilities,
+    ChunkBody,
     EtagPlan,
     Limiter,
     Metadata,
     ObjectInfo,
+    RangeBody,
     Reader,
     ReadWatch,
     Upload,
@@ -370,32 +372,54 @@ class SwiftBackend(Backend):
     ) -> Iterator[bytes]:
         if end <= start:
             return
-        pos = start
+        body = self.open_range(key, start, end, etag, watch=watch)
         try:
-            headers = {"Range": f"bytes={start}-{end - 1}"}
-            if etag:
-                headers["If-Match"] = f'"{etag}"'
+            view = memoryview(bytearray(READ_BLOCK))
+            while n := body.readinto(view):
+                yield bytes(view[:n])
+        finally:
+            body.close()
+
+    def open_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> RangeBody:
+        if end <= start:
+            return ChunkBody(iter(()))
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            headers["If-Match"] = f'"{etag}"'
+        try:
             resp, body = self._conn().get_object(
                 self.container, self._full(key), resp_chunk_size=READ_BLOCK, headers=headers
             )
-            _check_content_range(resp, start, end, key)
-            try:
-                with watched(watch, body.resp.raw):
-                    for chunk in body:
-                        pos += len(chunk)
-                        yield chunk
-            finally:
-                body.close()
-        except GeneratorExit:
-            raise
         except Exception as exc:
-            error = translate(exc, f"read {key}")
-            if isinstance(error, RemoteUnavailable) and not isinstance(error, ObjectChanged):
-                raise self._diagnose(key, etag, pos, end, error, watch) from None
-            raise error from None
-        if pos < end:
-            short = RemoteUnavailable(f"read {key}: body ended at {pos} of {end}")
-            raise self._diagnose(key, etag, pos, end, short, watch)
+            raise self._read_error(key, etag, start, end, exc, watch) from None
+        try:
+            _check_content_range(resp, start, end, key)
+        except BaseException:
+            body.close()
+            raise
+        return _SwiftBody(self, body, key, etag, start, end, watch)
+
+    def _read_error(
+        self,
+        key: str,
+        etag: str | None,
+        pos: int,
+        end: int,
+        exc: BaseException,
+        watch: ReadWatch | None,
+    ) -> RegistryClientError:
+        error = translate(exc, f"read {key}")
+        if isinstance(error, RemoteUnavailable) and not isinstance(error, ObjectChanged):
+            return self._diagnose(key, etag, pos, end, error, watch)
+        return error
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
@@ -974,6 +998,50 @@ class SwiftBackend(Backend):
         for conn in connections:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+class _SwiftBody:
+    """A ranged GET's body, received into the caller's memory (backends._wire.RawBody);
+    a body that breaks or ends short is diagnosed (a damaged segment is exit 4)."""
+
+    def __init__(
+        self,
+        backend: SwiftBackend,
+        body: Any,
+        key: str,
+        etag: str | None,
+        start: int,
+        end: int,
+        watch: ReadWatch | None,
+    ) -> None:
+        self.backend, self.body, self.key, self.etag = backend, body, key, etag
+        self.pos, self.end, self.watch = start, end, watch
+        raw = getattr(getattr(body, "resp", None), "raw", None)
+        self.raw = RawBody(raw, lambda exc: exc, watch) if raw is not None else None
+
+    def readinto(self, view: memoryview, /) -> int:
+        try:
+            if self.raw is not None:
+                n = self.raw.readinto(view)
+            else:
+                data = self.body.read(len(view))
+                n = len(data)
+                view[:n] = data
+        except Exception as exc:
+            b, watch = self.backend, self.watch
+            raise b._read_error(self.key, self.etag, self.pos, self.end, exc, watch) from None
+        self.pos += n
+        if n == 0 and self.pos < self.end:
+            short = RemoteUnavailable(f"read {self.key}: body ended at {self.pos} of {self.end}")
+            raise self.backend._diagnose(self.key, self.etag, self.pos, self.end, short, self.watch)
+        return n
+
+    def close(self) -> None:
+        if self.raw is not None and self.pos >= self.end:
+            self.raw.close()  # read to its end: the connection goes back to the pool
+            return
+        with contextlib.suppress(Exception):
+            self.body.close()
 
 
 class _WholeObject(Upload):

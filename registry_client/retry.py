@@ -29,6 +29,7 @@ from registry_client.backends.base import (
     ObjectInfo,
     PartSource,
     Progress,
+    RangeBody,
     Reader,
     ReadWatch,
     Upload,
@@ -130,6 +131,17 @@ class RetryingReader(Reader):
             took * 1000,
         )
 
+    def open_range(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        *,
+        watch: ReadWatch | None = None,
+    ) -> RangeBody:
+        return _ResumingBody(self, key, start, end, etag, watch)
+
     def etag_plan(self, info: ObjectInfo) -> EtagPlan:
         return self._call(f"layout of {info.key}", lambda: self.inner.etag_plan(info))
 
@@ -141,6 +153,85 @@ class RetryingReader(Reader):
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _ResumingBody:
+    """open_range under the policy, as read_range: a body that breaks is opened again
+    from the byte it reached, pinned to the same ETag; an attempt that moved bytes renews
+    the budget unless it ended in a stall (a trickle does not buy retries)."""
+
+    def __init__(
+        self,
+        reader: RetryingReader,
+        key: str,
+        start: int,
+        end: int,
+        etag: str | None,
+        watch: ReadWatch | None,
+    ) -> None:
+        self.reader, self.key, self.etag, self.watch = reader, key, etag, watch
+        self.start = self.pos = start
+        self.end = end
+        self.attempt = 0
+        self.moved = 0  # bytes since the current body was opened
+        self.body: RangeBody | None = None
+        self.began = time.monotonic()
+        log.debug("read %s bytes %d-%d", key, start, end - 1)
+
+    def readinto(self, view: memoryview, /) -> int:
+        if self.pos >= self.end:  # the caller asks whether more follows: ask the server's body
+            return self.body.readinto(view[:1]) if self.body is not None and view else 0
+        while True:
+            try:
+                if self.body is None:
+                    self.body = self.reader.inner.open_range(
+                        self.key, self.pos, self.end, self.etag, watch=self.watch
+                    )
+                    self.moved = 0
+                n = self.body.readinto(view[: self.end - self.pos])
+                if n == 0:
+                    raise RemoteUnavailable(
+                        f"read {self.key}: body ended at {self.pos} of {self.end}"
+                    )
+                self.pos += n
+                self.moved += n
+                return n
+            except RemoteUnavailable as exc:
+                self._retry(exc)
+
+    def _retry(self, exc: RemoteUnavailable) -> None:
+        """Drop the broken body and wait before the next one, or raise when out of budget."""
+        self._drop()
+        watch = self.watch
+        if watch is not None:
+            exc = watch.check(exc)  # ReadCancelled: the download is over
+        if self.moved and not isinstance(exc, Stalled):
+            self.attempt = 0
+        reader = self.reader
+        sleep = watch.pause if watch is not None and reader._sleep is time.sleep else None
+        self.attempt = backoff(
+            reader.policy, sleep or reader._sleep, f"read {self.key} @{self.pos}", self.attempt, exc
+        )
+        if watch is not None:
+            watch.restart()
+
+    def _drop(self) -> None:
+        if self.body is not None:
+            body, self.body = self.body, None
+            body.close()
+
+    def close(self) -> None:
+        self._drop()
+        if self.pos >= self.end:
+            took = (time.monotonic() - self.began) * 1000
+            log.debug(
+                "read %s bytes %d-%d: %d bytes in %.0f ms",
+                self.key,
+                self.start,
+                self.end - 1,
+                self.end - self.start,
+                took,
+            )
 
 
 class RetryingBackend(RetryingReader, Backend):

@@ -1,10 +1,13 @@
 """Moving bytes: parallel ranged reads into a preallocated temp file, hashed as they land.
 
-Workers fetch ranges concurrently and write them with os.pwrite at their offsets. Two
-kinds of hash follow the bytes:
+Workers fetch ranges concurrently, each received straight into the temp file's pages
+through a small mapping that slides along its range (Reader.open_range + readinto: no
+bytes objects, no write calls); where the file's blocks cannot be reserved (some NFS),
+into one reused buffer per worker and pwrite. Two kinds of hash follow the bytes:
 
 * sha256 of the whole file, the one hash that must see every byte in order: one thread
-  follows the contiguous prefix already on disk, reading it back from the page cache.
+  follows the contiguous prefix already written, reading it from the page cache through
+  short read-only mappings (no copy).
 * the md5 of every segment (S3 part, Swift SLO segment) of every candidate segmentation
   (EtagPlan.schemes): a `_Chain` per segment, computed by the range workers themselves.
   Segments are independent, so many are hashed at once; within one segment the bytes
@@ -13,7 +16,7 @@ kinds of hash follow the bytes:
   predecessor is hashed from the page cache by whichever worker completes the gap.
 
 So the busiest thread does sha256 alone (~0.6 CPU s/GiB with SHA-NI), not md5 as well,
-and memory stays flat: `concurrency` network buffers plus one read-back block per thread.
+and memory stays flat: one 4 MiB mapping per worker and one for the sha256 thread.
 Ranges are cut along a known segmentation where there is one (a 64 MiB part as four
 16 MiB ranges; 5 MiB parts three to a range), so most chains are hashed as received.
 
@@ -30,13 +33,14 @@ import bisect
 import contextlib
 import errno
 import hashlib
+import mmap
 import os
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, Protocol
 
 from registry_client.backends.base import ObjectInfo, Progress, ReadCancelled, Reader, ReadWatch
 from registry_client.digests import DigestResult, new_hash
@@ -46,6 +50,9 @@ from registry_client.settings import TransferSettings
 MiB = 1024 * 1024
 SHA_BLOCK = 4 * MiB  # read-back block of the sha256 thread
 MD5_BLOCK = 2 * MiB  # read-back block of a worker catching a chain up
+RECV_BLOCK = 1 * MiB  # a worker's receive buffer, when not receiving into the file's pages
+MAP_WINDOW = 4 * MiB  # a worker's mapping of the file: the bytes it receives next
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the pages in with the mapping, at once
 MAX_CHAINS = 100_000  # md5 states kept at once (10,000 S3 parts × a few candidates)
 WATCH_EVERY = 0.2  # seconds between looks at the reads in progress
 MAX_IN_MEMORY = 16 * MiB  # the most read_bytes holds
@@ -217,15 +224,29 @@ class _Digests:
 
 
 def _hash_file_range(
-    fd: int, start: int, end: int, update: Callable[[bytes], object], block: int
+    fd: int, start: int, end: int, update: Callable[[memoryview], object], block: int
 ) -> None:
+    """Feed bytes [start, end) of the file to `update`, block by block, straight from the
+    page cache through a short-lived mapping (no copy into a buffer); pread where the
+    file cannot be mapped."""
     pos = start
     while pos < end:
-        data = os.pread(fd, min(block, end - pos), pos)
-        if not data:
-            raise IntegrityError("temp file shorter than the bytes written to it")
-        update(data)
-        pos += len(data)
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
+        limit = min(end, pos + block)
+        try:
+            mapping = mmap.mmap(
+                fd, limit - base, mmap.MAP_SHARED | _POPULATE, mmap.PROT_READ, offset=base
+            )
+        except (OSError, ValueError):
+            data = os.pread(fd, limit - pos, pos)
+            if not data:
+                raise IntegrityError("temp file shorter than the bytes written to it") from None
+            update(memoryview(data))
+            pos += len(data)
+            continue
+        with mapping, memoryview(mapping) as view:
+            update(view[pos - base :])
+        pos = limit
 
 
 def _follow_sha256(fd: int, size: int, state: _State) -> str:
@@ -317,10 +338,11 @@ def download(
     have = [(int(a), int(b)) for a, b in have]
     fd = _open_dest(dest)
     try:
-        _preallocate(fd, info.size)
+        reserved = _preallocate(fd, info.size)
         state = _State()
         digests = _Digests(fd, schemes, state, algorithm)
-        return _run(backend, info, fd, digests, settings, progress, have, on_range)
+        mapped = reserved and settings.mapped
+        return _run(backend, info, fd, digests, settings, progress, have, on_range, mapped)
     finally:
         os.close(fd)
 
@@ -334,6 +356,7 @@ def _run(
     progress: Progress | None,
     have: list[tuple[int, int]],
     on_range: Callable[[int, int], None] | None,
+    mapped: bool,
 ) -> DigestResult:
     state = digests.state
     with state.lock:
@@ -349,7 +372,7 @@ def _run(
         sha = pool.submit(_named, "rc-sha256", _follow_sha256, fd, info.size, state)
         work = [pool.submit(_catch_up_all, digests, digests.overlapping(*r)) for r in have]
         watches = _Watches(info.key, settings.stall_timeout)
-        fetch = _Fetch(backend, info, fd, digests, progress, on_range, watches)
+        fetch = _Fetch(backend, info, fd, digests, progress, on_range, watches, mapped)
         work += [pool.submit(fetch.range, r) for r in jobs]
         try:
             _wait_all(work, watches)
@@ -374,9 +397,11 @@ class _Fetch:
         progress: Progress | None,
         on_range: Callable[[int, int], None] | None,
         watches: _Watches,
+        mapped: bool,
     ) -> None:
         self.backend, self.info, self.fd, self.digests = backend, info, fd, digests
         self.progress, self.on_range, self.watches = progress, on_range, watches
+        self.sink: _Sinks = _MappedSinks(fd) if mapped else _BufferSinks(fd)
 
     def range(self, rng: tuple[int, int]) -> None:
         state = self.digests.state
@@ -402,27 +427,32 @@ class _Fetch:
         _catch_up_all(self.digests, chains)
 
     def _receive(self, start: int, end: int, mine: list[_Chain]) -> None:
-        pos, key = start, self.info.key
+        pos, key, state = start, self.info.key, self.digests.state
         with self.watches.track() as watch:
-            for chunk in self.backend.read_range(key, start, end, self.info.etag, watch=watch):
-                watch.moved()
-                self._take(chunk, pos, end, mine)
-                pos += len(chunk)
-        if pos != end:
-            raise IntegrityError(f"{key}: range {start}-{end} ended at {pos}")
-
-    def _take(self, chunk: bytes, pos: int, end: int, mine: list[_Chain]) -> None:
-        """Hash and write one chunk received for [pos, ...)."""
-        if self.digests.state.failed:
-            raise _Abandoned  # another range failed or the user interrupted: stop reading
-        n = len(chunk)
-        if pos + n > end:
-            raise IntegrityError(f"{self.info.key}: server sent more bytes than asked for")
-        view = memoryview(chunk)
-        _feed(mine, view, pos)
-        _write_all(self.fd, view, pos)
-        if self.progress:
-            self.progress(n)
+            body = self.backend.open_range(key, start, end, self.info.etag, watch=watch)
+            sink = self.sink.open(start, end)
+            try:
+                while pos < end:
+                    if state.failed:
+                        raise _Abandoned  # another range failed or the user interrupted
+                    view = sink.window(pos)
+                    n = body.readinto(view)
+                    if n == 0:
+                        raise IntegrityError(f"{key}: range {start}-{end} ended at {pos}")
+                    watch.moved()
+                    got = view[:n]
+                    _feed(mine, got, pos)
+                    sink.written(got, pos)
+                    got.release()
+                    view.release()
+                    pos += n
+                    if self.progress:
+                        self.progress(n)
+                if body.readinto(memoryview(bytearray(1))):
+                    raise IntegrityError(f"{key}: server sent more bytes than asked for")
+            finally:
+                sink.close()
+                body.close()
 
 
 def _feed(chains: list[_Chain], view: memoryview, pos: int) -> None:
@@ -438,11 +468,91 @@ def _feed(chains: list[_Chain], view: memoryview, pos: int) -> None:
         chain.pos = upto
 
 
-def _write_all(fd: int, view: memoryview, pos: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, pos)
-        pos += written
-        view = view[written:]
+class _Sink(Protocol):
+    """Where one range's bytes are received: a view to fill at `pos`, then told it holds
+    bytes that belong at `pos` (written to the file, unless they already are)."""
+
+    def window(self, pos: int) -> memoryview: ...
+
+    def written(self, view: memoryview, pos: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Sinks(Protocol):
+    def open(self, start: int, end: int) -> _Sink: ...
+
+
+class _BufferSink:
+    """Receive into one reused buffer per thread, then pwrite it."""
+
+    def __init__(self, fd: int, buf: memoryview, end: int) -> None:
+        self.fd, self.buf, self.end = fd, buf, end
+
+    def window(self, pos: int) -> memoryview:
+        return self.buf[: min(len(self.buf), self.end - pos)]
+
+    def written(self, view: memoryview, pos: int) -> None:
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            pos += n
+            view = view[n:]
+
+    def close(self) -> None:
+        pass
+
+
+class _BufferSinks:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._local = threading.local()
+
+    def open(self, start: int, end: int) -> _Sink:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = memoryview(bytearray(RECV_BLOCK))
+        return _BufferSink(self.fd, buf, end)
+
+
+class _MappedSink:
+    """Receive straight into the temp file's pages through a small mapping that slides
+    along the range: no buffer in between and no write call; the file's blocks were
+    reserved by fallocate, so storing into the mapping never finds the disk full."""
+
+    def __init__(self, fd: int, end: int) -> None:
+        self.fd, self.end = fd, end
+        self.map: mmap.mmap | None = None
+        self.view: memoryview | None = None
+        self.base = self.limit = 0
+
+    def window(self, pos: int) -> memoryview:
+        if self.view is None or pos >= self.limit:
+            self.close()
+            self.base = pos - pos % mmap.ALLOCATIONGRANULARITY
+            self.limit = min(self.end, self.base + MAP_WINDOW)
+            self.map = mmap.mmap(self.fd, self.limit - self.base, offset=self.base)
+            self.view = memoryview(self.map)
+        return self.view[pos - self.base : self.limit - self.base]
+
+    def written(self, view: memoryview, pos: int) -> None:
+        pass  # already in the page cache
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.release()
+            self.view = None
+        if self.map is not None:
+            with contextlib.suppress(BufferError):  # a view still held: unmapped when freed
+                self.map.close()
+            self.map = None
+
+
+class _MappedSinks:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def open(self, start: int, end: int) -> _Sink:
+        return _MappedSink(self.fd, end)
 
 
 def _catch_up_all(digests: _Digests, chains: Iterable[_Chain]) -> None:
@@ -520,12 +630,16 @@ def _open_dest(dest: os.PathLike[str] | str) -> int:
     return fd
 
 
-def _preallocate(fd: int, size: int) -> None:
+def _preallocate(fd: int, size: int) -> bool:
+    """Reserve the file's blocks; False where the filesystem cannot (some NFS), which
+    then gets a sparse file of the right size."""
     if size <= 0:
-        return
+        return False
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
-        os.ftruncate(fd, size)  # filesystems without fallocate (some NFS): sparse is fine
+        os.ftruncate(fd, size)
+        return False
+    return True

@@ -112,18 +112,18 @@ def test_repush_during_download_restarts_cleanly(
     ref = parse_image_ref("lab/app:moving")
     service.push(ctx, str(old), ref)
     ctx.transfer = TransferSettings(chunk_size=1 * MiB, concurrency=2)
-    real_read = S3Backend.read_range
+    real_open = S3Backend.open_range
     calls = {"n": 0}
 
-    def read_and_repush(
+    def open_and_repush(
         self: S3Backend, key: str, start: int, end: int, etag: str | None, **kw: Any
-    ):
+    ) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:  # mid-download, a new version lands under the same tag
             service.push(ctx, str(new), ref)
-        yield from real_read(self, key, start, end, etag, **kw)
+        return real_open(self, key, start, end, etag, **kw)
 
-    monkeypatch.setattr(S3Backend, "read_range", read_and_repush)
+    monkeypatch.setattr(S3Backend, "open_range", open_and_repush)
     result = service.pull(ctx, ref)
     assert result.sha256 == sha256_of(new)
     assert Path(result.path).read_bytes() == new.read_bytes()
@@ -139,9 +139,8 @@ def test_object_changed_every_time_gives_up(
         self: S3Backend, key: str, start: int, end: int, etag: str | None, **kw: Any
     ):
         raise ObjectChanged("changed")
-        yield b""
 
-    monkeypatch.setattr(S3Backend, "read_range", always_changed)
+    monkeypatch.setattr(S3Backend, "open_range", always_changed)
     with pytest.raises(ObjectChanged):
         service.pull(ctx, parse_image_ref("lab/app:x"))
     assert ctx.cache.entries() == []

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from registry_client.backends.base import Limiter, ObjectInfo, Reader
 from registry_client.digests import hash_file, segments
 from registry_client.errors import IntegrityError, RemoteUnavailable
+from registry_client.retry import RetryingReader, RetryPolicy
 from registry_client.settings import TransferSettings
 from registry_client.transfer import download, plan_ranges
 
@@ -25,8 +26,11 @@ from registry_client.transfer import download, plan_ranges
 class Shuffled(Reader):
     """Bytes in memory served in small, unevenly delayed pieces: ranges finish in any order."""
 
-    def __init__(self, data: bytes, seed: int, fail_at: int | None = None) -> None:
-        self.data, self.fail_at = data, fail_at
+    def __init__(
+        self, data: bytes, seed: int, fail_at: int | None = None, breaks: bool = False
+    ) -> None:
+        self.data, self.fail_at, self.breaks = data, fail_at, breaks
+        self.broken: set[int] = set()
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.limiter = Limiter(6)
@@ -42,8 +46,12 @@ class Shuffled(Reader):
             self.reads.append((start, end))
             delay = self.rng.random() / 200
         pos = start
+        half = (start + end) // 2
         while pos < end:
             if self.fail_at is not None and pos <= self.fail_at < end:
+                raise RemoteUnavailable("connection reset")
+            if self.breaks and pos >= half and half not in self.broken and end - start > 1:
+                self.broken.add(half)  # each range breaks once, half-way
                 raise RemoteUnavailable("connection reset")
             with self.lock:
                 step = self.rng.randint(1, 9000)
@@ -73,18 +81,24 @@ def cases(draw: st.DrawFn) -> tuple[int, int, list[list[int]], int]:
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(case=cases())
-def test_digests_equal_a_sequential_pass(tmp_path: Path, case: tuple) -> None:
+@given(case=cases(), mapped=st.booleans(), flaky=st.booleans())
+def test_digests_equal_a_sequential_pass(
+    tmp_path: Path, case: tuple, mapped: bool, flaky: bool
+) -> None:
+    """Received into the file's pages or through a buffer; read straight or through the
+    retry wrapper with every range breaking once half-way."""
     size, chunk, schemes, seed = case
     data = random.Random(seed).randbytes(size)
     dest = tmp_path / f"out-{seed}-{size}-{chunk}"
-    source = Shuffled(data, seed)
+    source: Reader = Shuffled(data, seed, breaks=flaky)
+    if flaky:
+        source = RetryingReader(source, RetryPolicy(base_delay=0), sleep=lambda _: None)
     got = download(
         source,
         source.stat("k"),
         dest,
         schemes,
-        settings=TransferSettings(chunk_size=chunk, concurrency=5),
+        settings=TransferSettings(chunk_size=chunk, concurrency=5, mapped=mapped),
     )
     (tmp_path / "ref").write_bytes(data)
     expected = hash_file(str(tmp_path / "ref"), schemes)
