@@ -143,10 +143,11 @@ class RawBody:
 
     def close(self) -> None:
         self._watched.__exit__(None, None, None)
+        fp = self._fp
         try:
-            if self._fp is not None and self._fp.isclosed():
+            if fp is not None and fp.isclosed() and getattr(fp, "length", None) == 0:
                 self._raw.release_conn()  # read to its end: the connection can be reused
             else:
-                self._raw.close()
+                self._raw.close()  # cut short, broken or shut down: never reused
         except Exception:  # noqa: BLE001 - closing never hides the error being reported
             pass
