@@ -267,7 +267,7 @@ def _parallel(fn: Callable[[Item], None], items: Sequence[Item], workers: int) -
 # -- rows -----------------------------------------------------------------------------------
 
 
-def _row(item: Item, src: Side, dst: Side, status: str, **extra: Any) -> Row:
+def _row(item: Item, status: str, **extra: Any) -> Row:
     row: Row = {
         "ref": item.ref.short,
         "src": item.src.key,
@@ -294,28 +294,26 @@ def row_text(row: Row) -> str:
     return f"{status:<9} {row['ref']:<40} {size:>10}  {detail}".rstrip()
 
 
-def _plan_row(item: Item, src: Side, dst: Side) -> Row:
+def _plan_row(item: Item) -> Row:
     action = "copy" if item.action == "check" else item.action
-    row = _row(item, src, dst, "planned", action=action)
+    row = _row(item, "planned", action=action)
     if item.action == "conflict":
         row["exit_code"] = CONFLICT_CODE
     return row
 
 
-def _failed_row(item: Item, src: Side, dst: Side, exc: BaseException) -> Row:
+def _failed_row(item: Item, exc: BaseException) -> Row:
     if isinstance(exc, RegistryClientError):
         code, reason = exc.exit_code, exc.message
     else:
         code, reason = 1, f"unexpected {type(exc).__name__}: {exc}"
     item.reason = reason[:500]
-    return _row(item, src, dst, "failed", exit_code=code)
+    return _row(item, "failed", exit_code=code)
 
 
-def _done_row(item: Item, src: Side, dst: Side, done: Copied) -> Row:
+def _done_row(item: Item, done: Copied) -> Row:
     return _row(
         item,
-        src,
-        dst,
         "copied",
         sha256=done.sha256,
         how=done.how,
@@ -382,7 +380,7 @@ def _execute(
         items = planner(source, target, _connections(options))
         if options.dry_run:
             for item in items:
-                emit_row(_plan_row(item, src, dst))
+                emit_row(_plan_row(item))
         else:
             _run(ctx, items, source, target, src, dst, options, emit_row)
     finally:
@@ -423,9 +421,9 @@ def _run(
 ) -> None:
     for item in items:
         if item.action == "skip":
-            emit(_row(item, src, dst, "skipped"))
+            emit(_row(item, "skipped"))
         elif item.action == "conflict":
-            emit(_row(item, src, dst, "conflict", exit_code=CONFLICT_CODE))
+            emit(_row(item, "conflict", exit_code=CONFLICT_CODE))
     _clean_pending(ctx, target, items, dst.prefix or src.prefix)
     work = [i for i in items if i.action in ("copy", "check")]
     if not work:
@@ -438,12 +436,13 @@ def _run(
         # A part (64 MiB by default) comes in one ranged GET: parallel reads come from
         # the parts and the images in flight, and fewer requests cost the stores less.
         chunk_size=max(ctx.transfer.chunk_size, ctx.part_size),
+        stall_timeout=ctx.transfer.stall_timeout,
     )
     sides = Sides(source, target, lanes, ctx.reporter, ctx.part_size, src.text)
     seeds = {i.group: i for i in items if i.action == "skip"}
     try:
         with ctx.reporter.batch(f"migrate {src.text} → {dst.text}", tally):
-            _run_groups(_groups(work), seeds, sides, src, dst, options, tally, emit)
+            _run_groups(_groups(work), seeds, sides, options, tally, emit)
     finally:
         lanes.close()
 
@@ -477,8 +476,6 @@ def _run_groups(
     groups: list[list[Item]],
     seeds: dict[tuple[str, ...], Item],
     sides: Sides,
-    src: Side,
-    dst: Side,
     options: Options,
     tally: Tally,
     emit: Emit,
@@ -490,13 +487,13 @@ def _run_groups(
             if sides.lanes.stop.is_set():
                 return
             try:
-                row, copied = _one(sides, item, done, tally, src, dst)
+                row, copied = _one(sides, item, done, tally)
                 emit(row)
                 done = done or copied
             except Interrupted:
                 return
             except Exception as exc:  # noqa: BLE001 - one image never stops the others
-                emit(_failed_row(item, src, dst, exc))
+                emit(_failed_row(item, exc))
             finally:
                 tally.item_done()
 
@@ -528,13 +525,11 @@ def _seed(sides: Sides, seed: Item) -> Copied | None:
     return Copied(info, sha, "present", 0, 0, ()) if sha else None
 
 
-def _one(
-    sides: Sides, item: Item, done: Copied | None, tally: Tally, src: Side, dst: Side
-) -> tuple[Row, Copied | None]:
+def _one(sides: Sides, item: Item, done: Copied | None, tally: Tally) -> tuple[Row, Copied | None]:
     info = sides.source.stat(item.src.key)  # fresh: its metadata, and the ETag reads pin to
     item.src = info
     if item.action == "check":
-        return _check(sides, item, tally, src, dst), None
+        return _check(sides, item, tally), None
     sha = recorded_sha256(info)
     copied = None
     if done is not None and (sha is None or sha == done.sha256):
@@ -544,10 +539,10 @@ def _one(
             tally.advance(info.size)
     if copied is None:
         copied = carry(sides, info, item.dst_key, tally.advance)
-    return _done_row(item, src, dst, copied), copied
+    return _done_row(item, copied), copied
 
 
-def _check(sides: Sides, item: Item, tally: Tally, src: Side, dst: Side) -> Row:
+def _check(sides: Sides, item: Item, tally: Tally) -> Row:
     """The source records no sha256 but the destination does: read the source to compare."""
     assert item.dst is not None
     held = recorded_sha256(item.dst)
@@ -555,9 +550,9 @@ def _check(sides: Sides, item: Item, tally: Tally, src: Side, dst: Side) -> Row:
     tally.advance(item.src.size)
     if sha == held:
         item.reason = "same sha256 (read from the source)"
-        return _row(item, src, dst, "skipped", sha256=sha)
+        return _row(item, "skipped", sha256=sha)
     item.reason = f"the destination holds sha256:{held}"
-    return _row(item, src, dst, "conflict", sha256=sha, exit_code=CONFLICT_CODE)
+    return _row(item, "conflict", sha256=sha, exit_code=CONFLICT_CODE)
 
 
 # -- search across remotes ---------------------------------------------------------------------

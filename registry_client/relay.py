@@ -25,22 +25,32 @@ The shape of transfer.py, with an upload at the end instead of a cache file:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import IO, BinaryIO, cast
 
-from registry_client.backends.base import ObjectInfo, RangeReader, Reader, ReadWatch, Upload
+from registry_client.backends.base import (
+    ObjectInfo,
+    RangeReader,
+    ReadCancelled,
+    Reader,
+    ReadWatch,
+    Upload,
+)
 from registry_client.digests import Digester, DigestResult
 from registry_client.errors import (
     IntegrityError,
     Interrupted,
     RegistryClientError,
     RemoteUnavailable,
+    Stalled,
 )
 from registry_client.retry import RetryPolicy, retry_call
 
@@ -98,6 +108,58 @@ class Spool:
         return tempfile.TemporaryFile(dir=self.directory)
 
 
+class Watchdog:
+    """Every ranged read of a migration, watched from one thread: a read that delivers
+    nothing for `stall_timeout` seconds is stopped (its connection shut) and retried by
+    the retry wrapper, as a pull's are; a relay that fails or is stopped cancels its own
+    reads at once instead of waiting for them to end."""
+
+    def __init__(self, stall_timeout: float) -> None:
+        self.stall_timeout = stall_timeout
+        self._live: dict[ReadWatch, object] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def track(self, owner: object) -> Iterator[ReadWatch]:
+        watch = ReadWatch()
+        with self._lock:
+            self._live[watch] = owner
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rc-stalls", daemon=True)
+                self._thread.start()
+        try:
+            yield watch
+        finally:
+            with self._lock:
+                self._live.pop(watch, None)
+
+    def cancel(self, owner: object) -> None:
+        with self._lock:
+            mine = [w for w, o in self._live.items() if o is owner]
+        for watch in mine:
+            watch.cancel()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                stalled = [w for w in self._live if now - w.mark > self.stall_timeout]
+            for watch in stalled:
+                watch.stop(
+                    Stalled(
+                        f"no data for {self.stall_timeout:g} s",
+                        hint="the store stopped sending; [transfer] stall_timeout sets the wait",
+                    )
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 @dataclass
 class Lanes:
     """What every relay of one migration shares: the spool, the fetch and send pools,
@@ -110,6 +172,7 @@ class Lanes:
     window: int = 4  # parts of one object read ahead of the one being hashed
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     stop: threading.Event = field(default_factory=threading.Event)
+    watchdog: Watchdog = field(default_factory=lambda: Watchdog(30.0))
 
     @classmethod
     def create(
@@ -121,6 +184,7 @@ class Lanes:
         chunk_size: int = 16 * MiB,
         window: int = 4,
         policy: RetryPolicy | None = None,
+        stall_timeout: float = 30.0,
     ) -> Lanes:
         return cls(
             Spool(budget, directory),
@@ -129,12 +193,14 @@ class Lanes:
             chunk_size,
             max(1, window),
             policy or RetryPolicy(),
+            watchdog=Watchdog(stall_timeout),
         )
 
     def close(self) -> None:
         self.stop.set()
         self.fetchers.shutdown(wait=True, cancel_futures=True)
         self.senders.shutdown(wait=True, cancel_futures=True)
+        self.watchdog.close()
 
 
 @dataclass(frozen=True)
@@ -320,13 +386,19 @@ class _Relay:
         for start in range(part.offset, end, step):
             stop = min(start + step, end)
             pos = start
-            for chunk in self.source.read_range(info.key, start, stop, info.etag):
-                if self.failed.is_set() or self.lanes.stop.is_set():
-                    raise _Abandoned
-                if pos + len(chunk) > stop:
-                    raise IntegrityError(f"{info.key}: the store sent more bytes than asked for")
-                _write_all(fd, chunk, pos - part.offset)
-                pos += len(chunk)
+            with self.lanes.watchdog.track(self) as watch:
+                try:
+                    chunks = self.source.read_range(info.key, start, stop, info.etag, watch=watch)
+                    for chunk in chunks:
+                        watch.moved()
+                        if self.failed.is_set() or self.lanes.stop.is_set():
+                            raise _Abandoned
+                        if pos + len(chunk) > stop:
+                            raise IntegrityError(f"{info.key}: the store sent more than asked")
+                        _write_all(fd, chunk, pos - part.offset)
+                        pos += len(chunk)
+                except ReadCancelled:
+                    raise _Abandoned from None
             if pos != stop:
                 raise IntegrityError(f"{info.key}: range {start}-{stop} ended at {pos}")
 
@@ -375,6 +447,7 @@ class _Relay:
 
     def _drain(self) -> None:
         """After a failure: let running parts stop, then give every spool file back."""
+        self.lanes.watchdog.cancel(self)  # reads blocked in a socket end now
         futures = [f for p in self.parts for f in (p.fetched, p.sent) if f is not None]
         for fut in futures:
             fut.cancel()

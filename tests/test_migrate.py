@@ -165,7 +165,10 @@ def test_s3_to_swift_and_a_foreign_multipart_upload(
     foreign = tmp_path / "foreign.sif"
     write_random(foreign, 20 * MiB + 5, seed=7)
     config = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB)
-    s3_client(moto_server).upload_file(str(foreign), bucket, "lab/theirs:1.sif", Config=config)
+    sregistry = {"Metadata": {"client": "sregistry", "sizemb": "20"}}  # what sregistry-cli writes
+    s3_client(moto_server).upload_file(
+        str(foreign), bucket, "lab/theirs:1.sif", ExtraArgs=sregistry, Config=config
+    )
     code, rows, _, err = w.migrate("cloud", "onprem")
     assert code == 0, err
     assert {r["status"] for r in rows} == {"copied"}
@@ -173,6 +176,8 @@ def test_s3_to_swift_and_a_foreign_multipart_upload(
     assert w.pulled("onprem:lab/theirs:1") == foreign.read_bytes()
     head = swift_conn(swift_server).head_object(w.remotes["onprem"].location, "lab/theirs:1.sif")
     assert head["x-object-meta-sha256"] == by_ref(rows)["lab/theirs:1"]["sha256"]
+    assert head["x-object-meta-client"] == "sregistry" and head["x-object-meta-sizemb"] == "20"
+    assert json.loads(head["x-object-meta-labels"]) == {"migrated-from": "cloud"}
     code, again, _, _ = w.migrate("cloud", "onprem")
     assert code == 0 and {r["status"] for r in again} == {"skipped"}
 
@@ -467,3 +472,32 @@ def assert_nothing_pending(kind: str, swift_server: Any, bucket: str) -> None:
             named |= {e["name"].lstrip("/").partition("/")[2] for e in json.loads(manifest[1])}
     stored = {o["name"] for o in conn.get_container(f"{bucket}_segments")[1]}
     assert stored == named
+
+
+def test_a_stalled_source_read_is_stopped_and_retried(
+    moto_server: Any, swift_server: Any, tmp_path: Path
+) -> None:
+    """A source that stops sending mid-body: the read is cut after stall_timeout and
+    retried from the byte it reached; the image is copied, verified."""
+    from tests.support.faultproxy import Fault, FaultProxy
+
+    bucket = new_bucket(moto_server)
+    with FaultProxy(moto_server.s3_endpoint) as proxy:
+        proxy.add_fault(Fault.stall(MiB, 60, times=1, method="GET", has_range=True))
+        src = RemoteConfig(
+            "src", "s3", {**s3_options(moto_server, bucket), "endpoint_url": proxy.url}
+        )
+        w = World(
+            tmp_path,
+            {"src": src, "dst": swift_remote("dst", swift_server, new_container(swift_server))},
+        )
+        with open(w.env["REGISTRY_CLIENT_CONFIG"], "a") as fh:
+            fh.write("stall_timeout = 1\n")  # in the [transfer] table World wrote last
+        image = w.push("src:lab/app:1", 3 * MiB, 1)
+        started = time.monotonic()
+        code, rows, _, err = w.migrate("src", "dst")
+        took = time.monotonic() - started
+        assert proxy.stats.faults.get("stall") == 1
+    assert code == 0 and rows[0]["status"] == "copied", err
+    assert took < 30, f"a 60 s stall was waited out ({took:.1f} s)"
+    assert w.pulled("dst:lab/app:1") == image.read_bytes()
