@@ -439,11 +439,13 @@ def test_killed_mid_way_then_run_again(
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
         first = up.stats.sent_bytes.get("PUT", 0)
+        left = parts_left_behind(kind, swift_server, dst_bucket)
         slow.clear_faults()
         code, rows, _, err = w.migrate("src", "cloud")
         assert code == 0, err
         assert {r["status"] for r in rows} <= {"copied", "skipped"}
-        assert any(r.get("how") == "resumed" for r in rows), rows
+        if left:  # parts of an interrupted upload were there: they are kept, not sent again
+            assert any(r.get("how") == "resumed" for r in rows), rows
         sent = up.stats.sent_bytes.get("PUT", 0)
         print(
             f"\nkilled at {first / MiB:.1f} MiB of {total / MiB:.1f}; "
@@ -458,11 +460,20 @@ def test_killed_mid_way_then_run_again(
         up.stop()
 
 
-def assert_nothing_pending(kind: str, swift_server: Any, bucket: str) -> None:
+def parts_left_behind(kind: str, swift_server: Any, bucket: str) -> int:
+    """Parts of incomplete uploads at the destination: S3 multipart parts, or Swift
+    segments no manifest names."""
     if kind == "s3":
         client = s3_client(swift_server)
-        assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
-        return
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return sum(
+            len(
+                client.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get(
+                    "Parts", []
+                )
+            )
+            for u in uploads
+        ) + len(uploads)
     conn = swift_conn(swift_server)
     named: set[str] = set()
     for obj in conn.get_container(bucket)[1]:
@@ -470,8 +481,15 @@ def assert_nothing_pending(kind: str, swift_server: Any, bucket: str) -> None:
         if head.get("x-static-large-object"):
             manifest = conn.get_object(bucket, obj["name"], query_string="multipart-manifest=get")
             named |= {e["name"].lstrip("/").partition("/")[2] for e in json.loads(manifest[1])}
-    stored = {o["name"] for o in conn.get_container(f"{bucket}_segments")[1]}
-    assert stored == named
+    try:
+        stored = {o["name"] for o in conn.get_container(f"{bucket}_segments")[1]}
+    except Exception:  # noqa: BLE001 - no segments container: nothing left
+        return 0
+    return len(stored - named)
+
+
+def assert_nothing_pending(kind: str, swift_server: Any, bucket: str) -> None:
+    assert parts_left_behind(kind, swift_server, bucket) == 0
 
 
 def test_a_stalled_source_read_is_stopped_and_retried(
