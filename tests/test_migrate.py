@@ -519,3 +519,45 @@ def test_a_stalled_source_read_is_stopped_and_retried(
     assert code == 0 and rows[0]["status"] == "copied", err
     assert took < 30, f"a 60 s stall was waited out ({took:.1f} s)"
     assert w.pulled("dst:lab/app:1") == image.read_bytes()
+
+
+def test_ctrl_c_aborts_the_uploads_in_flight(
+    swift_server: Any, moto_server: Any, tmp_path: Path
+) -> None:
+    """Ctrl-C mid-migration: exit 130, one line, and no incomplete upload left behind."""
+    from tests.support.faultproxy import Fault, FaultProxy
+
+    src_bucket, dst_bucket = new_bucket(moto_server), new_bucket(swift_server)
+    direct = World(
+        tmp_path / "direct", {"src": RemoteConfig("src", "s3", s3_options(moto_server, src_bucket))}
+    )
+    for i in range(4):
+        direct.push(f"src:lab/i{i}:1", 12 * MiB + i, i)
+    with FaultProxy(moto_server.s3_endpoint) as slow:
+        slow.add_fault(Fault.slow(4 * MiB, times=None, method="GET", has_range=True))
+        src = RemoteConfig(
+            "src", "s3", {**s3_options(moto_server, src_bucket), "endpoint_url": slow.url}
+        )
+        w = World(
+            tmp_path,
+            {
+                "src": src,
+                "cloud": RemoteConfig("cloud", "s3", s3_options(swift_server, dst_bucket)),
+            },
+        )
+        proc = subprocess.Popen(
+            [*console_script(), "migrate", "src", "cloud"],
+            env={**os.environ, **w.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        client = s3_client(swift_server)
+        deadline = time.monotonic() + 60
+        while not client.list_multipart_uploads(Bucket=dst_bucket).get("Uploads"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert not client.list_multipart_uploads(Bucket=dst_bucket).get("Uploads")
