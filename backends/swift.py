@@ -38,7 +38,6 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit
 
@@ -61,7 +60,8 @@ from registry_client.backends.base import (
     innermost,
     metadata_of,
 )
-from registry_client.backends.swift_auth import SwiftAuth, SwiftConnection, TokenStore, translate
+from registry_client.backends.swift_auth import SwiftConnection, TokenStore, translate
+from registry_client.backends.swift_config import SwiftAuth, object_info, unquote_etag
 from registry_client.digests import plain_md5_plan, segments
 from registry_client.errors import (
     AuthError,
@@ -185,10 +185,6 @@ def _segment_entry(name: str, etag: str, size: int, entry: _Entry | None = None)
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _unquote_etag(value: str | None) -> str | None:
-    return value.strip().strip('"') or None if value else None
-
-
 def _is_slo(head: Mapping[str, str]) -> bool:
     return str(head.get("x-static-large-object", "")).lower() in ("true", "1", "yes")
 
@@ -196,12 +192,6 @@ def _is_slo(head: Mapping[str, str]) -> bool:
 def _split(name: str) -> tuple[str, str]:
     container, _, obj = name.lstrip("/").partition("/")
     return container, obj
-
-
-def _parse_modified(head: Mapping[str, str]) -> datetime | None:
-    with contextlib.suppress(TypeError, ValueError, IndexError):
-        return parsedate_to_datetime(head["last-modified"])
-    return None
 
 
 def _parse_iso(text: str | None) -> datetime | None:
@@ -325,7 +315,7 @@ class SwiftBackend(Backend):
             head = dict(self._conn().head_object(self.container, self._full(key)))
         except Exception as exc:
             raise translate(exc, f"stat {key}") from None
-        etag = _unquote_etag(head.get("etag"))
+        etag = unquote_etag(head.get("etag"))
         if etag:
             with self._lock:
                 if len(self._heads) > 256:
@@ -339,23 +329,13 @@ class SwiftBackend(Backend):
             head = self._heads.get((info.key, info.etag or ""))
         if head is None:
             head = self._head(info.key)
-            if _unquote_etag(head.get("etag")) != info.etag:
+            if unquote_etag(head.get("etag")) != info.etag:
                 raise ObjectChanged(f"{info.key} changed since it was looked up")
         return head
 
     @staticmethod
     def _info(key: str, head: Mapping[str, str]) -> ObjectInfo:
-        prefix = "x-object-meta-"
-        meta = {
-            k[len(prefix) :].lower(): v for k, v in head.items() if k.lower().startswith(prefix)
-        }
-        return ObjectInfo(
-            key,
-            int(head.get("content-length", 0)),
-            _unquote_etag(head.get("etag")),
-            meta,
-            _parse_modified(head),
-        )
+        return object_info(key, head)
 
     # -- verbs --------------------------------------------------------------------------
     def stat(self, key: str) -> ObjectInfo:
@@ -424,7 +404,7 @@ class SwiftBackend(Backend):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         try:
             for item in self._listing(self.container, self._full(prefix)):
-                etag = _unquote_etag(item.get("slo_etag") or str(item.get("hash", "")))
+                etag = unquote_etag(item.get("slo_etag") or str(item.get("hash", "")))
                 yield ObjectInfo(
                     item["name"][len(self.prefix) :],
                     int(item.get("bytes", 0)),
@@ -957,7 +937,7 @@ class SwiftBackend(Backend):
             return error  # we cut it (a stall, or the download is over): nothing to probe
         try:
             head = self._head(key)
-            if etag and _unquote_etag(head.get("etag")) != etag:
+            if etag and unquote_etag(head.get("etag")) != etag:
                 return ObjectChanged(f"read {key}: the object changed during the transfer")
             if not _is_slo(head):
                 return error
@@ -986,7 +966,7 @@ class SwiftBackend(Backend):
                     return f"segment {leaf.name} is missing"
                 raise
             if (
-                _unquote_etag(seg.get("etag")) != leaf.hash
+                unquote_etag(seg.get("etag")) != leaf.hash
                 or int(seg.get("content-length", -1)) != leaf.size
             ):
                 return f"segment {leaf.name} no longer matches its manifest"

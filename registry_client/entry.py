@@ -1,12 +1,13 @@
 """The console script: cache hits are answered before the full CLI loads.
 
-Batch jobs start by the thousand with `registry-client pull REF@sha256:HEX` or
-`pull --offline REF` for images their node already holds. Such a hit needs no network,
-yet importing typer and the command modules costs more than the hit itself
-(docs/performance.md). So `main` first tries to answer exactly those pulls with the
-cache modules alone, through the functions the full CLI calls for them too
-(config.load_config, config.node_cache, remotes.remote_for/remote_id,
-hits.pull_from_cache), and prints what the full CLI would print.
+Batch jobs start by the thousand with `registry-client pull REF`, `REF@sha256:HEX` or
+`pull --offline REF` for images their node already holds. Such a hit needs at most one
+HEAD, yet importing typer and the command modules, or botocore with its S3 service model,
+costs more than the hit itself (docs/performance.md). So `main` first tries to answer
+those pulls with the cache modules and, where the store must confirm the tag, one HEAD
+asked with the standard library (backends.light), through the functions the full CLI
+calls for them too (config.load_config, config.node_cache, remotes.remote_for/remote_id,
+hits.pull_from_cache, hits.version_hit), and prints what the full CLI would print.
 
 Everything else goes to the full CLI (registry_client.cli), which starts from scratch:
 other commands and options (-o, --force, -v, help ...), fetcher references (docker://
@@ -20,7 +21,10 @@ import sys
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from registry_client.config import RemoteConfig
+    from registry_client.context import Context
     from registry_client.hits import PullResult
+    from registry_client.names import ImageRef
 
 # Global options (before the command) a hit can ignore: they only steer stderr (progress
 # bars, status lines), and a hit writes nothing there.
@@ -122,16 +126,39 @@ def _cached(request: FastPull) -> PullResult | None:
         from registry_client.remotes import remote_for, remote_id
 
         ref = parse_reference(request.ref)
-        if not isinstance(ref, ImageRef) or not (ref.digest or request.offline):
+        if not isinstance(ref, ImageRef):
             return None
         # The full CLI's composition root, then service.pull's first steps, so that
         # whatever the full CLI would refuse is refused before the hit touches the cache.
         ctx = open_context(request.config, request.cache_dir)
-        rid = remote_id(remote_for(ctx.config, ref))
+        remote = remote_for(ctx.config, ref)
+        rid = remote_id(remote)
         result = pull_from_cache(ctx.cache, ref, rid, request.offline)
+        if result is None and not request.offline:
+            result = _after_one_head(ctx, ref, remote, rid)
         fallback = ctx.cache.fallback
         if ctx.cache.notices or (fallback and fallback.notices):
             return None  # the cache has something to say: the full CLI prints it on stderr
         return result
     except Exception:  # noqa: BLE001 - the full CLI runs again and reports it its own way
         return None
+
+
+def _after_one_head(
+    ctx: Context, ref: ImageRef, remote: RemoteConfig, rid: str
+) -> PullResult | None:
+    """A pull by tag (or by a digest this node has not seen with the tag) of an image the
+    cache holds: what service.pull does up to its cache hit — one HEAD, then the hit by
+    sha256 or by the object version's recorded sha256 — with the HEAD asked without the
+    store's client library (backends.light). None for anything else: a miss, a HEAD the
+    light path does not do, a warning to print; the full CLI then does it all again."""
+    from registry_client.backends.light import stat_image
+    from registry_client.hits import version_hit
+    from registry_client.names import IMAGE_SUFFIXES
+
+    info = stat_image(remote, [ref.key(suffix) for suffix in IMAGE_SUFFIXES])
+    if info is None or info.ignored:
+        return None
+    if ref.digest and info.sha256 and ref.digest != info.sha256:
+        return None  # the tag holds another image now: the full CLI's error says so
+    return version_hit(ctx.cache, ref, rid, info)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from registry_client.backends.base import ObjectInfo
     from registry_client.cache import Cache
     from registry_client.names import ImageRef
 
@@ -84,3 +85,34 @@ def record_size(record: dict[str, Any]) -> int | None:
     """The size a tag record (or a source's version record) holds, if it is a sane one."""
     size = record.get("size")
     return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+
+
+def version_hit(cache: Cache, ref: ImageRef, rid: str, info: ObjectInfo) -> PullResult | None:
+    """The image a store just described (its HEAD: `info`) answered from the cache: by the
+    sha256 in its metadata (or the pinned digest), else by the sha256 a pull of this very
+    object version (key, ETag, size) recorded. On a hit the tag's records are updated as
+    a download's are. The full pull (service) and the console script's light HEAD
+    (entry, backends.light) both answer here."""
+    version = (rid, info.key, info.etag or "", str(info.size))
+    sha = info.sha256 or ref.digest or cache.resolve_etag(*version)
+    hit = cache_hit(cache, str(ref), sha, info.size)
+    if hit is not None:
+        record_ref(cache, ref, rid, info, hit.sha256)
+    return hit
+
+
+def record_ref(cache: Cache, ref: ImageRef, rid: str, info: ObjectInfo, sha: str) -> None:
+    """What the tag resolved to (for --offline and stale answers), and that this node saw
+    the reference with this digest (for pinned pulls without network: pull_from_cache)."""
+    import time
+
+    record = {
+        "ref": str(ref),
+        "sha256": sha,
+        "etag": info.etag,
+        "size": info.size,
+        "key": info.key,
+        "pulled": time.time(),
+    }
+    cache.record_ref(rid, ref.collection, ref.name, ref.tag, record)
+    cache.record_ref(rid, ref.collection, ref.name, pinned_key(ref, sha), record)

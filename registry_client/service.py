@@ -28,7 +28,7 @@ from registry_client.errors import (
     UnverifiableError,
     UsageError,
 )
-from registry_client.hits import PullResult, cache_hit, pinned_key, pull_from_cache
+from registry_client.hits import PullResult, pull_from_cache, record_ref, version_hit
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
 from registry_client.remotes import open_remote, remote_for, remote_id
 from registry_client.reporting import Reporter
@@ -164,7 +164,7 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: b
         ctx.reporter.warn(f"{info.key}: {note}")
     expected = _expected_sha(ref, info)
     version = (rid, info.key, info.etag or "", str(info.size))
-    hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
+    hit = None if force else _cached_version(ctx, ref, rid, info)
     if hit:
         return hit
     version_id = short_id(*version)
@@ -173,7 +173,7 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: b
         ctx.reporter.info(f"waiting for {who} to pull {ref}")
 
     with ctx.cache.lock(version_id, on_wait=waiting) as locked:
-        hit = None if force else _cached_version(ctx, ref, rid, info, expected, version)
+        hit = None if force else _cached_version(ctx, ref, rid, info)
         if hit:
             return hit
         ctx.cache.clean_dead_temps()
@@ -183,7 +183,7 @@ def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: b
         sha = download.sha256
         # Before the lock goes: a waiter without a sha256 to look for finds it by ETag.
         ctx.cache.record_etag(sha, *version)
-    _record_ref(ctx, ref, rid, info, sha)
+    record_ref(ctx.cache, ref, rid, info, sha)
     return PullResult(
         str(ref), str(download.path), sha, info.size, False, download.checks, download.resumed
     )
@@ -198,34 +198,8 @@ def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
     return info.sha256 or ref.digest
 
 
-def _cached_version(
-    ctx: Context,
-    ref: ImageRef,
-    rid: str,
-    info: ObjectInfo,
-    expected: str | None,
-    version: tuple[str, ...],
-) -> PullResult | None:
-    sha = expected or ctx.cache.resolve_etag(*version)
-    hit = cache_hit(ctx.cache, str(ref), sha, info.size)
-    if hit is not None:
-        _record_ref(ctx, ref, rid, info, hit.sha256)
-    return hit
-
-
-def _record_ref(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo, sha: str) -> None:
-    """What the tag resolved to (for --offline and stale answers), and that this node saw
-    the reference with this digest (for pinned pulls without network: hits.pull_from_cache)."""
-    record = {
-        "ref": str(ref),
-        "sha256": sha,
-        "etag": info.etag,
-        "size": info.size,
-        "key": info.key,
-        "pulled": time.time(),
-    }
-    ctx.cache.record_ref(rid, ref.collection, ref.name, ref.tag, record)
-    ctx.cache.record_ref(rid, ref.collection, ref.name, pinned_key(ref, sha), record)
+def _cached_version(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo) -> PullResult | None:
+    return version_hit(ctx.cache, ref, rid, info)
 
 
 @dataclass(frozen=True)
@@ -462,7 +436,7 @@ def import_file(ctx: Context, file: str, ref: ImageRef) -> PullResult:
         info = stat_image(backend, ref)
         expected = _expected_sha(ref, info)
         version = (rid, info.key, info.etag or "", str(info.size))
-        hit = _cached_version(ctx, ref, rid, info, expected, version)
+        hit = _cached_version(ctx, ref, rid, info)
         if hit:
             return hit
         if size != info.size:
@@ -485,7 +459,7 @@ def import_file(ctx: Context, file: str, ref: ImageRef) -> PullResult:
     except OSError as exc:
         raise raise_for_os_error(exc, f"import of {file} into {ctx.cache.root}") from None
     ctx.cache.record_etag(result.sha256, *version)
-    _record_ref(ctx, ref, rid, info, result.sha256)
+    record_ref(ctx.cache, ref, rid, info, result.sha256)
     return PullResult(str(ref), str(path), result.sha256, info.size, False, checks)
 
 

@@ -74,6 +74,8 @@ def _same_as_full_cli_without_it(
         ["-q", "--no-progress", "pull", "--json", "--offline", "local:lab/app:1"],
         ["--progress", "--quiet", "pull", "--offline", "lab/app:1@{sha}"],
         ["pull", "file://{local}/lab/app:1@{sha}"],
+        ["pull", "lab/app:1"],  # by tag: one stat of the directory remote
+        ["pull", "--json", "file://{local}/lab/app:1"],
     ],
 )
 def test_hit_is_answered_as_the_full_cli_answers_it(
@@ -153,7 +155,7 @@ ZEROS = "sha256:" + "0" * 64
         (["pull", "--force", "lab/app:1@{sha}"], 0, ""),
         (["pull", "--offline", "docker://alpine:3"], 3, "error: docker://"),
         (["pull", "nosuch:lab/app:1@{sha}"], 3, "error: no remote named 'nosuch'"),
-        (["pull", "lab/app:1"], 0, ""),  # neither pinned nor --offline: one HEAD
+        (["pull", "lab/none:1"], 3, "error: lab/none:1 not found"),  # a miss by tag
         (["-v", "pull", "--offline", "lab/app:1"], 0, ""),
         (["--offline", "pull", "lab/app:1"], 2, "error: "),
         (["--config", "/nonexistent.toml", "pull", "--offline", "lab/app:1"], 2, "error: config"),

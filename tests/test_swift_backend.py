@@ -27,7 +27,7 @@ from swiftclient.exceptions import ClientException
 
 from registry_client import service
 from registry_client.backends.swift import SwiftBackend, fit_segment_size
-from registry_client.backends.swift_auth import SwiftAuth
+from registry_client.backends.swift_config import SwiftAuth
 from registry_client.config import RemoteConfig
 from registry_client.context import Context
 from registry_client.digests import hash_file
