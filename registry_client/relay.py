@@ -38,6 +38,7 @@ from typing import IO, BinaryIO, cast
 
 from registry_client.backends.base import (
     ObjectInfo,
+    RangeBody,
     RangeReader,
     ReadCancelled,
     Reader,
@@ -388,19 +389,33 @@ class _Relay:
             pos = start
             with self.lanes.watchdog.track(self) as watch:
                 try:
-                    chunks = self.source.read_range(info.key, start, stop, info.etag, watch=watch)
-                    for chunk in chunks:
-                        watch.moved()
-                        if self.failed.is_set() or self.lanes.stop.is_set():
-                            raise _Abandoned
-                        if pos + len(chunk) > stop:
-                            raise IntegrityError(f"{info.key}: the store sent more than asked")
-                        _write_all(fd, chunk, pos - part.offset)
-                        pos += len(chunk)
+                    body = self.source.open_range(info.key, start, stop, info.etag, watch=watch)
                 except ReadCancelled:
                     raise _Abandoned from None
+                try:
+                    pos = self._receive(body, fd, pos, stop, part.offset, watch)
+                except ReadCancelled:
+                    raise _Abandoned from None
+                finally:
+                    body.close()
             if pos != stop:
                 raise IntegrityError(f"{info.key}: range {start}-{stop} ended at {pos}")
+
+    def _receive(
+        self, body: RangeBody, fd: int, pos: int, stop: int, base: int, watch: ReadWatch
+    ) -> int:
+        """Receive a range's body into this thread's buffer and write it to the spool file
+        at its place (`base`: the file's first byte in the object); the new position."""
+        view = _receive_buffer()
+        while n := body.readinto(view):
+            watch.moved()
+            if self.failed.is_set() or self.lanes.stop.is_set():
+                raise _Abandoned
+            if pos + n > stop:
+                raise IntegrityError(f"{self.info.key}: the store sent more than asked for")
+            _write_all(fd, view[:n], pos - base)
+            pos += n
+        return pos
 
     def _send(self, part: _Part, md5: bytes) -> None:
         if self.upload is None:
@@ -457,11 +472,22 @@ class _Relay:
                 part.retire()
 
 
+_local = threading.local()
+
+
+def _receive_buffer() -> memoryview:
+    """One receive buffer per fetch thread, reused: no new bytes object per block."""
+    view: memoryview | None = getattr(_local, "view", None)
+    if view is None:
+        view = _local.view = memoryview(bytearray(STREAM_BLOCK))
+    return view
+
+
 def _reader(fd: int, length: int) -> BinaryIO:
     return cast(BinaryIO, RangeReader(fd, 0, length))
 
 
-def _write_all(fd: int, data: bytes, pos: int) -> None:
+def _write_all(fd: int, data: bytes | memoryview, pos: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, pos)
