@@ -7,6 +7,7 @@ bodies.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -185,3 +186,28 @@ def test_ctrl_c_mid_body_exits_130_within_a_second(
     assert proc.returncode == 130 and out == ""
     assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
     assert took < 1.0
+
+
+def test_a_trickling_source_ends_a_migration_in_exit_6(tmp_path: Path, moto_server: Any) -> None:
+    """migrate streams store to store (relay.py): its reads are watched the same way."""
+    bucket = f"rc-{uuid.uuid4().hex[:12]}"
+    client = s3_client(moto_server)
+    client.create_bucket(Bucket=bucket)
+    data = write_random(tmp_path / "app.sif", SIZE, seed=8)
+    client.put_object(Bucket=bucket, Key="lab/app:1.sif", Body=data)
+    with FaultProxy(moto_server.s3_endpoint) as proxy:
+        source = RemoteConfig(
+            "lab", "s3", {**s3_options(moto_server, bucket), "endpoint_url": proxy.url}
+        )
+        env = _config(tmp_path / "config.toml", source, stall_timeout=1)
+        target = tmp_path / "target"
+        proxy.add_fault(Fault.slow(0.5, times=None, has_range=True))
+        start = time.monotonic()
+        result = run_cli("migrate", "--json", "lab", f"file://{target}", env=env, timeout=120)
+        took = time.monotonic() - start
+    print(f"\ntrickling source: migrate exit {result.returncode} after {took:.1f}s")
+    rows = [json.loads(line) for line in result.stdout.splitlines() if '"ref"' in line]
+    assert result.returncode == 6, result.stderr
+    assert rows and rows[0]["status"] == "failed" and rows[0]["exit_code"] == 6, rows
+    assert "no data for 1 s" in result.stdout + result.stderr
+    assert took < 60 and not list(target.rglob("*.sif"))
