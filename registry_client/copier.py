@@ -36,9 +36,9 @@ from registry_client.errors import (
 from registry_client.relay import Lanes, StreamReader, relay
 from registry_client.reporting import Reporter
 from registry_client.retry import retry_call
-from registry_client.service import LAYOUT_VERSION, verify
+from registry_client.service import LAYOUT_VERSION
 from registry_client.sources import Download
-from registry_client.sources.http import Expected, check_digests
+from registry_client.verify import object_expect, registry_expect, verify
 
 MiB = 1024 * 1024
 SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -152,7 +152,7 @@ def bucket_origin(sides: Sides, info: ObjectInfo) -> Origin:
                 sides.source, info, plan.more_schemes, None, sides.lanes, algorithm=plan.algorithm
             ).digest
             result = DigestResult(result.size, result.sha256, again.segment_md5s)
-        return verify(info, plan, result, sha, sides.reporter)
+        return verify(object_expect(info, plan, sha), result, sides.reporter)
 
     return Origin(lambda: sides.source, info, plan, check)
 
@@ -400,16 +400,15 @@ def download_origin(download: Download, opened: list[StreamReader]) -> Origin:
     info = ObjectInfo(download.label, size)
     opened.append(StreamReader(first, info, download.label))
     readers = iter([opened[-1]])
-    expected = Expected(size=download.size, sha256=download.sha256, md5=download.md5)
+    expect = registry_expect(
+        download.label, size, size=download.size, sha256=download.sha256, md5=download.md5
+    )
 
     def check(result: DigestResult, _sha: str | None) -> tuple[str, ...]:
-        return check_digests(download.label, result, expected)
+        return verify(expect, result, None)
 
-    md5 = download.md5
-    plan = (
-        EtagPlan([[size]], lambda md5s: md5s[0][0].hex() == md5, description="the registry's md5")
-        if md5
-        else EtagPlan([], lambda _: False, verifiable=False, description="the registry's sha256")
+    plan = expect.plan or EtagPlan(
+        [], lambda _: False, verifiable=False, description="the registry's sha256"
     )
     return Origin(lambda: next(readers, None) or open_stream(), info, plan, check)
 

@@ -13,6 +13,7 @@ A plan may name another segment hash than md5: GCS composite objects carry only 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -137,6 +138,8 @@ class EtagPlan:
     more_schemes: list[list[int]] = field(default_factory=list)
     #: the hash of each segment: "md5" (S3, Swift, Azure, most GCS objects) or "crc32c"
     algorithm: str = "md5"
+    #: what the check is called in a pull's "verified" list
+    name: str = "etag"
 
 
 @dataclass(frozen=True)
@@ -293,3 +296,20 @@ def hash_file(
 
 class HashingStopped(Exception):
     """hash_file was asked to stop before the end of the file."""
+
+
+def copy_hashing(
+    src: str, dest: os.PathLike[str] | str, schemes: Sequence[Sequence[int]], algorithm: str = "md5"
+) -> DigestResult:
+    """Copy src to a new dest (never through a symlink), hashing exactly the bytes written:
+    src may change meanwhile, and only what was written is verified."""
+    digester = Digester(schemes, algorithm)
+    block = bytearray(4 * MiB)
+    view = memoryview(block)
+    with open(src, "rb", buffering=0) as inp:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb", buffering=0) as out:
+            while n := inp.readinto(block):
+                digester.update(view[:n])
+                out.write(view[:n])
+    return digester.result()

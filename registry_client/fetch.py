@@ -1,24 +1,23 @@
 """Pulls from other registries (docker://, library://, shub://) into the same cache.
 
-The rules of a bucket pull (service.pull) hold for every source:
+The rules of a bucket pull (service.pull) hold for every source, through the same acquire
+pipeline (registry_client.acquire):
 
-    resolve (one metadata request) → cache hit? → lock → produce into a cache temp file
-    → verify → publish by sha256 → remember (version → sha256, tag → sha256)
+    resolve (one metadata request) → cache hit? → lock → resume or produce into a cache
+    temp file → verify → publish by sha256 → remember (version → sha256, tag → sha256)
 
 Each source (registry_client.sources) sits behind the small `Source` interface: it names
 the content upstream (`Version.key`: library hash, Hub md5, docker manifest digest), and
-produces the image file into a temp path (a verified download, or a SIF built from
-verified docker layers). Locks, temp files, publishing and the indexes are shared here.
+says how the image is made on a miss (`producer`: a verified download, resumable, or a
+SIF built from verified docker layers). Locks, temp files, resume state, verification,
+publishing and the version records are the pipeline's; the tag records are kept here.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry_client import policy
-from registry_client.cache import raise_for_os_error, short_id
 from registry_client.errors import NotFound
 from registry_client.hits import PullResult, cache_hit, record_size
 from registry_client.names import FetcherRef, ImageRef
@@ -68,8 +67,6 @@ def pull_fetcher(
                     f"{source.text} is not in the cache", hint="pull it once without --offline"
                 )
             result = _pull(ctx, source, force)
-            if not result.cached:
-                policy.after_publish(ctx, result.sha256)
     finally:
         source.close()
     return place_output(result, output) if output else result
@@ -89,40 +86,17 @@ def _hit(ctx: Context, source: Source, sha: str | None, size: int | None) -> Pul
 
 
 def _pull(ctx: Context, source: Source, force: bool) -> PullResult:
+    from registry_client.acquire import Wanted, acquire
+
     version = source.resolve()
-
-    def cached() -> PullResult | None:
-        if force:
-            return None
-        sha = version.sha256 or ctx.cache.resolve_etag(*version.key)
-        return _hit(ctx, source, sha, record_size(version.record))
-
-    hit = cached()
-    if hit is None:
-        with ctx.cache.lock(
-            short_id(*version.key),
-            on_wait=lambda who: ctx.reporter.info(f"waiting for {who} to pull {source.text}"),
-        ):
-            hit = cached()
-            if hit is None:
-                path, sha, checks = _produce(ctx, source, version, force)
-                # Recorded before the lock goes, so the pulls waiting for it find the image.
-                _remember(ctx, source, version, sha)
-                return PullResult(source.text, str(path), sha, path.stat().st_size, False, checks)
-    _remember(ctx, source, version, hit.sha256)
-    return hit
-
-
-def _produce(
-    ctx: Context, source: Source, version: Version, force: bool
-) -> tuple[Path, str, tuple[str, ...]]:
-    ctx.cache.clean_dead_temps()
-    try:
-        with ctx.cache.temp_file(source.scheme) as tmp:
-            sha, checks = source.produce(ctx, version, tmp)
-            return ctx.cache.publish(tmp, sha, replace=force), sha, checks
-    except OSError as exc:
-        raise raise_for_os_error(exc, f"pull of {source.text} into {ctx.cache.root}") from None
+    wanted = Wanted(
+        source.text, version.key, version.aliases, version.sha256, record_size(version.record)
+    )
+    got = acquire(ctx, wanted, lambda: source.producer(ctx, version), force=force)
+    _remember(ctx, source, version, got.sha256)
+    return PullResult(
+        source.text, str(got.path), got.sha256, got.size, got.cached, got.checks, got.resumed
+    )
 
 
 def _remember(ctx: Context, source: Source, version: Version, sha: str) -> None:

@@ -1,4 +1,5 @@
-"""What the commands do: resolve → (cache hit | lock → download → verify → publish).
+"""What the commands do: resolve, then the image through the acquire pipeline
+(registry_client.acquire: cache hit | lock → resume or download → verify → publish).
 
 The data path reads top-down: CLI → this module → backend (behind the retry wrapper) →
 transfer → cache. Nothing here prints; a Reporter carries progress and warnings.
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry_client import __version__, policy
 from registry_client.backends.base import Backend, EtagPlan, ObjectInfo
-from registry_client.cache import raise_for_os_error, short_id
+from registry_client.cache import raise_for_os_error
 from registry_client.config import Config
 from registry_client.context import Context
 from registry_client.errors import (
@@ -28,7 +29,7 @@ from registry_client.errors import (
     UnverifiableError,
     UsageError,
 )
-from registry_client.hits import PullResult, pull_from_cache, record_ref, version_hit
+from registry_client.hits import PullResult, pull_from_cache, record_ref
 from registry_client.names import IMAGE_SUFFIXES, ImageRef
 from registry_client.remotes import open_remote, remote_for, remote_id
 from registry_client.reporting import Reporter
@@ -36,6 +37,7 @@ from registry_client.reporting import Reporter
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from registry_client.acquire import Producer
     from registry_client.digests import DigestResult
 
 LAYOUT_VERSION = "1"
@@ -75,7 +77,6 @@ def pull(
             result = policy.answer_when_unreachable(ctx, ref, rid, exc)
         if not result.cached:
             _log_download(result, time.monotonic() - start)
-            policy.after_publish(ctx, result.sha256)
     if output:
         result = place_output(result, output)
     return result
@@ -159,34 +160,31 @@ def stat_image(backend: Backend, ref: ImageRef) -> ObjectInfo:
 
 
 def _pull_once(ctx: Context, backend: Backend, ref: ImageRef, rid: str, force: bool) -> PullResult:
+    from registry_client.acquire import Wanted, acquire
+
     info = stat_image(backend, ref)
     for note in info.ignored:
         ctx.reporter.warn(f"{info.key}: {note}")
     expected = _expected_sha(ref, info)
-    version = (rid, info.key, info.etag or "", str(info.size))
-    hit = None if force else _cached_version(ctx, ref, rid, info)
-    if hit:
-        return hit
-    version_id = short_id(*version)
-
-    def waiting(who: str) -> None:
-        ctx.reporter.info(f"waiting for {who} to pull {ref}")
-
-    with ctx.cache.lock(version_id, on_wait=waiting) as locked:
-        hit = None if force else _cached_version(ctx, ref, rid, info)
-        if hit:
-            return hit
-        ctx.cache.clean_dead_temps()
-        download = _download_verified(
-            ctx, backend, info, expected, str(ref), version_id if locked else None, force
-        )
-        sha = download.sha256
-        # Before the lock goes: a waiter without a sha256 to look for finds it by ETag.
-        ctx.cache.record_etag(sha, *version)
-    record_ref(ctx.cache, ref, rid, info, sha)
-    return PullResult(
-        str(ref), str(download.path), sha, info.size, False, download.checks, download.resumed
+    wanted = Wanted(
+        str(ref), (rid, info.key, info.etag or "", str(info.size)), (), expected, info.size
     )
+    got = acquire(ctx, wanted, lambda: bucket_download(backend, info, expected), force=force)
+    record_ref(ctx.cache, ref, rid, info, got.sha256)
+    return PullResult(
+        str(ref), str(got.path), got.sha256, got.size, got.cached, got.checks, got.resumed
+    )
+
+
+def bucket_download(backend: Backend, info: ObjectInfo, expected: str | None) -> Producer:
+    """How a bucket object is fetched on a miss: ranged reads checked against its size,
+    its ETag (the backend's plan) and the sha256 it should have."""
+    from registry_client.acquire import Download
+    from registry_client.verify import object_expect
+
+    plan = backend.etag_plan(info)
+    _check_verifiable(info, plan, expected)
+    return Download(backend, info, object_expect(info, plan, expected))
 
 
 def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
@@ -196,121 +194,6 @@ def _expected_sha(ref: ImageRef, info: ObjectInfo) -> str | None:
             hint="pull the tag without @sha256 to get the current image",
         )
     return info.sha256 or ref.digest
-
-
-def _cached_version(ctx: Context, ref: ImageRef, rid: str, info: ObjectInfo) -> PullResult | None:
-    return version_hit(ctx.cache, ref, rid, info)
-
-
-@dataclass(frozen=True)
-class _Downloaded:
-    path: Path
-    sha256: str
-    checks: tuple[str, ...]
-    resumed: int  # bytes a previous, interrupted download had already fetched
-
-
-def _download_verified(
-    ctx: Context,
-    backend: Backend,
-    info: ObjectInfo,
-    expected: str | None,
-    label: str,
-    version_id: str | None,
-    replace: bool = False,
-) -> _Downloaded:
-    """Download to a temp file, verify, publish (over a cached copy with `replace`: pull
-    --force). With the version's lock held, the temp file is resumable: a later pull of
-    the same object version continues it."""
-    from registry_client.transfer import download
-
-    plan = backend.etag_plan(info)
-    _check_verifiable(info, plan, expected)
-    while True:
-        try:
-            with _temp_for(ctx, version_id) as (tmp, have, on_range):
-                resumed = sum(end - start for start, end in have)
-                if resumed:
-                    ctx.reporter.info(
-                        f"resuming {label} at {resumed / MiB:.0f} MB of {info.size / MiB:.0f} MB"
-                    )
-                with ctx.reporter.progress(f"pull {label}", info.size - resumed) as advance:
-                    result = download(
-                        backend,
-                        info,
-                        tmp,
-                        plan.schemes,
-                        settings=ctx.transfer,
-                        progress=advance,
-                        have=have,
-                        on_range=on_range,
-                        algorithm=plan.algorithm,
-                    )
-                checks = verify(info, plan, result, expected, ctx.reporter, tmp)
-                published = ctx.cache.publish(tmp, result.sha256, replace=replace)
-                return _Downloaded(published, result.sha256, checks, resumed)
-        except IntegrityError as exc:
-            # Read through a site cache: its copy may be the damaged one (fleet.py).
-            route = backend.bypass_caches()
-            if route is None:
-                raise
-            how = _REREAD[route]
-            ctx.reporter.warn(f"{label}: {exc.message}; reading it again {how}")
-        except OSError as exc:
-            raise raise_for_os_error(exc, f"download of {info.key} into {ctx.cache.root}") from None
-
-
-_REREAD = {
-    "refresh": "with the site cache's copy refreshed",
-    "direct": "from the store, past the site cache",
-}
-
-
-@contextlib.contextmanager
-def _temp_for(ctx: Context, version_id: str | None) -> Any:
-    """(temp path, ranges it already holds, callback to record a finished range)."""
-    paths = ctx.cache.resume_paths(version_id) if version_id else None
-    if paths is None:  # no lock (or another user's files hold the names): no resume
-        with ctx.cache.temp_file() as tmp:
-            yield tmp, [], None
-        return
-    tmp, state_path = paths  # both exist and are ours: nobody can swap them
-    state = ctx.cache.read_state(state_path)
-    chunk = ctx.transfer.chunk_size
-    have = _resumable_ranges(state, chunk)
-    if not have:
-        os.truncate(tmp, 0)
-    done = list(have)
-
-    def on_range(start: int, end: int) -> None:
-        done.append((start, end))
-        ctx.cache.write_state(state_path, {"chunk": chunk, "done": done})
-
-    try:
-        yield tmp, have, on_range
-    except BaseException as exc:
-        # Keep the bytes only for a retry of the same version: after a network failure
-        # or an interrupt. Not after a changed object, a failed check or a full disk.
-        resumable = isinstance(exc, KeyboardInterrupt) or (
-            isinstance(exc, RemoteUnavailable) and exc.retryable
-        )
-        if not resumable:
-            tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        if not tmp.exists():
-            state_path.unlink(missing_ok=True)
-
-
-def _resumable_ranges(state: dict[str, Any], chunk: int) -> list[tuple[int, int]]:
-    """The ranges a state file says are on disk, if it was written for this chunk size."""
-    done = state.get("done")
-    if state.get("chunk") != chunk or not isinstance(done, list):
-        return []
-    try:
-        return [(int(a), int(b)) for a, b in done]
-    except (TypeError, ValueError):
-        return []
 
 
 def _check_verifiable(info: ObjectInfo, plan: EtagPlan, expected: str | None) -> None:
@@ -326,49 +209,6 @@ def _check_verifiable(info: ObjectInfo, plan: EtagPlan, expected: str | None) ->
             "nothing was downloaded",
             hint="push the image again, or ask the store's operator to check it",
         )
-
-
-def verify(
-    info: ObjectInfo,
-    plan: EtagPlan,
-    result: DigestResult,
-    expected: str | None,
-    reporter: Reporter,
-    local: Path | None = None,
-) -> tuple[str, ...]:
-    """Size, ETag (or segment etags) and sha256; IntegrityError on any mismatch."""
-    if result.size != info.size:
-        raise IntegrityError(f"{info.key}: got {result.size} bytes, expected {info.size}")
-    checks = ["size"]
-    if plan.verifiable:
-        if not _etag_matches(plan, result, local):
-            raise IntegrityError(
-                f"{info.key}: content does not match its ETag {info.etag} "
-                f"({plan.description}); nothing was published"
-            )
-        checks.append("etag")
-    else:
-        reporter.warn(f"{info.key}: ETag {info.etag!r} cannot be verified ({plan.description})")
-    if expected:
-        if result.sha256 != expected:
-            raise IntegrityError(
-                f"{info.key}: sha256 {result.sha256} does not match the "
-                f"recorded {expected}; nothing was published"
-            )
-        checks.append("sha256")
-    elif not plan.verifiable:
-        reporter.warn(f"{info.key}: no checksum to verify against; only the size was checked")
-    return tuple(checks)
-
-
-def _etag_matches(plan: EtagPlan, result: DigestResult, local: Path | None) -> bool:
-    if plan.check(result.segment_md5s):
-        return True
-    if not (plan.more_schemes and local):
-        return False
-    from registry_client.transfer import hash_segments
-
-    return plan.check(hash_segments(local, plan.more_schemes, plan.algorithm))
 
 
 def place_output(result: PullResult, output: str) -> PullResult:
@@ -428,6 +268,9 @@ def import_file(ctx: Context, file: str, ref: ImageRef) -> PullResult:
     """Publish a copy of FILE as REF, verified against the remote as a pull would verify
     it: the no-cache-server way to fan an image out (Slurm's sbcast, a parallel file
     system, pdcp), docs/fleet.md. Only the HEAD goes to the store."""
+    from registry_client.acquire import CopyIn, Wanted, acquire
+    from registry_client.verify import object_expect
+
     size = _check_push_file(file)
     remote = remote_for(ctx.config, ref)
     rid = remote_id(remote)
@@ -436,47 +279,19 @@ def import_file(ctx: Context, file: str, ref: ImageRef) -> PullResult:
         info = stat_image(backend, ref)
         expected = _expected_sha(ref, info)
         version = (rid, info.key, info.etag or "", str(info.size))
-        hit = _cached_version(ctx, ref, rid, info)
-        if hit:
-            return hit
-        if size != info.size:
-            raise IntegrityError(f"{file} has {size} bytes, {ref} has {info.size}")
-        plan = backend.etag_plan(info)
+
+        def copy_in() -> Producer:
+            if size != info.size:
+                raise IntegrityError(f"{file} has {size} bytes, {ref} has {info.size}")
+            # A file of the right size proves nothing (it may be another user's): a
+            # checkable ETag or sha256 must vouch for it (strong).
+            return CopyIn(file, object_expect(info, backend.etag_plan(info), expected))
+
+        got = acquire(ctx, Wanted(str(ref), version, (), expected, info.size), copy_in)
     finally:
         backend.close()
-    try:
-        with ctx.cache.temp_file("import") as tmp:
-            result = _copy_hashing(file, tmp, plan.schemes)
-            checks = verify(info, plan, result, expected, ctx.reporter, tmp)
-            if "etag" not in checks and "sha256" not in checks:
-                # A file of the right size proves nothing (it may be another user's).
-                raise UnverifiableError(
-                    f"{ref} has neither a checkable ETag nor a sha256: {file} cannot be "
-                    "verified against it; nothing was published",
-                    hint=f"pull {ref} instead",
-                )
-            path = ctx.cache.publish(tmp, result.sha256)
-    except OSError as exc:
-        raise raise_for_os_error(exc, f"import of {file} into {ctx.cache.root}") from None
-    ctx.cache.record_etag(result.sha256, *version)
-    record_ref(ctx.cache, ref, rid, info, result.sha256)
-    return PullResult(str(ref), str(path), result.sha256, info.size, False, checks)
-
-
-def _copy_hashing(src: str, dest: Path, schemes: list[list[int]]) -> DigestResult:
-    """Copy src to a new dest, hashing exactly the bytes written (src may change meanwhile)."""
-    from registry_client.digests import Digester
-
-    digester = Digester(schemes)
-    block = bytearray(4 * MiB)
-    view = memoryview(block)
-    with open(src, "rb", buffering=0) as inp:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with open(fd, "wb", buffering=0) as out:
-            while n := inp.readinto(block):
-                digester.update(view[:n])
-                out.write(view[:n])
-    return digester.result()
+    record_ref(ctx.cache, ref, rid, info, got.sha256)
+    return PullResult(str(ref), str(got.path), got.sha256, got.size, got.cached, got.checks)
 
 
 # -- push ---------------------------------------------------------------------------

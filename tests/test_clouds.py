@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from registry_client import service
+from registry_client.acquire import Wanted, acquire
 from registry_client.backends.azure import AzureBackend
 from registry_client.backends.base import ObjectInfo
 from registry_client.backends.gcs import GcsBackend
@@ -388,12 +389,16 @@ def test_gcs_composite_verified_by_crc32c(
     info = backend.stat("lab/c:1.sif")
     plan = backend.etag_plan(info)
     assert plan.algorithm == "crc32c"
-    got = service._download_verified(gcs_ctx, backend, info, None, "c", None)
+    got = acquire(
+        gcs_ctx, Wanted("c", ("c", "1")), lambda: service.bucket_download(backend, info, None)
+    )
     assert got.checks == ("size", "etag") and got.path.read_bytes() == data
 
     bad = ObjectInfo(info.key, info.size, info.etag, {}, None, {"crc32c": "00000000"})
     with pytest.raises(IntegrityError, match="does not match"):
-        service._download_verified(gcs_ctx, backend, bad, None, "c", None)
+        acquire(
+            gcs_ctx, Wanted("c", ("c", "2")), lambda: service.bucket_download(backend, bad, None)
+        )
 
 
 def test_gcs_object_changed_behind_the_server_fails(

@@ -142,3 +142,18 @@ def test_lower_layers_never_import_upper_ones() -> None:
     for module in (m for m in graph if m.startswith(lower)):
         bad = sorted(m for m in _reaches(graph, module) if m.startswith(upper))
         assert not bad, f"{module} imports {bad}"
+
+
+def test_the_acquire_pipeline_is_the_only_publisher() -> None:
+    """Images and layers enter the cache through registry_client.acquire alone (it makes
+    the temp files, resumes, verifies, publishes); the cache module itself aside."""
+    allowed = {"registry_client.acquire", "registry_client.cache"}
+    calls = (".publish(", ".publish_blob(", ".temp_file(", ".resume_paths(")
+    found = sorted(
+        f"{module}: {call}"
+        for module, path in _module_files().items()
+        if module not in allowed
+        for call in calls
+        if call in path.read_text(encoding="utf-8")
+    )
+    assert found == []

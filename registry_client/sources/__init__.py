@@ -19,12 +19,12 @@ import importlib
 import os
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry_client.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
+    from registry_client.acquire import Producer
     from registry_client.config import Config
     from registry_client.context import Context
     from registry_client.names import FetcherRef
@@ -90,8 +90,9 @@ class Source(abc.ABC):
         """Ask the registry what the reference names now."""
 
     @abc.abstractmethod
-    def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
-        """Write the verified image to dest; return (its sha256, what was checked)."""
+    def producer(self, ctx: Context, version: Version) -> Producer:
+        """After `resolve`, on a cache miss: how the image is made in the cache — a verified
+        download or a build (registry_client.acquire); the pipeline runs it."""
 
     def download(self) -> Download | None:
         """After `resolve`: the image as one download with a digest to check it by, or

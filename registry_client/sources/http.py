@@ -6,7 +6,8 @@
 - `HttpSource`, a read-only Reader over a single URL, so an image or a blob goes through
   the same parallel ranged download, resume (RetryingReader) and in-order hashing
   (transfer.download) as a bucket object;
-- `download_verified`: that download plus the size, sha256 and md5 checks.
+- `http_download`: that download as the acquire pipeline's producer, checked against the
+  size, sha256 and md5 the registry publishes (registry_client.verify).
 
 Credentials are passed as headers bound to one origin (scheme, host, port); they are
 never sent to another origin, in particular not after a redirect to a presigned URL.
@@ -15,7 +16,6 @@ Nothing here retries: wrap sources in RetryingReader and calls in retry.retry_ca
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 import os
@@ -24,10 +24,13 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+
+if TYPE_CHECKING:
+    from registry_client.acquire import Producer
 
 from registry_client import __version__
 from registry_client.backends._wire import retry_after, shut_down, watched
@@ -40,7 +43,6 @@ from registry_client.backends.base import (
     Reader,
     ReadWatch,
 )
-from registry_client.digests import DigestResult
 from registry_client.errors import (
     AuthError,
     IntegrityError,
@@ -493,93 +495,35 @@ def _body(resp: requests.Response, skip: int, want: int, label: str) -> Iterator
         raise RemoteUnavailable(f"GET {label}: connection broken ({type(exc).__name__})") from None
 
 
-# -- verified download ----------------------------------------------------------------------
+# -- a verified download ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Expected:
-    """What the registry says the bytes are; every field given is checked."""
-
-    size: int | None = None
-    sha256: str | None = None
-    md5: str | None = None
-
-
-def download_verified(
-    source: Reader,
-    info: ObjectInfo,
-    dest: Path,
-    expected: Expected,
+def http_download(
+    inner: HttpSource,
     *,
-    ranges: bool,
-    settings: Any = None,
+    size: int | None = None,
+    sha256: str | None = None,
+    md5: str | None = None,
     progress: Progress | None = None,
-) -> tuple[DigestResult, tuple[str, ...]]:
-    """Fetch into dest with transfer.download (parallel if ranges) and check every digest.
+    after: Callable[[Path], tuple[str, ...]] | None = None,
+) -> Producer:
+    """How one HTTP source is fetched into the cache (registry_client.acquire): its size
+    learnt by one ranged GET, then ranged reads under the retry policy (one stream where
+    the server ignores Range), checked against the `size`, `sha256` and `md5` its registry
+    published; `after` adds checks of the received file."""
+    from registry_client.acquire import Download
+    from registry_client.retry import RetryingReader
+    from registry_client.verify import registry_expect
 
-    `source` should be wrapped in RetryingReader. Raises IntegrityError on any mismatch;
-    the caller publishes dest only after this returns.
-    """
-    from registry_client.settings import TransferSettings
-    from registry_client.transfer import download
-
-    if info.size < 0:
-        raise RegistryClientError(f"{info.key}: the server did not say how large it is")
-    if expected.size is not None and expected.size != info.size:
+    reader = RetryingReader(inner)
+    info = reader.stat(inner.label)
+    if size is not None and info.size != size:
         raise IntegrityError(
             f"{info.key}: server offers {info.size} bytes, the registry "
-            f"recorded {expected.size}; nothing was published"
+            f"recorded {size}; nothing was published"
         )
-    settings = settings or TransferSettings()
-    if not ranges:  # one stream: no range requests the server would ignore
-        settings = dataclasses.replace(settings, chunk_size=max(info.size, 1), concurrency=1)
-    schemes = [[info.size]] if expected.md5 else []
-    result = download(source, info, dest, schemes, settings=settings, progress=progress)
-    return result, check_digests(info.key, result, expected)
-
-
-def fetch_verified(
-    inner: HttpSource,
-    dest: Path,
-    expected: Expected,
-    *,
-    settings: Any = None,
-    progress: Progress | None = None,
-) -> tuple[DigestResult, tuple[str, ...]]:
-    """stat + download_verified of one HTTP source, under the retry policy."""
-    from registry_client.retry import RetryingReader
-
-    source = RetryingReader(inner)
-    info = source.stat(inner.label)
-    return download_verified(
-        source, info, dest, expected, ranges=inner.ranges, settings=settings, progress=progress
-    )
-
-
-def check_digests(label: str, result: DigestResult, expected: Expected) -> tuple[str, ...]:
-    checks = []
-    if expected.size is not None:
-        if result.size != expected.size:
-            raise IntegrityError(
-                f"{label}: got {result.size} bytes, expected {expected.size}; nothing was published"
-            )
-        checks.append("size")
-    if expected.sha256:
-        if result.sha256 != expected.sha256:
-            raise IntegrityError(
-                f"{label}: sha256 {result.sha256} does not match the "
-                f"registry's {expected.sha256}; nothing was published"
-            )
-        checks.append("sha256")
-    if expected.md5:
-        got = result.segment_md5s[0][0].hex() if result.segment_md5s else ""
-        if got != expected.md5:
-            raise IntegrityError(
-                f"{label}: md5 {got} does not match the registry's "
-                f"{expected.md5}; nothing was published"
-            )
-        checks.append("md5")
-    return tuple(checks)
+    expect = registry_expect(info.key, info.size, size=size, sha256=sha256, md5=md5)
+    return Download(reader, info, expect, ranges=inner.ranges, progress=progress, after=after)
 
 
 def env_first(*names: str) -> str | None:

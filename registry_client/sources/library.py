@@ -36,12 +36,11 @@ from registry_client.names import DEFAULT_TAG
 from registry_client.sources import Download, FetchOptions, Source, Version, endpoint, setting
 from registry_client.sources.http import (
     Credentials,
-    Expected,
     HttpSource,
     check_base_url,
     env_first,
-    fetch_verified,
     get_json,
+    http_download,
     int_field,
     list_field,
     new_session,
@@ -49,6 +48,7 @@ from registry_client.sources.http import (
 )
 
 if TYPE_CHECKING:
+    from registry_client.acquire import Producer
     from registry_client.context import Context
 
 DEFAULT_URL = "https://library.sylabs.io"
@@ -216,27 +216,6 @@ def search_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["ref"])
 
 
-def download(
-    client: LibraryClient,
-    ref: LibraryRef,
-    arch: str,
-    record: ImageRecord,
-    dest: Path,
-    *,
-    settings: Any = None,
-    progress: Any = None,
-) -> tuple[str, tuple[str, ...]]:
-    """Fetch the image file into dest, verified against the record; return (sha256, checks)."""
-    expected = Expected(size=record.size, sha256=record.sha256)
-    result, checks = fetch_verified(
-        client.source(ref, arch), dest, expected, settings=settings, progress=progress
-    )
-    if record.sif_uuid:
-        check_sif_uuid(ref, dest, record.sif_uuid)
-        checks = (*checks, "sif-uuid")
-    return result.sha256, checks
-
-
 def check_sif_uuid(ref: LibraryRef, path: Path, expected: str) -> None:
     """The Library names this image by the UUID in its SIF header: the file must carry it."""
     from registry_client import sif
@@ -297,23 +276,22 @@ class LibrarySource(Source):
             {"arch": self.arch, "size": self.record.size, "hash": self.record.version},
         )
 
-    def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
-        if self.record.sif_uuid:
+    def producer(self, ctx: Context, version: Version) -> Producer:
+        record = self.record
+        after = None
+        if record.sif_uuid:
             ctx.reporter.warn(
                 f"{self.text}: the library records no sha256 for this image (an older "
-                f"upload, named by SIF UUID {self.record.sif_uuid}): only its size and "
+                f"upload, named by SIF UUID {record.sif_uuid}): only its size and "
                 "UUID can be checked"
             )
-        with ctx.reporter.progress(f"pull {self.text}", self.record.size) as advance:
-            return download(
-                self.client,
-                self.ref,
-                self.arch,
-                self.record,
-                dest,
-                settings=ctx.transfer,
-                progress=advance,
-            )
+
+            def after(path: Path) -> tuple[str, ...]:
+                check_sif_uuid(self.ref, path, record.sif_uuid)
+                return ("sif-uuid",)
+
+        source = self.client.source(self.ref, self.arch)
+        return http_download(source, size=record.size, sha256=record.sha256, after=after)
 
     def download(self) -> Download | None:
         if self.record is None or not self.record.sha256:

@@ -47,13 +47,12 @@ from registry_client.sources import Download, FetchOptions, Source, Version, end
 from registry_client.sources.http import (
     HOST_RE,
     Credentials,
-    Expected,
     HttpSource,
     check_base_url,
     env_first,
-    fetch_verified,
     get_json,
     host_url,
+    http_download,
     new_session,
     safe_url,
     same_origin,
@@ -61,6 +60,7 @@ from registry_client.sources.http import (
 )
 
 if TYPE_CHECKING:
+    from registry_client.acquire import Producer
     from registry_client.context import Context
 
 DEFAULT_URL = "https://singularity-hub.org"
@@ -218,25 +218,6 @@ def _manifest(ref: ShubRef, data: dict[str, Any]) -> Manifest:
     return Manifest(image, md5, commit, data)
 
 
-def download(
-    client: ShubClient,
-    ref: ShubRef,
-    manifest: Manifest,
-    dest: Path,
-    *,
-    settings: Any = None,
-    progress: Any = None,
-) -> tuple[str, tuple[str, ...]]:
-    """Fetch the image into dest, verified against the Hub's md5; return (sha256, checks)."""
-    source = HttpSource(
-        manifest.image_url, session=client.session, label=f"{ref} ({safe_url(manifest.image_url)})"
-    )
-    result, checks = fetch_verified(
-        source, dest, Expected(md5=manifest.md5), settings=settings, progress=progress
-    )
-    return result.sha256, checks
-
-
 # -- the source ----------------------------------------------------------------------
 
 
@@ -279,11 +260,10 @@ class ShubSource(Source):
             {"version": self.manifest.md5, "commit": self.manifest.commit},
         )
 
-    def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
-        with ctx.reporter.progress(f"pull {self.text}", 0) as advance:
-            return download(
-                self.client, self.ref, self.manifest, dest, settings=ctx.transfer, progress=advance
-            )
+    def producer(self, ctx: Context, version: Version) -> Producer:
+        url = self.manifest.image_url
+        source = HttpSource(url, session=self.client.session, label=f"{self.ref} ({safe_url(url)})")
+        return http_download(source, md5=self.manifest.md5)
 
     def download(self) -> Download | None:
         if self.manifest is None:

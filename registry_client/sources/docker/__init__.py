@@ -22,6 +22,7 @@ from registry_client.sources.docker.registry import (
 from registry_client.sources.docker.sifbuild import BUILDER_VERSION
 
 if TYPE_CHECKING:
+    from registry_client.acquire import Producer
     from registry_client.context import Context
 
 BLOB_WORKERS = 3  # layers fetched at once; their ranged reads share the registry's limiter
@@ -78,8 +79,13 @@ class DockerSource(Source):
             aliases,
         )
 
-    def produce(self, ctx: Context, version: Version, dest: Path) -> tuple[str, tuple[str, ...]]:
-        from registry_client.digests import hash_file
+    def producer(self, ctx: Context, version: Version) -> Producer:
+        from registry_client.acquire import Build
+
+        return Build(lambda dest: self._build(ctx, dest))
+
+    def _build(self, ctx: Context, dest: Path) -> tuple[str, ...]:
+        """The SIF of the resolved manifest, from its verified config and layers."""
         from registry_client.sources.docker.sifbuild import BuildSpec, build_sif, remove_tree
 
         # One retry loop: config_json reads through the retry wrapper itself.
@@ -94,7 +100,7 @@ class DockerSource(Source):
             build_sif(spec, work, dest, ctx.reporter.warn)
         finally:
             remove_tree(work)
-        return hash_file(str(dest)).sha256, ("manifest-digest", "blob-sha256", "diff-id")
+        return ("manifest-digest", "blob-sha256", "diff-id")
 
     def _check_platform(self, ctx: Context, image: dict[str, Any]) -> None:
         """A manifest named by digest is built whatever its platform; say so when it is
@@ -120,9 +126,7 @@ class DockerSource(Source):
         ):
             paths = list(
                 pool.map(
-                    lambda d: ensure_blob(
-                        self.client, d, ctx.cache, settings=ctx.transfer, progress=advance
-                    ),
+                    lambda d: ensure_blob(ctx, self.client, d, progress=advance),
                     layers,
                 )
             )

@@ -50,13 +50,12 @@ from registry_client.sources.http import (
     HOST_RE,
     REGISTRY_CONNECTIONS,
     Credentials,
-    Expected,
     HttpSource,
     dict_field,
-    fetch_verified,
     get_following,
     get_json,
     host_url,
+    http_download,
     int_field,
     is_loopback,
     list_field,
@@ -69,7 +68,8 @@ from registry_client.sources.http import (
 )
 
 if TYPE_CHECKING:
-    from registry_client.cache import Cache
+    from registry_client.acquire import Producer
+    from registry_client.context import Context
 
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
 HUB_API = "registry-1.docker.io"
@@ -549,29 +549,22 @@ def _check_image_types(ref: str, config: Descriptor, layers: tuple[Descriptor, .
 
 
 def ensure_blob(
+    ctx: Context,
     client: RegistryClient,
     desc: Descriptor,
-    cache: Cache,
     *,
-    settings: Any = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """The verified blob in the shared cache, downloading it once per node. A cached blob is
-    re-hashed before use: a damaged one goes to quarantine/ and is fetched again."""
-    found = cache.lookup_blob(desc.hex, desc.size, verify=True)
-    if found is not None:
-        return found
-    with cache.lock(f"blob-{desc.hex[:40]}"):
-        found = cache.lookup_blob(desc.hex, desc.size, verify=True)
-        if found is not None:
-            return found
-        with cache.temp_file("blob") as tmp:
-            fetch_verified(
-                client.blob_source(desc),
-                tmp,
-                Expected(size=desc.size, sha256=desc.hex),
-                settings=settings,
-                progress=progress,
-            )
-            # Over a damaged copy of ours, if one is still there (one we may not move).
-            return cache.publish_blob(tmp, desc.hex, replace=True)
+    """The verified blob in the cache's blob store, fetched once per node through the
+    acquire pipeline (resumed after a kill like any download). A cached blob is re-hashed
+    before use: a damaged one goes to quarantine/ and is fetched again."""
+    from registry_client.acquire import BLOB, Wanted, acquire
+
+    label = f"{client.ref.name}@{desc.digest[:19]}"
+    wanted = Wanted(label, ("blob", desc.hex), sha256=desc.hex, size=desc.size, kind=BLOB)
+
+    def fetch() -> Producer:
+        source = client.blob_source(desc)
+        return http_download(source, size=desc.size, sha256=desc.hex, progress=progress)
+
+    return acquire(ctx, wanted, fetch).path
