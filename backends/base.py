@@ -211,8 +211,11 @@ class ReadWatch:
         try:
             yield
         finally:
+            # Only our own: a body dropped without being closed leaves its context to the
+            # garbage collector, which may end it after the next attempt attached.
             with self._lock:
-                self._stop = None
+                if self._stop is stop:
+                    self._stop = None
 
     def stop(self, reason: RemoteUnavailable) -> None:
         """End the current attempt (it fails with `reason`, which a retry may follow)."""

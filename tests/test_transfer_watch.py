@@ -100,3 +100,16 @@ def test_a_watch_stopped_before_the_body_stops_it_when_it_attaches() -> None:
     assert watch.check(RemoteUnavailable("broken")).message == "late"
     watch.restart()
     assert watch.check(RemoteUnavailable("broken")).message == "broken"
+
+
+def test_an_old_attempt_ending_late_does_not_detach_the_current_one() -> None:
+    """A broken body may be dropped without being closed: its attach context then ends
+    when the garbage collector gets to it, after the retry attached its own body."""
+    watch = ReadWatch()
+    first, second = threading.Event(), threading.Event()
+    old = watch.attach(first.set)
+    old.__enter__()
+    with watch.attach(second.set):
+        old.__exit__(None, None, None)  # the first attempt's context ends late
+        watch.cancel()
+        assert second.is_set()  # the current body was still shut
