@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
+import tomlkit
 
 from registry_client import sif
 from registry_client.sigv4 import Credentials, host_header, presign_url
@@ -86,7 +86,7 @@ class Site:
         path = self.work / f"{name}.toml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(tomli_w.dumps(data))
+            fh.write(tomlkit.dumps(data))
         return path
 
     def env(self, config: Path, cache: str) -> dict[str, str]:

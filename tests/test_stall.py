@@ -41,11 +41,11 @@ SIZE = 3 * MiB + 11
 
 
 def _config(path: Path, remote: RemoteConfig, stall_timeout: float) -> dict[str, str]:
-    import tomli_w
+    import tomlkit
 
     table = {"type": remote.type, **remote.options}
     path.write_text(
-        tomli_w.dumps(
+        tomlkit.dumps(
             {
                 "default_remote": "lab",
                 "transfer": {"chunk_size": MiB, "concurrency": 2, "stall_timeout": stall_timeout},

@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
 
 from tests.benchmarks.fleet_model import GB, Hardware, Rates, simulate
 from tests.benchmarks.measure import proc_cpu
@@ -102,7 +102,7 @@ class Bench:
         path = self.work / f"{name}.toml"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(tomli_w.dumps(data))
+            fh.write(tomlkit.dumps(data))
         return path
 
     def startup_cpu(self, config: Path, repeats: int = 3) -> float:

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import tomli_w
+import tomlkit
 
 from tests.benchmarks.measure import Sample, _descendants, ratios, run_timed, summary
 from tests.benchmarks.world import MiB, Target, swift_conn
@@ -73,7 +73,7 @@ class Migration:
             data["transfer"] = dict(self.bench.world.transfer)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(fd, "w") as fh:
-            fh.write(tomli_w.dumps(data))
+            fh.write(tomlkit.dumps(data))
         env = self.bench.world.base_env()
         env["REGISTRY_CLIENT_CONFIG"] = str(path)
         env["REGISTRY_CLIENT_CACHE_DIR"] = str(self.cache())
