@@ -189,7 +189,9 @@ def _pull_one(
         cache = bench.scratch("pull-cache")
         env = bench.world.rc_env(target, cache)
         sample = checked(
-            run_timed([builds[tool], "pull", image.ref], env, watch=target.server.pids),
+            run_timed(
+                [builds[tool], "pull", image.ref], env, watch=target.server.pids, threads=True
+            ),
             f"{tool}: pull {image.ref} from {target.name}",
         )
         if file_size(Path(sample.stdout)) != want:
@@ -263,7 +265,13 @@ def _compare(
         # our throughput / curl's throughput = curl time / our time
         result["throughput_vs_curl"] = ratios([s.wall for s in samples[baseline]], ours)
         result["curl_MBps"] = summary([want / 1e6 / s.wall for s in samples[baseline]])
+    boto3 = samples.get("boto3 download_file")
+    if boto3:
+        result["ratio_vs_boto3"] = ratios(ours, [s.wall for s in boto3])
     gib = want / GiB
+    result["threads_s_per_gib"] = {
+        n: thread_breakdown(v, gib) for n, v in samples.items() if v and v[0].threads
+    }
     result["cpu_s_per_gib"] = {
         n: summary([s.cpu / gib for s in v])
         for n, v in samples.items()
@@ -275,6 +283,31 @@ def _compare(
         if v and n not in ("write+fsync",)
     }
     return result
+
+
+def thread_breakdown(samples: list[Sample], gib: float) -> dict[str, Any]:
+    """CPU s/GiB of a pull's threads over the repeats: the busiest one (and its name), the
+    sha256 follower, the busiest range worker, all range workers, everything else."""
+    rows: dict[str, list[float]] = {}
+    names: list[str] = []
+    for sample in samples:
+        threads = sample.threads or [["?", 0.0]]
+        workers = [cpu for name, cpu in threads if name.startswith("rc-get")]
+        sha = sum(cpu for name, cpu in threads if name == "rc-sha256")
+        total = sum(cpu for _, cpu in threads)
+        names.append(str(threads[0][0]))
+        for key, value in (
+            ("busiest", threads[0][1]),
+            ("sha256", sha),
+            ("busiest_worker", max(workers, default=0.0)),
+            ("workers", sum(workers)),
+            ("other", total - sha - sum(workers)),
+            ("total", total),
+        ):
+            rows.setdefault(key, []).append(value / gib)
+    out: dict[str, Any] = {k: summary(v) for k, v in rows.items()}
+    out["busiest_name"] = max(set(names), key=names.count)
+    return out
 
 
 # -- warm pull -------------------------------------------------------------------------------

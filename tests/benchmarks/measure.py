@@ -30,6 +30,9 @@ class Sample:
     server_cpu: float | None = None  # CPU seconds the loopback server spent meanwhile
     fs_in_mb: float = 0.0  # bytes read from storage (not the page cache), MB
     fs_out_mb: float = 0.0
+    #: CPU seconds of each thread of the command (with `threads`), busiest first:
+    #: [[OS thread name, seconds], ...]
+    threads: list[list[Any]] | None = None
 
     @property
     def cpu(self) -> float:
@@ -53,37 +56,78 @@ def run_timed(
     cwd: Path | None = None,
     timeout: float = 1800,
     watch: Sequence[int] = (),
+    threads: bool = False,
 ) -> Sample:
     """Run cmd under GNU time; wall clock measured here with perf_counter. With `watch`
-    (server PIDs), also the CPU those processes and their children used meanwhile."""
+    (server PIDs), also the CPU those processes and their children used meanwhile; with
+    `threads`, the CPU of each of the command's threads (sampled from /proc)."""
     before = proc_cpu(watch) if watch else 0.0
     with tempfile.NamedTemporaryFile("r", prefix="bench-time-", suffix=".txt") as out:
         full = [GNU_TIME, "-o", out.name, "-f", TIME_FORMAT, *cmd]
         start = time.perf_counter()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             full,
             env=env,
             cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
+            text=True,
         )
+        seen: dict[tuple[int, int], tuple[str, float]] = {}
+        try:
+            if threads:
+                deadline = start + timeout
+                while proc.poll() is None and time.perf_counter() < deadline:
+                    seen.update(thread_cpu(proc.pid))
+                    time.sleep(THREAD_SAMPLE)
+            stdout, stderr = proc.communicate(
+                timeout=max(1.0, start + timeout - time.perf_counter())
+            )
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         wall = time.perf_counter() - start
         user, sys_, rss_kb, blocks_in, blocks_out = _parse_time(Path(out.name).read_text())
     server = proc_cpu(watch) - before if watch else None
+    by_thread = sorted(([name, cpu] for name, cpu in seen.values()), key=lambda t: -t[1])
     return Sample(
         wall,
         user,
         sys_,
         rss_kb * 1024 / 1e6,
         proc.returncode,
-        proc.stdout.strip(),
-        proc.stderr.strip()[-2000:],
+        stdout.strip(),
+        stderr.strip()[-2000:],
         server,
         blocks_in * 512 / 1e6,
         blocks_out * 512 / 1e6,
+        by_thread if threads else None,
     )
+
+
+THREAD_SAMPLE = 0.05  # seconds between looks at the threads (a thread's last 50 ms may be lost)
+
+
+def thread_cpu(root: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """(pid, tid) -> (OS thread name, user+sys CPU seconds) of every thread of the
+    processes under `root` (GNU time and the command it runs)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[tuple[int, int], tuple[str, float]] = {}
+    try:  # GNU time's one child, cheaply (not a walk of all of /proc at every sample)
+        children = {int(c) for c in Path(f"/proc/{root}/task/{root}/children").read_text().split()}
+    except (OSError, ValueError):
+        children = _descendants([root]) - {root}
+    for pid in children:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    task = Path(f"/proc/{pid}/task/{tid}")
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    name = (task / "comm").read_text().strip()
+                    found[(pid, int(tid))] = (name, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
 
 
 def _parse_time(text: str) -> tuple[float, ...]:
