@@ -15,8 +15,6 @@ class TransferSettings:
     chunk_size: int = 16 * MiB
     concurrency: int = 8
     stall_timeout: float = 30.0
-    #: receive straight into the temp file's pages (where its blocks could be reserved)
-    mapped: bool = True
 
 
 #: images a migration copies at once (`migrate --jobs`); large ones also go in parallel parts

@@ -1,9 +1,11 @@
 """Moving bytes: parallel ranged reads into a preallocated temp file, hashed as they land.
 
-Workers fetch ranges concurrently, each received straight into the temp file's pages
-through a small mapping that slides along its range (Reader.open_range + readinto: no
-bytes objects, no write calls); where the file's blocks cannot be reserved (some NFS),
-into one reused buffer per worker and pwrite. Two kinds of hash follow the bytes:
+Workers fetch ranges concurrently (Reader.open_range + readinto), each into one reused
+1 MiB buffer and pwrite, then start the disk writes of the finished range at once
+(sync_file_range: write-behind, so the fsync before publishing waits for little). A
+mapping of the temp file as the receive buffer was measured and dropped: it saved no
+CPU against the reused buffer and needed reserved blocks to be safe on a full disk.
+Two kinds of hash follow the bytes:
 
 * sha256 of the whole file, the one hash that must see every byte in order: one thread
   follows the contiguous prefix already written, reading it from the page cache through
@@ -16,7 +18,8 @@ into one reused buffer per worker and pwrite. Two kinds of hash follow the bytes
   predecessor is hashed from the page cache by whichever worker completes the gap.
 
 So the busiest thread does sha256 alone (~0.6 CPU s/GiB with SHA-NI), not md5 as well,
-and memory stays flat: one 4 MiB mapping per worker and one for the sha256 thread.
+and memory stays flat: one 1 MiB buffer per worker and a 4 MiB mapping for the sha256
+thread.
 Ranges are cut along a known segmentation where there is one (a 64 MiB part as four
 16 MiB ranges; 5 MiB parts three to a range), so most chains are hashed as received.
 
@@ -40,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any, Protocol
+from typing import Any
 
 from registry_client.backends.base import ObjectInfo, Progress, ReadCancelled, Reader, ReadWatch
 from registry_client.digests import DigestResult, new_hash
@@ -50,8 +53,8 @@ from registry_client.settings import TransferSettings
 MiB = 1024 * 1024
 SHA_BLOCK = 4 * MiB  # read-back block of the sha256 thread
 MD5_BLOCK = 2 * MiB  # read-back block of a worker catching a chain up
-RECV_BLOCK = 1 * MiB  # a worker's receive buffer, when not receiving into the file's pages
-MAP_WINDOW = 4 * MiB  # a worker's mapping of the file: the bytes it receives next
+RECV_BLOCK = 1 * MiB  # a worker's receive buffer, reused for every block it receives
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writing the range, do not wait
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the pages in with the mapping, at once
 MAX_CHAINS = 100_000  # md5 states kept at once (10,000 S3 parts × a few candidates)
 WATCH_EVERY = 0.2  # seconds between looks at the reads in progress
@@ -338,11 +341,10 @@ def download(
     have = [(int(a), int(b)) for a, b in have]
     fd = _open_dest(dest)
     try:
-        reserved = _preallocate(fd, info.size)
+        _preallocate(fd, info.size)
         state = _State()
         digests = _Digests(fd, schemes, state, algorithm)
-        mapped = reserved and settings.mapped
-        return _run(backend, info, fd, digests, settings, progress, have, on_range, mapped)
+        return _run(backend, info, fd, digests, settings, progress, have, on_range)
     finally:
         os.close(fd)
 
@@ -356,7 +358,6 @@ def _run(
     progress: Progress | None,
     have: list[tuple[int, int]],
     on_range: Callable[[int, int], None] | None,
-    mapped: bool,
 ) -> DigestResult:
     state = digests.state
     with state.lock:
@@ -372,7 +373,7 @@ def _run(
         sha = pool.submit(_named, "rc-sha256", _follow_sha256, fd, info.size, state)
         work = [pool.submit(_catch_up_all, digests, digests.overlapping(*r)) for r in have]
         watches = _Watches(info.key, settings.stall_timeout)
-        fetch = _Fetch(backend, info, fd, digests, progress, on_range, watches, mapped)
+        fetch = _Fetch(backend, info, fd, digests, progress, on_range, watches)
         work += [pool.submit(fetch.range, r) for r in jobs]
         try:
             _wait_all(work, watches)
@@ -397,11 +398,11 @@ class _Fetch:
         progress: Progress | None,
         on_range: Callable[[int, int], None] | None,
         watches: _Watches,
-        mapped: bool,
     ) -> None:
         self.backend, self.info, self.fd, self.digests = backend, info, fd, digests
         self.progress, self.on_range, self.watches = progress, on_range, watches
-        self.sink: _Sinks = _MappedSinks(fd) if mapped else _BufferSinks(fd)
+        self._buffers = threading.local()
+        self._write_behind = _WriteBehind()
 
     def range(self, rng: tuple[int, int]) -> None:
         state = self.digests.state
@@ -428,31 +429,30 @@ class _Fetch:
 
     def _receive(self, start: int, end: int, mine: list[_Chain]) -> None:
         pos, key, state = start, self.info.key, self.digests.state
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None:  # one per worker, reused: no allocation per block
+            buf = self._buffers.buf = memoryview(bytearray(RECV_BLOCK))
         with self.watches.track() as watch:
             body = self.backend.open_range(key, start, end, self.info.etag, watch=watch)
-            sink = self.sink.open(start, end)
             try:
                 while pos < end:
                     if state.failed:
                         raise _Abandoned  # another range failed or the user interrupted
-                    view = sink.window(pos)
-                    n = body.readinto(view)
+                    n = body.readinto(buf[: min(len(buf), end - pos)])
                     if n == 0:
                         raise IntegrityError(f"{key}: range {start}-{end} ended at {pos}")
                     watch.moved()
-                    got = view[:n]
+                    got = buf[:n]
                     _feed(mine, got, pos)
-                    sink.written(got, pos)
-                    got.release()
-                    view.release()
+                    _write_all(self.fd, got, pos)
                     pos += n
                     if self.progress:
                         self.progress(n)
-                if body.readinto(memoryview(bytearray(1))):
+                if body.readinto(buf[:1]):
                     raise IntegrityError(f"{key}: server sent more bytes than asked for")
             finally:
-                sink.close()
                 body.close()
+        self._write_behind(self.fd, start, end)
 
 
 def _feed(chains: list[_Chain], view: memoryview, pos: int) -> None:
@@ -468,91 +468,42 @@ def _feed(chains: list[_Chain], view: memoryview, pos: int) -> None:
         chain.pos = upto
 
 
-class _Sink(Protocol):
-    """Where one range's bytes are received: a view to fill at `pos`, then told it holds
-    bytes that belong at `pos` (written to the file, unless they already are)."""
-
-    def window(self, pos: int) -> memoryview: ...
-
-    def written(self, view: memoryview, pos: int) -> None: ...
-
-    def close(self) -> None: ...
+def _write_all(fd: int, view: memoryview, pos: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, pos)
+        pos += n
+        view = view[n:]
 
 
-class _Sinks(Protocol):
-    def open(self, start: int, end: int) -> _Sink: ...
+class _WriteBehind:
+    """Starts the disk writes of each finished range at once (sync_file_range), instead
+    of leaving a whole image of dirty pages to the fsync before publishing: the disk
+    works while the network does, and the final fsync waits for little. The pages stay
+    in the page cache for the hashes, and for the job that runs the image next. ctypes,
+    because the os module has no sync_file_range; where libc lacks it (not Linux), the
+    fsync does it all."""
 
+    _call: Any = None
+    _looked = False
 
-class _BufferSink:
-    """Receive into one reused buffer per thread, then pwrite it."""
+    @classmethod
+    def _function(cls) -> Any:
+        if not cls._looked:
+            cls._looked = True
+            try:
+                import ctypes
 
-    def __init__(self, fd: int, buf: memoryview, end: int) -> None:
-        self.fd, self.buf, self.end = fd, buf, end
+                call = ctypes.CDLL(None, use_errno=True).sync_file_range
+                call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+                cls._call = call
+            except (OSError, AttributeError):
+                pass
+        return cls._call
 
-    def window(self, pos: int) -> memoryview:
-        return self.buf[: min(len(self.buf), self.end - pos)]
-
-    def written(self, view: memoryview, pos: int) -> None:
-        while view:
-            n = os.pwrite(self.fd, view, pos)
-            pos += n
-            view = view[n:]
-
-    def close(self) -> None:
-        pass
-
-
-class _BufferSinks:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._local = threading.local()
-
-    def open(self, start: int, end: int) -> _Sink:
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(RECV_BLOCK))
-        return _BufferSink(self.fd, buf, end)
-
-
-class _MappedSink:
-    """Receive straight into the temp file's pages through a small mapping that slides
-    along the range: no buffer in between and no write call; the file's blocks were
-    reserved by fallocate, so storing into the mapping never finds the disk full."""
-
-    def __init__(self, fd: int, end: int) -> None:
-        self.fd, self.end = fd, end
-        self.map: mmap.mmap | None = None
-        self.view: memoryview | None = None
-        self.base = self.limit = 0
-
-    def window(self, pos: int) -> memoryview:
-        if self.view is None or pos >= self.limit:
-            self.close()
-            self.base = pos - pos % mmap.ALLOCATIONGRANULARITY
-            self.limit = min(self.end, self.base + MAP_WINDOW)
-            self.map = mmap.mmap(self.fd, self.limit - self.base, offset=self.base)
-            self.view = memoryview(self.map)
-        return self.view[pos - self.base : self.limit - self.base]
-
-    def written(self, view: memoryview, pos: int) -> None:
-        pass  # already in the page cache
-
-    def close(self) -> None:
-        if self.view is not None:
-            self.view.release()
-            self.view = None
-        if self.map is not None:
-            with contextlib.suppress(BufferError):  # a view still held: unmapped when freed
-                self.map.close()
-            self.map = None
-
-
-class _MappedSinks:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def open(self, start: int, end: int) -> _Sink:
-        return _MappedSink(self.fd, end)
+    def __call__(self, fd: int, start: int, end: int) -> None:
+        call = self._function()
+        if call is not None and end > start:
+            call(fd, start, end - start, SYNC_FILE_RANGE_WRITE)  # best effort: result unused
 
 
 def _catch_up_all(digests: _Digests, chains: Iterable[_Chain]) -> None:
@@ -630,16 +581,12 @@ def _open_dest(dest: os.PathLike[str] | str) -> int:
     return fd
 
 
-def _preallocate(fd: int, size: int) -> bool:
-    """Reserve the file's blocks; False where the filesystem cannot (some NFS), which
-    then gets a sparse file of the right size."""
+def _preallocate(fd: int, size: int) -> None:
     if size <= 0:
-        return False
+        return
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
-        os.ftruncate(fd, size)
-        return False
-    return True
+        os.ftruncate(fd, size)  # filesystems without fallocate (some NFS): sparse is fine
