@@ -36,6 +36,7 @@ from registry_client.backends._wire import (
 from registry_client.backends.base import (
     DEFAULT_CONNECTIONS,
     Backend,
+    BodyReads,
     Capabilities,
     ChunkBody,
     EtagPlan,
@@ -130,7 +131,7 @@ def _md5_of(body: BinaryIO, known: bytes | None = None) -> tuple[str, bytes]:
     return base64.b64encode(digest).decode(), digest
 
 
-class S3Backend(Backend):
+class S3Backend(BodyReads, Backend):
     kind = "s3"
     capabilities = Capabilities(copy=True, copy_from=True, resume=True)
 
@@ -172,26 +173,6 @@ class S3Backend(Backend):
         meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
         etag = str(head.get("ETag", "")).strip('"') or None
         return ObjectInfo(key, int(head["ContentLength"]), etag, meta, head.get("LastModified"))
-
-    def read_range(
-        self,
-        key: str,
-        start: int,
-        end: int,
-        etag: str | None,
-        *,
-        watch: ReadWatch | None = None,
-    ) -> Iterator[bytes]:
-        if end <= start:
-            return
-        body = self.open_range(key, start, end, etag, watch=watch)
-        try:
-            buf = bytearray(READ_BLOCK)
-            view = memoryview(buf)
-            while n := body.readinto(view):
-                yield bytes(view[:n])
-        finally:
-            body.close()
 
     def open_range(
         self,

@@ -47,6 +47,7 @@ from swiftclient.utils import LengthWrapper
 from registry_client.backends._wire import RawBody
 from registry_client.backends.base import (
     Backend,
+    BodyReads,
     Capabilities,
     ChunkBody,
     EtagPlan,
@@ -244,7 +245,7 @@ def fit_segment_size(size: int, wanted: int, max_segments: int, max_object: int)
 # -- the backend ----------------------------------------------------------------------------
 
 
-class SwiftBackend(Backend):
+class SwiftBackend(BodyReads, Backend):
     kind = "swift"
     capabilities = Capabilities(copy=True, copy_from=True, resume=True)
 
@@ -340,25 +341,6 @@ class SwiftBackend(Backend):
     # -- verbs --------------------------------------------------------------------------
     def stat(self, key: str) -> ObjectInfo:
         return self._info(key, self._head(key))
-
-    def read_range(
-        self,
-        key: str,
-        start: int,
-        end: int,
-        etag: str | None,
-        *,
-        watch: ReadWatch | None = None,
-    ) -> Iterator[bytes]:
-        if end <= start:
-            return
-        body = self.open_range(key, start, end, etag, watch=watch)
-        try:
-            view = memoryview(bytearray(READ_BLOCK))
-            while n := body.readinto(view):
-                yield bytes(view[:n])
-        finally:
-            body.close()
 
     def open_range(
         self,

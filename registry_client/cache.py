@@ -46,6 +46,7 @@ from typing import Any
 
 from registry_client import locks, safefs
 from registry_client.errors import AuthError, RegistryClientError
+from registry_client.names import is_sha256
 
 LAYOUT = "v1"
 CACHEDIR_TAG = (
@@ -61,17 +62,11 @@ WRITTEN = ("sif/sha256", "blobs/sha256", "refs", "etags", "tmp", "locks")
 UNTRUSTED_WAIT = 60.0  # seconds to wait for a download another (untrusted) user holds
 RECORD_LIMIT = 1 << 20  # refs and etags records are small; anything larger is not ours
 STATE_LIMIT = 64 << 20
-_HEX = frozenset("0123456789abcdef")
 
 
 def short_id(*parts: str) -> str:
     """A stable, filesystem-safe id for arbitrary text (remote locations, keys, etags)."""
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-def is_sha256(text: object) -> bool:
-    """64 lower-case hex digits: the only text that becomes a name in sif/ or blobs/."""
-    return isinstance(text, str) and len(text) == 64 and _HEX.issuperset(text)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry_client.errors import RegistryClientError
 from registry_client.reporting import Reporter, Tally
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 #: seconds between the plain progress lines of a batch when stderr is not a terminal
 ENV_INTERVAL = "REGISTRY_CLIENT_PROGRESS_INTERVAL"
@@ -54,24 +57,7 @@ class ConsoleReporter(Reporter):
         if not self.show_progress or total <= 0:
             yield lambda _n: None
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        columns = (
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
-        console = Console(stderr=True, force_terminal=True if self.show_progress else None)
-        with Progress(*columns, console=console, transient=False) as bar:
+        with _bar() as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
 
@@ -104,24 +90,8 @@ class ConsoleReporter(Reporter):
 
     @contextlib.contextmanager
     def _live(self, description: str, tally: Tally) -> Iterator[None]:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        columns = (
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-        )
         stop = threading.Event()
-        with Progress(*columns, console=Console(stderr=True, force_terminal=True)) as bar:
+        with _bar() as bar:
             task = bar.add_task(description, total=max(tally.total, 1))
 
             def refresh() -> None:
@@ -211,3 +181,24 @@ def write_result(data: Any, text: str | None, *, as_json: bool) -> None:
         sys.stdout.write(json.dumps(data, indent=None, default=str) + "\n")
     elif text is not None:
         sys.stdout.write(text + ("\n" if text and not text.endswith("\n") else ""))
+
+
+def _bar() -> Progress:
+    """A rich bar on stderr (imported only when a terminal shows one: rich is slow to load)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=Console(stderr=True, force_terminal=True))

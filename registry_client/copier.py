@@ -33,6 +33,7 @@ from registry_client.errors import (
     RegistryClientError,
     RemoteUnavailable,
 )
+from registry_client.names import is_sha256
 from registry_client.relay import Lanes, StreamReader, relay
 from registry_client.reporting import Reporter
 from registry_client.retry import retry_call
@@ -41,7 +42,6 @@ from registry_client.sources import Download
 from registry_client.verify import object_expect, registry_expect, verify
 
 MiB = 1024 * 1024
-SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 META_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}\Z")  # valid on S3, Swift, Azure, GCS
 META_VALUE_MAX = 1024
 META_TOTAL_MAX = 2048  # S3's limit for user metadata (keys and values)
@@ -82,7 +82,7 @@ class Copied:
 def recorded_sha256(info: ObjectInfo) -> str | None:
     """The sha256 an object's metadata records, if it is one (remote input: checked)."""
     value = info.sha256
-    return value if value and SHA256_RE.match(value) else None
+    return value if is_sha256(value) else None
 
 
 def carry(sides: Sides, info: ObjectInfo, dst_key: str, progress: Progress | None) -> Copied:

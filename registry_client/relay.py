@@ -30,7 +30,6 @@ import hashlib
 import os
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -51,9 +50,9 @@ from registry_client.errors import (
     Interrupted,
     RegistryClientError,
     RemoteUnavailable,
-    Stalled,
 )
 from registry_client.retry import RetryPolicy, retry_call
+from registry_client.transfer import Watches
 
 MiB = 1024 * 1024
 HASH_BLOCK = 4 * MiB
@@ -109,51 +108,30 @@ class Spool:
         return tempfile.TemporaryFile(dir=self.directory)
 
 
-class Watchdog:
+class Watchdog(Watches):
     """Every ranged read of a migration, watched from one thread: a read that delivers
     nothing for `stall_timeout` seconds is stopped (its connection shut) and retried by
     the retry wrapper, as a pull's are; a relay that fails or is stopped cancels its own
     reads at once instead of waiting for them to end."""
 
     def __init__(self, stall_timeout: float) -> None:
-        self.stall_timeout = stall_timeout
-        self._live: dict[ReadWatch, object] = {}
-        self._lock = threading.Lock()
+        super().__init__(stall_timeout)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
 
     @contextlib.contextmanager
-    def track(self, owner: object) -> Iterator[ReadWatch]:
-        watch = ReadWatch()
-        with self._lock:
-            self._live[watch] = owner
+    def track(self, owner: object = None) -> Iterator[ReadWatch]:
+        with self._start:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="rc-stalls", daemon=True)
                 self._thread.start()
-        try:
+        with super().track(owner) as watch:
             yield watch
-        finally:
-            with self._lock:
-                self._live.pop(watch, None)
-
-    def cancel(self, owner: object) -> None:
-        with self._lock:
-            mine = [w for w, o in self._live.items() if o is owner]
-        for watch in mine:
-            watch.cancel()
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                stalled = [w for w in self._live if now - w.mark > self.stall_timeout]
-            for watch in stalled:
-                watch.stop(
-                    Stalled(
-                        f"no data for {self.stall_timeout:g} s",
-                        hint="the store stopped sending; [transfer] stall_timeout sets the wait",
-                    )
-                )
+            self.stop_stalled()
 
     def close(self) -> None:
         self._stop.set()

@@ -65,28 +65,32 @@ class _Abandoned(Exception):
     """A range given up because the download as a whole failed."""
 
 
-class _Watches:
-    """The reads in progress, watched by the thread that waits for the download."""
+class Watches:
+    """The reads in progress, each with a ReadWatch: those silent for `stall_timeout`
+    seconds are stopped (and retried by the retry wrapper), and a failed or interrupted
+    transfer cancels its own at once, wherever they are blocked. A download watches its
+    reads from the thread that waits for it; a migration from one thread for all its
+    relays (registry_client.relay.Watchdog), each relay cancelling its own (`owner`)."""
 
-    def __init__(self, key: str, stall_timeout: float) -> None:
-        self.key = key
+    def __init__(self, stall_timeout: float, what: str = "") -> None:
         self.stall_timeout = stall_timeout
+        self._what = f"read {what}: " if what else ""
         self._lock = threading.Lock()
-        self._live: set[ReadWatch] = set()
+        self._live: dict[ReadWatch, object] = {}
         self._cancelled = False
 
     @contextlib.contextmanager
-    def track(self) -> Iterator[ReadWatch]:
+    def track(self, owner: object = None) -> Iterator[ReadWatch]:
         watch = ReadWatch()
         with self._lock:
-            self._live.add(watch)
+            self._live[watch] = owner
             if self._cancelled:
                 watch.cancel()
         try:
             yield watch
         finally:
             with self._lock:
-                self._live.discard(watch)
+                self._live.pop(watch, None)
 
     def stop_stalled(self) -> None:
         now = time.monotonic()
@@ -95,15 +99,17 @@ class _Watches:
         for watch in stalled:
             watch.stop(
                 Stalled(
-                    f"read {self.key}: no data for {self.stall_timeout:g} s",
+                    f"{self._what}no data for {self.stall_timeout:g} s",
                     hint="the store stopped sending; [transfer] stall_timeout sets the wait",
                 )
             )
 
-    def cancel_all(self) -> None:
+    def cancel(self, owner: object = None) -> None:
+        """Cancel the reads of `owner`; with no owner, every read now and any later one."""
         with self._lock:
-            self._cancelled = True
-            live = list(self._live)
+            if owner is None:
+                self._cancelled = True
+            live = [w for w, o in self._live.items() if owner is None or o is owner]
         for watch in live:
             watch.cancel()
 
@@ -372,7 +378,7 @@ def _run(
     ) as pool:
         sha = pool.submit(_named, "rc-sha256", _follow_sha256, fd, info.size, state)
         work = [pool.submit(_catch_up_all, digests, digests.overlapping(*r)) for r in have]
-        watches = _Watches(info.key, settings.stall_timeout)
+        watches = Watches(settings.stall_timeout, info.key)
         fetch = _Fetch(backend, info, fd, digests, progress, on_range, watches)
         work += [pool.submit(fetch.range, r) for r in jobs]
         try:
@@ -380,7 +386,7 @@ def _run(
             sha256 = sha.result()
         except BaseException:  # a failed range, or Ctrl-C in this thread
             state.fail()  # workers stop at their next chunk, the hasher at once
-            watches.cancel_all()  # and reads blocked in a socket at once
+            watches.cancel()  # and reads blocked in a socket at once
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return DigestResult(info.size, sha256, digests.result())
@@ -397,7 +403,7 @@ class _Fetch:
         digests: _Digests,
         progress: Progress | None,
         on_range: Callable[[int, int], None] | None,
-        watches: _Watches,
+        watches: Watches,
     ) -> None:
         self.backend, self.info, self.fd, self.digests = backend, info, fd, digests
         self.progress, self.on_range, self.watches = progress, on_range, watches
@@ -536,7 +542,7 @@ def read_bytes(
     watch a download's reads get: stopped and retried when silent, ended by Ctrl-C."""
     if not 0 <= start <= end <= start + MAX_IN_MEMORY:
         raise ValueError(f"a read of {end - start} bytes is not a small read")
-    watches = _Watches(info.key, settings.stall_timeout)
+    watches = Watches(settings.stall_timeout, info.key)
 
     def fetch() -> bytes:
         data = bytearray()
@@ -553,12 +559,12 @@ def read_bytes(
         try:
             _wait_all([future], watches)
         except BaseException:
-            watches.cancel_all()
+            watches.cancel()
             raise
         return future.result()
 
 
-def _wait_all(futures: Sequence[Future[Any]], watches: _Watches | None = None) -> None:
+def _wait_all(futures: Sequence[Future[Any]], watches: Watches | None = None) -> None:
     """Wait for every job, stopping stalled reads; raise the first failure at once."""
     pending = set(futures)
     while pending:

@@ -78,6 +78,7 @@ def test_importing_the_package_loads_nothing_heavy() -> None:
         "registry_client.cache",
         "registry_client.errors",
         "registry_client.locks",
+        "registry_client.names",
         "registry_client.safefs",
     ]
 
