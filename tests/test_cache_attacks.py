@@ -301,6 +301,7 @@ def test_a_members_records_do_not_steer_another_members_pull(site: Site) -> None
     assert_verified(path, one, {site.victim.uid, 0})
 
 
+@pytest.mark.slow  # waits out the untrusted holder's timeout
 def test_a_member_holding_the_locks_only_delays_a_pull(site: Site) -> None:
     image = site.push("lab/app:1", 2 * MiB, seed=7)
     vid = short_id(*site.version(image.ref))

@@ -47,6 +47,7 @@ def _hostile_header(path: Path, declared_size: int) -> bytes:
         return fh.read(64 * 1024)
 
 
+@pytest.mark.slow  # inspects a 2 GiB sparse image
 def test_a_local_header_declaring_a_huge_table_is_not_read(tmp_path: Path) -> None:
     image = tmp_path / "hostile.sif"
     _hostile_header(image, 2 * GiB + HUGE * sif.DESCRIPTOR_STRUCT.size // 4)
