@@ -48,48 +48,48 @@ def _isolated_home(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "home" / "aws-creds"))
 
 
-@pytest.fixture(scope="session")
-def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.support.servers.swift_aio import start_swift
-
-    server = start_swift(tmp_path_factory.mktemp("swift"))
+def _stopped_at_end(server: Any) -> Iterator[Any]:
+    """A started server for the session's tests; stopped when they are done."""
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def swift_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.support.servers.swift_aio import start_swift
+
+    yield from _stopped_at_end(start_swift(tmp_path_factory.mktemp("swift")))
+
+
+@pytest.fixture(scope="session")
+def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The Debian docker-registry: every test pushes to repositories of its own."""
+    from tests.support.servers.registry import start_registry
+
+    yield from _stopped_at_end(start_registry(tmp_path_factory.mktemp("registry")))
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[Any]:
     from tests.support.servers.moto_server import start_moto
 
-    server = start_moto()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _stopped_at_end(start_moto())
 
 
 @pytest.fixture(scope="session")
 def azurite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.support.servers.azurite import start_azurite
 
-    server = start_azurite(tmp_path_factory.mktemp("azurite"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _stopped_at_end(start_azurite(tmp_path_factory.mktemp("azurite")))
 
 
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.support.servers.fake_gcs import start_fake_gcs
 
-    server = start_fake_gcs(tmp_path_factory.mktemp("fake-gcs"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _stopped_at_end(start_fake_gcs(tmp_path_factory.mktemp("fake-gcs")))
 
 
 @pytest.fixture

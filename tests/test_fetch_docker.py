@@ -26,6 +26,7 @@ from registry_client.fetch import FetchOptions, pull_fetcher
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
 from tests.support.fixtures_oci import (
+    NEEDS_REGISTRY,
     Image,
     Pusher,
     RegistryProxy,
@@ -39,12 +40,10 @@ from tests.support.fixtures_oci import (
 )
 from tests.support.helpers import make_context, run_cli
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("docker-registry") or os.path.exists("/usr/bin/docker-registry"))
-    or not shutil.which("mksquashfs")
-    or not shutil.which("unsquashfs"),
-    reason="needs docker-registry and squashfs-tools (.ci/install-system-deps)",
-)
+pytestmark = [
+    NEEDS_REGISTRY,
+    pytest.mark.skipif(not shutil.which("unsquashfs"), reason="needs squashfs-tools"),
+]
 
 COMPRESSION = "zstd" if shutil.which("zstd") else "gzip"
 CONFIG = {
@@ -83,15 +82,9 @@ def base_layer(flavour: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.support.servers.registry import start_registry
-
-    server = start_registry(tmp_path_factory.mktemp("registry"))
-    try:
-        push_images(Pusher(server.url))
-        yield server
-    finally:
-        server.stop()
+def registry(docker_registry: Any) -> Any:
+    push_images(Pusher(docker_registry.url))
+    return docker_registry
 
 
 def push_images(pusher: Pusher) -> None:

@@ -13,24 +13,16 @@ from registry_client.errors import AuthError, IntegrityError, InvalidReference, 
 from registry_client.fetch import FetchOptions, pull_fetcher, search
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
-from tests.support.fixtures_library import LibraryFixture, LibraryImage
+from tests.support.fixtures_library import TOKEN, LibraryFixture, LibraryImage, sample_library
 from tests.support.helpers import make_context, run_cli
 
-TOKEN = "s3cr3t-library-token"
 MiB = 1024 * 1024
 
 
 @pytest.fixture
 def library(tmp_path: Path) -> Iterator[LibraryFixture]:
-    server = LibraryFixture(token=TOKEN)
-    image = tmp_path / "app.sif"
-    sif.make_test_sif(image, 3 * MiB + 12345, seed=7)
-    server.add("lab/tools/app:1.0", LibraryImage(image.read_bytes(), description="an app"))
-    server.add("library/default/alpine:latest", LibraryImage(b"not really alpine" * 100))
-    try:
+    with sample_library(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

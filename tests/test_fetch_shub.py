@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from registry_client.errors import (
 from registry_client.fetch import FetchOptions, pull_fetcher
 from registry_client.names import parse_reference
 from registry_client.transfer import TransferSettings
-from tests.support.fixtures_shub import HubImage, ShubFixture, make_simg
+from tests.support.fixtures_shub import HubImage, ShubFixture, make_simg, sample_hub
 from tests.support.helpers import make_context, run_cli
 
 pytestmark = pytest.mark.skipif(not shutil.which("mksquashfs"), reason="needs squashfs-tools")
@@ -29,15 +28,8 @@ pytestmark = pytest.mark.skipif(not shutil.which("mksquashfs"), reason="needs sq
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[ShubFixture]:
-    server = ShubFixture()
-    server.images["vsoch/hello-world:latest"] = HubImage(make_simg(tmp_path, b"hello"))
-    server.images["vsoch/hello-world:v2"] = HubImage(
-        make_simg(tmp_path, os.urandom(50_000)), commit="f" * 40
-    )
-    try:
+    with sample_hub(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +22,7 @@ from tests.conftest import new_bucket
 from tests.support.backend_contract import write_random
 from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.fixtures_library import LibraryFixture, LibraryImage
+from tests.support.fixtures_oci import NEEDS_REGISTRY, Image, Pusher, file, make_layer
 from tests.support.fixtures_shub import HubImage, ShubFixture
 from tests.support.helpers import console_script, run_cli, s3_options, write_config
 
@@ -150,33 +150,22 @@ def test_shub_image_resumes_after_kill_9(
 # -- docker:// layer blobs ----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not (shutil.which("docker-registry") or os.path.exists("/usr/bin/docker-registry"))
-    or not shutil.which("mksquashfs"),
-    reason="needs docker-registry and squashfs-tools (.ci/install-system-deps)",
-)
-def test_docker_layer_blob_resumes_after_kill_9(tmp_path: Path) -> None:
-    from tests.support.fixtures_oci import Image, Pusher, file, make_layer
-    from tests.support.servers.registry import start_registry
-
+@NEEDS_REGISTRY
+def test_docker_layer_blob_resumes_after_kill_9(docker_registry: Any, tmp_path: Path) -> None:
     payload = write_random(tmp_path / "payload", SIZE, seed=53)
     layer = make_layer([file("data.bin", payload)], compression=None)
-    registry = start_registry(tmp_path / "registry")
-    try:
-        Pusher(registry.url).image("lab/big", Image([layer], "amd64", {}), "1")
-        with FaultProxy(registry.url) as proxy:
-            host = proxy.url.split("//", 1)[1]
-            blob = f"/blobs/{layer.descriptor['digest']}"
-            proxy.add_fault(Fault.slow(RATE, times=None, path=blob, has_range=True))
-            env = _env(tmp_path)
-            ref = f"docker://{host}/lab/big:1"
-            held = kill_mid_download(ref, env)
-            proxy.clear_faults()
-            proxy.reset_stats()
-            got = resume(ref, env)
-            fetched = served(proxy, blob)
-    finally:
-        registry.stop()
+    Pusher(docker_registry.url).image("resume/big", Image([layer], "amd64", {}), "1")
+    with FaultProxy(docker_registry.url) as proxy:
+        host = proxy.url.split("//", 1)[1]
+        blob = f"/blobs/{layer.descriptor['digest']}"
+        proxy.add_fault(Fault.slow(RATE, times=None, path=blob, has_range=True))
+        env = _env(tmp_path)
+        ref = f"docker://{host}/resume/big:1"
+        held = kill_mid_download(ref, env)
+        proxy.clear_faults()
+        proxy.reset_stats()
+        got = resume(ref, env)
+        fetched = served(proxy, blob)
     size = layer.descriptor["size"]
     assert held > 0 and fetched <= size - held + 1  # not the ranges on disk (+ the size probe)
     assert "blob-sha256" in got["verified"]

@@ -14,11 +14,15 @@ older uploads) as well as by sha256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote
 
+from registry_client import sif
 from tests.support.fixtures_http import FixtureServer, Request, Response, json_response, serve_bytes
 
 
@@ -173,3 +177,21 @@ def resolve(path: str) -> str:
 
 def _error(code: int, message: str) -> Response:
     return json_response({"error": {"code": code, "message": message}}, code)
+
+
+TOKEN = "s3cr3t-library-token"
+APP = "lab/tools/app:1.0"  # the sample's SIF image
+
+
+@contextlib.contextmanager
+def sample_library(tmp: Path) -> Iterator[LibraryFixture]:
+    """A Library that wants TOKEN, holding APP (a 3 MiB SIF) and library/default/alpine."""
+    server = LibraryFixture(token=TOKEN)
+    image = tmp / "app.sif"
+    sif.make_test_sif(image, 3 * 1024 * 1024 + 12345, seed=7)
+    server.add(APP, LibraryImage(image.read_bytes(), description="an app"))
+    server.add("library/default/alpine:latest", LibraryImage(b"not really alpine" * 100))
+    try:
+        yield server
+    finally:
+        server.stop()

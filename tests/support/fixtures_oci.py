@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -23,8 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
+import pytest
 import requests
 
+#: for tests that build SIFs from images pushed to the Debian docker-registry
+NEEDS_REGISTRY = pytest.mark.skipif(
+    not (shutil.which("docker-registry") or os.path.exists("/usr/bin/docker-registry"))
+    or not shutil.which("mksquashfs"),
+    reason="needs docker-registry and squashfs-tools (.ci/install-system-deps)",
+)
 MTIME = 1_700_000_000
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

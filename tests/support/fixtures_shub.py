@@ -16,10 +16,13 @@ keyed with the user's token (`accounts`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import hmac
+import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -134,3 +137,17 @@ def make_simg(tmp: Path, content: bytes) -> bytes:
         capture_output=True,
     )
     return out.read_bytes()
+
+
+@contextlib.contextmanager
+def sample_hub(tmp: Path) -> Iterator[ShubFixture]:
+    """A Hub holding vsoch/hello-world:latest and :v2 (another image, another commit)."""
+    server = ShubFixture()
+    server.images["vsoch/hello-world:latest"] = HubImage(make_simg(tmp, b"hello"))
+    server.images["vsoch/hello-world:v2"] = HubImage(
+        make_simg(tmp, os.urandom(50_000)), commit="f" * 40
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
