@@ -3,8 +3,9 @@
 Workers fetch ranges concurrently (Reader.open_range + readinto), each into one reused
 1 MiB buffer and pwrite, then start the disk writes of the finished range at once
 (sync_file_range: write-behind, so the fsync before publishing waits for little). A
-mapping of the temp file as the receive buffer was measured and dropped: it saved no
-CPU against the reused buffer and needed reserved blocks to be safe on a full disk.
+mapping of the temp file as the receive buffer was measured against this and dropped:
+it cost more CPU (docs/performance.md, "What was changed") and needed reserved blocks
+to be safe on a full disk.
 Two kinds of hash follow the bytes:
 
 * sha256 of the whole file, the one hash that must see every byte in order: one thread
