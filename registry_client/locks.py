@@ -4,7 +4,9 @@
   The kernel drops a dead process's flock, so a waiter takes over from a holder that died.
 - A shared *use* lock per published image, held by a pull from the moment it looks the
   image up until it returns its path; `cache prune` takes it exclusively (without waiting)
-  before deleting, so it never removes an image a running pull is about to hand out.
+  before deleting, so it never removes an image a running pull is about to hand out. A use
+  lock name that cannot hold a lock (something planted there) counts as held: the image
+  is kept.
 
 Lock files live in the cache's locks/ folder and are named relative to its descriptor,
 never through a symlink. Where flock is unsupported (ENOLCK on some NFS mounts), or the
@@ -115,10 +117,16 @@ def shared(
 
 @contextlib.contextmanager
 def try_exclusive(folder: int, name: str, mode: int = 0o600) -> Iterator[bool]:
-    """Take an exclusive lock without waiting; yield whether we got it."""
+    """Take an exclusive lock without waiting; yield whether we got it.
+
+    False too when the name holds something that cannot be our lock file (a symlink,
+    FIFO, hard link or unreadable file another member planted): a pull that met it went
+    on without its shared lock and may be handing the file out right now, so whoever
+    asks "may I remove it?" must hear no. (Where flock itself is unsupported nobody can
+    hold a lock, and the answer stays yes.)"""
     fd = _open(folder, name, mode)
     if fd is None:
-        yield True  # no lock file possible: nobody else can hold one either
+        yield False
         return
     try:
         yield _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) is not False

@@ -335,6 +335,48 @@ def test_a_member_holding_the_locks_only_delays_a_pull(site: Site) -> None:
     assert proc.poll() is None  # the attacker still held them
 
 
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "hardlink"])
+def test_a_planted_use_lock_never_lets_prune_or_max_size_remove_the_image(
+    site: Site, planted: str
+) -> None:
+    """Something that cannot be a lock at `locks/use-<sha>.lock` makes every pull of that
+    image go on without its use lock; prune and the max_size trim must then keep it."""
+    kept = site.push("lab/a:1", 1 * MiB, seed=50)
+    other = site.push("lab/b:1", 1 * MiB, seed=51)
+    third = site.push("lab/c:1", 1 * MiB, seed=52)
+    lock = site.shared_path("locks", f"use-{kept.sha}.lock")
+    own = site.attacker.home / "mine"
+    plant = {
+        "symlink": f"ln -s {own} {lock}",
+        "fifo": f"mkfifo -m 666 {lock}",
+        "hardlink": f"touch {own} && chmod 666 {own} && ln {own} {lock}",
+    }[planted]
+    assert site.as_user(site.attacker, plant) == 0  # the name is predictable: before any pull
+    paths = {}
+    for image in (kept, other):
+        code, paths[image.sha], err = site.pull(site.victim, image.ref)
+        assert code == 0, err
+        assert_verified(paths[image.sha], image, {site.victim.uid})
+    env = {"REGISTRY_CLIENT_CONFIG": str(site.config)}
+    pruned = site.users.cli(site.victim, "cache", "prune", "--max-size", "0", "--json", env=env)
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert report["in_use"] == [f"sha256:{kept.sha}"], report
+    assert report["removed"] == [f"sha256:{other.sha}"], report  # prune does remove the rest
+    assert not os.path.exists(paths[other.sha])
+    assert_verified(paths[kept.sha], kept, {site.victim.uid})
+    # The max_size trim after a download: the image with the planted lock stays too.
+    trimmed = site.users.base / f"trim-{planted}.toml"
+    trimmed.write_text(site.config.read_text().replace("[cache]\n", "[cache]\nmax_size = 1\n"))
+    os.chmod(trimmed, 0o644)
+    code, path, err = site.pull(site.victim, third.ref, config=trimmed)
+    assert code == 0, err
+    assert "over max_size" in err and "in use" in err, err
+    assert_verified(paths[kept.sha], kept, {site.victim.uid})
+    assert_verified(path, third, {site.victim.uid})
+    assert os.lstat(lock).st_uid == site.attacker.uid  # the planted name was left alone
+
+
 # -- 5. a second member of a shared cache pulls the same collection ---------------------------
 
 
