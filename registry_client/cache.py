@@ -136,7 +136,7 @@ class Cache:
             if self.shared and self.fallback is not None:
                 self._notice(
                     f"not using the shared cache at {self.root}: {reason}; "
-                    f"using your own at {self.fallback.root}"
+                    f"using your own at {self.fallback.root}{self._setup_hint(exc)}"
                 )
                 return "unusable"
             raise self._refusal(exc) from None
@@ -158,17 +158,33 @@ class Cache:
             os.close(parent)
         self._fds["."] = fd
         self._check(fd, real)
-        base = safefs.open_dir(fd, LAYOUT, real / LAYOUT, self._dir_mode)
-        self._fds[LAYOUT] = base
-        self._check(base, real / LAYOUT)
+        self._tree_folder(LAYOUT, fd, LAYOUT, real / LAYOUT)
         for rel in TREE:
             head, _, name = rel.rpartition("/")
-            parent_fd = self._fds[head] if head else base
-            label = real / LAYOUT / rel
-            self._fds[rel] = safefs.open_dir(parent_fd, name, label, self._dir_mode)
-            self._check(self._fds[rel], label)
+            self._tree_folder(rel, self._fds[head or LAYOUT], name, real / LAYOUT / rel)
         # From here on, paths handed out are the checked ones, free of symlinks.
         self.root, self.base = real, real / LAYOUT
+
+    def _tree_folder(self, key: str, parent_fd: int, name: str, label: Path) -> None:
+        """Open (or make) one folder of the tree and check it.
+
+        In a shared cache only root and the owner of the folder above make them: a folder's
+        owner may remove or replace anything in it, sticky bit or not, so no member may
+        trust a folder another member made. Root takes such a folder over (an admin who
+        ran `cache dir` after a member's first pull); anyone else goes to their fallback."""
+        above = os.fstat(parent_fd)
+        may_make = not self.shared or self.uid in (0, above.st_uid)
+        try:
+            fd = safefs.open_dir(parent_fd, name, label, self._dir_mode if may_make else None)
+        except FileNotFoundError:
+            if may_make:
+                raise
+            raise safefs.UnsafePath(label, "not made yet (root makes it)") from None
+        self._fds[key] = fd
+        if self.shared and self.uid == 0 and os.fstat(fd).st_uid not in self.trusted:
+            os.fchown(fd, 0, above.st_gid)  # nobody but root may change it from now on
+            os.fchmod(fd, self._dir_mode)
+        self._check(fd, label)
 
     def _check(self, fd: int, label: Path) -> None:
         st = os.fstat(fd)
@@ -181,6 +197,17 @@ class Cache:
         safefs.check_folder(st, label, self.trusted)
         if st.st_mode & safefs.OTHERS_WRITE:
             self._strict = True
+
+    def _setup_hint(self, exc: Exception) -> str:
+        """How the admin fixes a shared cache whose folders root has not made (or a member
+        made first)."""
+        base = Path(os.path.realpath(self.root)) / LAYOUT
+        inside = isinstance(exc, safefs.UnsafePath) and base in (exc.path, *exc.path.parents)
+        if not inside or self.uid == 0:
+            return ""
+        return (
+            f" (the admin sets it up: as root, registry-client --cache-dir {self.root} cache dir)"
+        )
 
     def _refusal(self, exc: Exception) -> AuthError:
         if isinstance(exc, safefs.UnsafePath):

@@ -131,6 +131,12 @@ def site() -> Iterator[Site]:
         users.cleanup()
 
 
+def grp_gid(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid
+
+
 def precious(path: Path, owner: User, content: bytes = b"precious\n") -> tuple[bytes, int, int]:
     path.write_bytes(content)
     os.chown(path, owner.uid, owner.gid)
@@ -450,6 +456,46 @@ def test_a_shared_cache_a_member_made_is_not_used_by_the_others(site: Site) -> N
     assert "not using the shared cache" in err and "owned by" in err
     assert path.startswith(str(site.victim.home))
     assert_verified(path, image, {site.victim.uid})
+
+
+def test_only_root_sets_up_a_shared_cache_and_takes_back_what_a_member_made(site: Site) -> None:
+    """The admin made only the cache folder (install -d -m 3775): members make none of the
+    folders inside it (one of theirs would lock the others out); root's `cache dir` makes
+    them, or takes over one a member (or an older version) made first."""
+    image = site.push("lab/app:1", 1 * MiB, seed=53)
+    fresh = site.users.base / "fresh"
+    fresh.mkdir()
+    os.chown(fresh, 0, grp_gid(site.lab))
+    os.chmod(fresh, 0o3775)
+    config = site.users.base / "fresh.toml"
+    config.write_text(site.config.read_text().replace(str(site.shared), str(fresh)))
+    os.chmod(config, 0o644)
+    hint = f"as root, registry-client --cache-dir {fresh} cache dir"
+    code, path, err = site.pull(site.victim, "lab/app:1", config=config)
+    assert code == 0 and path.startswith(str(site.victim.home)), err
+    assert "not using the shared cache" in err and "not made yet" in err and hint in err, err
+    assert_verified(path, image, {site.victim.uid})
+    assert not (fresh / "v1").exists()  # the member made nothing in the admin's folder
+    # A member makes v1 first (as this tool's older versions did on a first pull).
+    assert site.as_user(site.attacker, f"mkdir -m 3775 {fresh}/v1") == 0
+    code, path, err = site.pull(site.victim, "lab/app:1", config=config)
+    assert code == 0 and path.startswith(str(site.victim.home)), err
+    assert f"owned by {site.attacker.name}" in err and hint in err, err
+    setup = site.users.cli(
+        site.users.root, "cache", "dir", env={"REGISTRY_CLIENT_CONFIG": str(config)}
+    )
+    assert setup.returncode == 0 and setup.stdout.strip() == str(fresh), setup.stderr
+    assert "warning" not in setup.stderr, setup.stderr
+    for folder in [fresh / "v1", *(p for p in (fresh / "v1").rglob("*") if p.is_dir())]:
+        st = os.lstat(folder)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o3775), folder
+    assert site.as_user(site.attacker, f"rmdir {fresh}/v1/quarantine") != 0  # no longer theirs
+    second = site.push("lab/app:2", 1 * MiB, seed=54)  # the victim holds no copy of its own
+    for user in (site.attacker, site.victim):
+        code, path, err = site.pull(user, second.ref, config=config)
+        assert code == 0 and path.startswith(str(fresh / "v1" / "sif")), err
+        assert "not using the shared cache" not in err, err
+        assert_verified(path, second, {user.uid, 0})
 
 
 # -- 10. a cache folder someone else made or may change is refused ------------------------------
