@@ -1,5 +1,8 @@
 """docs/hpc.md, run: every command and file of it, in order, as an admin's shell session.
 
+Its group-shared cache recipe is run on its own (test_the_shared_cache_recipe_serves_two_members):
+its root commands as root, its member command as two real throwaway members of one group.
+
 The doc's paths are mapped into a temporary folder (the SUBSTITUTIONS below), the store
 is a loopback S3 server (moto) behind the fault proxy, and stand-ins play the parts not
 installed here: `apptainer` (checks the SIF header of the image it is given, then runs the
@@ -13,6 +16,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +26,7 @@ import pytest
 
 from tests.conftest import new_bucket
 from tests.support.faultproxy import Fault, FaultProxy
+from tests.support.users import Users, need_root
 
 pytestmark = pytest.mark.servers
 
@@ -30,6 +35,9 @@ DOC = ROOT / "docs" / "hpc.md"
 LMOD_INIT = Path("/usr/share/lmod/lmod/init/bash")
 OUTAGE = "# the store is down"
 FILE_MARK = re.compile(r"^(?:#|--) file: (\S+)", re.M)
+SHARED = re.compile(
+    r"<!-- shared-cache recipe .*?-->\n(.*?)<!-- end of the shared-cache recipe -->", re.S
+)
 
 APPTAINER = r"""#!/bin/sh
 # stand-in for `apptainer exec IMAGE COMMAND...`: the image must be a SIF file
@@ -81,30 +89,51 @@ def substitutions(tmp: Path, proxy_url: str, bucket: str) -> dict[str, str]:
     }
 
 
-def blocks() -> list[tuple[str, str]]:
-    return re.findall(r"```(\w*)\n(.*?)```", DOC.read_text(), re.S)
+def blocks(text: str) -> list[tuple[str, str]]:
+    return re.findall(r"```(\w*)\n(.*?)```", text, re.S)
+
+
+def main_text() -> str:
+    """The doc as one admin's session: without the shared-cache recipe (run on its own)."""
+    return SHARED.sub("", DOC.read_text())
+
+
+def shared_recipe() -> list[tuple[str, str]]:
+    found = SHARED.findall(DOC.read_text())
+    assert len(found) == 1, "docs/hpc.md: the shared-cache recipe's markers are gone"
+    return blocks(found[0])
+
+
+def substituted(body: str, subs: dict[str, str]) -> str:
+    for old, new in subs.items():
+        body = body.replace(old, new)
+    return body
+
+
+def script_of(lang: str, body: str) -> str:
+    """One block as shell: a `file:` block writes its file, a TOML example is checked, a
+    sh/bash block runs."""
+    mark = FILE_MARK.search("\n".join(body.splitlines()[:2]))
+    if mark:
+        path = mark.group(1)
+        script = f"mkdir -p \"$(dirname {path})\"\ncat > {path} <<'__DOC__'\n{body}__DOC__\n"
+        return script + (f"chmod +x {path}\n" if body.startswith("#!") else "")
+    if lang == "toml":
+        return f"rc_check_toml <<'__DOC__'\n{body}__DOC__\n"
+    if lang in ("sh", "bash"):
+        return f"echo '+ {body.splitlines()[0][:60]}' >&2\n{body}\n"
+    return ""
 
 
 def session(subs: dict[str, str]) -> tuple[str, str]:
     """The doc as two shell scripts: before the outage, and from it on."""
     parts = ["", ""]
     part = 0
-    for lang, body in blocks():
-        for old, new in subs.items():
-            body = body.replace(old, new)
-        mark = FILE_MARK.search("\n".join(body.splitlines()[:2]))
+    for lang, body in blocks(main_text()):
+        body = substituted(body, subs)
         if OUTAGE in body:
             part = 1
-        if mark:
-            path = mark.group(1)
-            parts[part] += f"mkdir -p \"$(dirname {path})\"\ncat > {path} <<'__DOC__'\n"
-            parts[part] += f"{body}__DOC__\n"
-            if body.startswith("#!"):
-                parts[part] += f"chmod +x {path}\n"
-        elif lang == "toml":
-            parts[part] += f"rc_check_toml <<'__DOC__'\n{body}__DOC__\n"
-        elif lang in ("sh", "bash"):
-            parts[part] += f"echo '+ {body.splitlines()[0][:60]}' >&2\n{body}\n"
+        parts[part] += script_of(lang, body)
     return parts[0], parts[1]
 
 
@@ -215,3 +244,71 @@ def test_every_recipe_of_the_hpc_doc_runs(moto_server: Any, tmp_path: Path, pipx
     assert "warning: the store is unreachable" in second.stderr
     assert "exit 6 (not cached on this node)" in second.stdout
     assert (work / "app.sif").read_bytes() == Path(second.stdout.splitlines()[0]).read_bytes()
+
+
+def test_the_shared_cache_recipe_serves_two_members(moto_server: Any) -> None:
+    """docs/hpc.md's group-shared cache, exactly as it says: the site file and the commands
+    as root, then its member command by two real members of the group. The second uses the
+    first one's download (no private fallback), and the store serves the image once."""
+    from registry_client.sif import make_test_sif
+
+    need_root()
+    users = Users()
+    try:
+        group, _ = users.group("hpc")
+        members = [users.user(role, group) for role in ("ann", "bob")]
+        base = users.base
+        (base / "scratch").mkdir(mode=0o755)
+        image = base / "app.sif"
+        make_test_sif(image, 4 << 20, seed=12)
+        image.chmod(0o644)
+        tools = base / "bin"  # the CLI as every user runs it (tests/support/users.py)
+        tools.mkdir(mode=0o755)
+        (tools / "registry-client").write_text(
+            f'#!/bin/sh\nexec {shlex.join(users.python())} "$@"\n'
+        )
+        (tools / "registry-client").chmod(0o755)
+        bucket = new_bucket(moto_server)
+        env = {
+            "PATH": f"{tools}:/usr/bin:/bin:/usr/sbin:/sbin",
+            "REGISTRY_CLIENT_SITE_CONFIG": f"{base}/etc/registry-client/config.toml",
+            "AWS_ACCESS_KEY_ID": moto_server.access_key,
+            "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        direct = {k: v for k, v in env.items() if "SITE" not in k}  # before the site file
+        direct["AWS_ENDPOINT_URL"] = moto_server.s3_endpoint
+        pushed = users.cli(users.root, "push", str(image), f"s3://{bucket}/lab/app:1.2", env=direct)
+        assert pushed.returncode == 0, pushed.stderr
+        recipe = shared_recipe()
+        *as_root, (_, member_block) = recipe
+        assert "registry-client pull lab/app:1.2" in member_block, member_block
+        with FaultProxy(moto_server.s3_endpoint) as proxy:
+            subs = {
+                "/etc/": f"{base}/etc/",
+                "/local/scratch": f"{base}/scratch",
+                "https://s3.example.org": proxy.url,
+                "hpc-images": bucket,
+                "hpcusers": group,
+            }
+            admin = "".join(script_of(lang, substituted(body, subs)) for lang, body in as_root)
+            setup = users.run(users.root, "bash", "-c", f"set -euo pipefail\n{admin}", env=env)
+            assert setup.returncode == 0, setup.stderr
+            assert "warning" not in setup.stderr, setup.stderr
+            cache = base / "scratch" / f"registry-client-{group}"
+            assert setup.stdout.strip() == str(cache)
+            script = f"set -euo pipefail\n{substituted(member_block, subs)}"
+            printed = []
+            for member in members:
+                pulled = users.run(member, "bash", "-c", script, env=env)
+                assert pulled.returncode == 0, (member.name, pulled.stderr)
+                assert "not using the shared cache" not in pulled.stderr, pulled.stderr
+                printed.append(Path(pulled.stdout.strip()))
+            served = proxy.stats.get_bytes_matching("lab/app")
+        folder = cache / "v1" / "sif" / "sha256"
+        assert [p.parent for p in printed] == [folder, folder], printed
+        assert all(p.read_bytes() == image.read_bytes() for p in printed)
+        assert served == image.stat().st_size  # one download served both members
+    finally:
+        users.cleanup()
