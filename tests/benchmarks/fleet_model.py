@@ -5,15 +5,16 @@ resource allows — its network link, or its cores divided by the CPU seconds on
 and the stages overlap (the caches fill and serve slice by slice), so the time to the last
 node is the longest stage plus the fill of one slice per cache level. What comes in:
 
-- CPU seconds per GB for nginx serving, for a node's pull (all threads and the busiest one)
-  and for the store: measured on loopback by tests/benchmarks/fleet.py;
+- CPU seconds per GB for the cache serving, for a node's pull (all threads and the busiest
+  one) and for the store: measured on loopback by tests/benchmarks/fleet.py (nginx) and by
+  hand for Varnish and Squid (ENGINES);
 - links, cores and the store's share of bandwidth: assumptions, stated in each row;
 - bytes: counted, not assumed — direct pulls cost the store N copies, a cache level one.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 GB = 1e9
@@ -27,6 +28,28 @@ class Rates:
     node_cpu_per_gb: float  # one node's pull, every thread (hashing included)
     node_busiest_per_gb: float  # one node's busiest thread: caps a node's speed
     store_cpu_per_gb: float = 0.0  # the store serving (informative; its link is assumed)
+    cache_cores: int | None = None  # cores the cache engine can use (Squid: one process)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A cache engine's serving cost as measured on loopback: CPU seconds per GB served (the
+    range over the runs) and how many cores it can use."""
+
+    name: str
+    cpu_per_gb: tuple[float, float]
+    cores: int | None = None  # None: every core of the cache server
+
+    def rates(self, node: Rates, cpu_per_gb: float) -> Rates:
+        return replace(node, cache_cpu_per_gb=cpu_per_gb, cache_cores=self.cores)
+
+
+# Measured serving slices over loopback from a Swift store (docs/fleet.md "At scale").
+ENGINES = (
+    Engine("nginx", (0.6, 0.7)),
+    Engine("Varnish", (0.5, 0.6)),
+    Engine("Squid", (6.5, 8.6), cores=1),  # one process: one core, however many there are
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +88,9 @@ class Start:
 
 
 def cache_rate(rates: Rates, hw: Hardware) -> float:
-    """Bytes/s one cache server can serve: its link, or its cores."""
-    return min(hw.cache_gbit * GB / 8, hw.cache_cores * GB / rates.cache_cpu_per_gb)
+    """Bytes/s one cache server can serve: its link, or the cores its engine can use."""
+    cores = min(hw.cache_cores, rates.cache_cores or hw.cache_cores)
+    return min(hw.cache_gbit * GB / 8, cores * GB / rates.cache_cpu_per_gb)
 
 
 def node_rate(rates: Rates, hw: Hardware) -> float:
