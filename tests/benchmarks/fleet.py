@@ -12,7 +12,10 @@ a cache of its own, all started at once. Measured side by side in one run, nothi
 - every cache down: time to the last node against the configured timeouts;
 - CPU seconds per GB: nginx serving, the nodes (all threads, and one node's threads), Swift.
 
-Then tests/benchmarks/fleet_model.py computes 1,000 nodes x 10 GB from those rates.
+Then tests/benchmarks/fleet_model.py computes 1,000 nodes x 10 GB from those rates, and
+tests/benchmarks/fleet_sim.py simulates it through each cache engine (this run's nginx rate
+beside the engines' measured ranges); tests/benchmarks/signer.py times the SigV4 signer
+against botocore's presigner.
 Results: OUT/fleet.json and OUT/fleet.md (docs/fleet.md and docs/performance.md quote them).
 """
 
@@ -35,7 +38,8 @@ from typing import Any
 
 import tomlkit
 
-from tests.benchmarks.fleet_model import GB, Hardware, Rates, simulate
+from tests.benchmarks import fleet_sim, signer
+from tests.benchmarks.fleet_model import ENGINES, GB, Engine, Hardware, Rates, simulate
 from tests.benchmarks.measure import proc_cpu
 from tests.benchmarks.world import parse_size, size_label
 
@@ -285,6 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    log("SigV4 signer against botocore's presigner")
+    out["signer"] = signer.measure()
     try:
         bench.push()
         log(f"direct: {n} nodes")
@@ -391,7 +397,14 @@ def model(measured: dict[str, float]) -> dict[str, Any]:
         simulate("racks", 1000, size, rates_, hw, racks=25),
         simulate("racks", 1000, size, rates_, hw, racks=25, racks_down=1),
     ]
-    return {"hardware": hw.describe(), "rows": [r.to_dict() for r in rows]}
+    cpu = measured["cache_cpu_per_gb"]
+    engines = (Engine("nginx, this run", (cpu, cpu)), *ENGINES)
+    return {
+        "hardware": hw.describe(),
+        "rows": [r.to_dict() for r in rows],
+        "engines": fleet_sim.engine_rows(rates_, hw, engines=engines),
+        "engines_spread_60s": fleet_sim.engine_rows(rates_, hw, spread=60, engines=engines),
+    }
 
 
 def render(out: dict[str, Any]) -> str:
@@ -452,6 +465,17 @@ def render(out: dict[str, Any]) -> str:
             f"| {name} | {tb[0]:.2f} TB | {tb[1]:.2f} TB | {tb[2]:.2f} TB "
             f"| {row['seconds']:.0f} s | {row['bottleneck']} |"
         )
+    lines += [
+        "",
+        "Simulated tick by tick (tests/benchmarks/fleet_sim.py), every node at once, then "
+        "arriving over 60 s:",
+        "",
+        fleet_sim.render(out["model"]["engines"]),
+        "",
+        fleet_sim.render(out["model"]["engines_spread_60s"]),
+        "",
+        signer.render(out["signer"]),
+    ]
     return "\n".join(lines)
 
 
