@@ -53,7 +53,8 @@ def _transfer(ax: Any, results: list[dict[str, Any]], title: str) -> None:
 def _warm(ax: Any, results: list[dict[str, Any]]) -> None:
     labels, stats = [], []
     for res in results:
-        for case, ratio in res["ratio"].items():
+        shared = {f"shared {case}": r for case, r in (res.get("shared") or {}).items()}
+        for case, ratio in {**res["ratio"], **shared}.items():
             labels.append(f"{res['target']} {case}")
             stats.append(ratio)
     _bars(ax, labels, stats, 1.5, "warm pull / python -c 'import typer'")

@@ -20,6 +20,8 @@ from tests.benchmarks.measure import (
     run_timed,
     summary,
 )
+from tests.benchmarks.shared import MEMBER, shared_cache_cases
+from tests.benchmarks.shared import TYPER as MEMBER_TYPER
 from tests.benchmarks.tools import Tools
 from tests.benchmarks.world import GiB, Image, Target, World, delete_object, object_url
 
@@ -314,36 +316,59 @@ def thread_breakdown(samples: list[Sample], gib: float) -> dict[str, Any]:
 
 
 def warm_figure(bench: Bench, target: Target, image: Image) -> dict[str, Any]:
-    """Cache hits: by tag (one HEAD), by pinned digest and --offline (no network)."""
+    """Cache hits: by tag (one HEAD), by pinned digest and --offline (no network), from the
+    runner's private cache and, as a second user, from a group-shared cache where root
+    published the image (tests/benchmarks/shared.py); each against its own user's
+    `import typer`."""
     world = bench.world
     cache = bench.scratch(f"warm-cache-{target.name}")
     env = world.rc_env(target, cache)
     first = checked(run_timed([bench.rc, "pull", image.ref], env), "warm-up pull")
     sha = image.sha256 or Path(first.stdout).name.split(".")[0]
     python = sys.executable
+    hits = _hits(image.ref, sha)
     cases = {
-        "python -c 'import typer'": ([python, "-c", "import typer"], world.base_env()),
+        TYPER: ([python, "-c", "import typer"], world.base_env()),
         "python -c pass": ([python, "-c", "pass"], world.base_env()),
-        "by tag (HEAD)": ([bench.rc, "pull", image.ref], env),
-        "by digest": ([bench.rc, "pull", f"{image.ref}@sha256:{sha}"], env),
-        "--offline": ([bench.rc, "pull", "--offline", image.ref], env),
+        **{name: ([bench.rc, "pull", *args], env) for name, args in hits.items()},
     }
-    samples: dict[str, list[Sample]] = {n: [] for n in cases}
-    for rep in range(bench.warm_repeats):
-        for name in _rotate(list(cases), rep):
-            cmd, cmd_env = cases[name]
-            samples[name].append(checked(run_timed(cmd, cmd_env), name))
-    base = [s.wall for s in samples["python -c 'import typer'"]]
+    with shared_cache_cases(world, bench.rc, target, image, hits) as (member, why):
+        if why:
+            bench.note(why)
+        cases.update(member)
+        samples: dict[str, list[Sample]] = {n: [] for n in cases}
+        for rep in range(bench.warm_repeats):
+            for name in _rotate(list(cases), rep):
+                cmd, cmd_env = cases[name]
+                samples[name].append(checked(run_timed(cmd, cmd_env), name))
     out: dict[str, Any] = {
         "target": target.name,
         "label": image.label,
         "tools": {n: _stats(s) for n, s in samples.items()},
-        "ratio": {},
+        "ratio": _warm_ratios(samples, "", TYPER),
     }
-    for name in ("by tag (HEAD)", "by digest", "--offline"):
-        out["ratio"][name] = ratios([s.wall for s in samples[name]], base)
+    if member:
+        out["shared"] = _warm_ratios(samples, f"{MEMBER} ", MEMBER_TYPER)
     shutil.rmtree(cache, ignore_errors=True)
     return out
+
+
+TYPER = "python -c 'import typer'"
+
+
+def _hits(ref: str, sha: str) -> dict[str, list[str]]:
+    """The three cache hits timed, by case name: `pull` arguments."""
+    return {
+        "by tag (HEAD)": [ref],
+        "by digest": [f"{ref}@sha256:{sha}"],
+        "--offline": ["--offline", ref],
+    }
+
+
+def _warm_ratios(samples: dict[str, list[Sample]], prefix: str, base: str) -> dict[str, Any]:
+    """Each hit's wall / its user's `import typer`, repeat by repeat."""
+    walls = [s.wall for s in samples[base]]
+    return {name: ratios([s.wall for s in samples[prefix + name]], walls) for name in _hits("", "")}
 
 
 # -- herd ------------------------------------------------------------------------------------
