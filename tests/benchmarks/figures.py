@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -369,6 +370,65 @@ def _warm_ratios(samples: dict[str, list[Sample]], prefix: str, base: str) -> di
     """Each hit's wall / its user's `import typer`, repeat by repeat."""
     walls = [s.wall for s in samples[base]]
     return {name: ratios([s.wall for s in samples[prefix + name]], walls) for name in _hits("", "")}
+
+
+# -- cache warm ------------------------------------------------------------------------------
+
+
+WARM_JOBS = (1, 4)
+REWARM = "re-warm (all cached)"
+
+
+def warmcache_figure(bench: Bench, target: Target, images: list[Image]) -> dict[str, Any]:
+    """`cache warm LIST` of K images into an empty cache with --jobs 1 and --jobs 4
+    (interleaved; ratio 4 / 1), then the same list over the warm cache beside
+    `import typer` (what a prolog pays on a node that already holds everything)."""
+    world = bench.world
+    listing = world.work / f"warm-list-{target.name}.txt"
+    listing.write_text("".join(f"{image.ref}\n" for image in images))
+    jobs = {f"--jobs {n}": n for n in WARM_JOBS}
+    samples: dict[str, list[Sample]] = {n: [] for n in [*jobs, REWARM, TYPER]}
+    for rep in range(bench.repeats):
+        for name in _rotate(list(jobs), rep):
+            cache = bench.scratch("warmcache")
+            env = world.rc_env(target, cache)
+            cmd = [bench.rc, "--json", "cache", "warm", str(listing), "--jobs", str(jobs[name])]
+            sample = run_timed(cmd, env, watch=target.server.pids, threads=True)
+            samples[name].append(_warmed(sample, name, downloaded=len(images)))
+        rewarm = [bench.rc, "--json", "cache", "warm", str(listing)]
+        for name in _rotate([REWARM, TYPER], rep):
+            if name == TYPER:
+                sample = run_timed([sys.executable, "-c", "import typer"], world.base_env())
+                samples[name].append(checked(sample, name))
+            else:
+                sample = run_timed(rewarm, env, watch=target.server.pids)
+                samples[name].append(_warmed(sample, name, cached=len(images)))
+        shutil.rmtree(cache, ignore_errors=True)
+    walls = {n: [s.wall for s in v] for n, v in samples.items()}
+    return {
+        "target": target.name,
+        "images": len(images),
+        "label": images[0].label,
+        "tools": {n: _stats(s) for n, s in samples.items()},
+        "busiest_thread_s": {
+            n: summary([s.threads[0][1] for s in samples[n] if s.threads]) for n in jobs
+        },
+        "busiest_thread_name": {
+            n: str(samples[n][0].threads[0][0]) if samples[n][0].threads else "?" for n in jobs
+        },
+        "jobs_ratio": ratios(walls["--jobs 4"], walls["--jobs 1"]),
+        "rewarm_ratio": ratios(walls[REWARM], walls[TYPER]),
+    }
+
+
+def _warmed(sample: Sample, what: str, downloaded: int = 0, cached: int = 0) -> Sample:
+    """The warm's own JSON report: every image downloaded (or found cached), none failed."""
+    checked(sample, f"cache warm ({what})")
+    report = json.loads(sample.stdout)
+    got = (report["downloaded"], report["cached"], report["failed"])
+    if got != (downloaded, cached, 0):
+        raise RuntimeError(f"cache warm ({what}): downloaded, cached, failed = {got}")
+    return sample
 
 
 # -- herd ------------------------------------------------------------------------------------

@@ -159,6 +159,44 @@ def warm_table(results: list[dict[str, Any]]) -> str:
     )
 
 
+def warmcache_table(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for res in results:
+        tools = res["tools"]
+        rows.append(
+            [
+                res["target"],
+                f"{res['images']} × {res['label']}",
+                _mmm(tools["--jobs 1"]["wall"]),
+                _mmm(tools["--jobs 4"]["wall"]),
+                _mmm(res["jobs_ratio"]),
+                " / ".join(_mmm(tools[n]["cpu"]) for n in ("--jobs 1", "--jobs 4")),
+                " / ".join(
+                    f"{_mmm(res['busiest_thread_s'][n])} ({res['busiest_thread_name'][n]})"
+                    for n in ("--jobs 1", "--jobs 4")
+                ),
+                _mmm(tools["re-warm (all cached)"]["wall"], 0, 1000),
+                _mmm(tools["python -c 'import typer'"]["wall"], 0, 1000),
+                _mmm(res["rewarm_ratio"]),
+            ]
+        )
+    return table(
+        [
+            "target",
+            "images",
+            "--jobs 1 s",
+            "--jobs 4 s",
+            "jobs 4 / jobs 1",
+            "CPU s (1 / 4)",
+            "busiest thread CPU s (1 / 4)",
+            "re-warm ms",
+            "import typer ms",
+            "re-warm / typer",
+        ],
+        rows,
+    )
+
+
 def herd_table(results: list[dict[str, Any]]) -> str:
     rows = []
     for res in results:
@@ -508,6 +546,9 @@ def render(results: dict[str, Any]) -> str:
         ]
     if results.get("warm"):
         parts += ["", "## Warm pull (cache hit)", warm_table(results["warm"])]
+    if results.get("warmcache"):
+        parts += ["", "## cache warm (empty cache; then again, all cached)"]
+        parts += [warmcache_table(results["warmcache"])]
     if results.get("herd"):
         parts += ["", "## Herd (N concurrent pulls, one cold cache)", herd_table(results["herd"])]
     if results.get("cloud"):

@@ -29,20 +29,29 @@ from typing import Any
 
 from tests.benchmarks import report
 from tests.benchmarks.clouds import cloud_figure
-from tests.benchmarks.figures import Bench, herd_figure, pull_figure, push_figure, warm_figure
+from tests.benchmarks.figures import (
+    Bench,
+    herd_figure,
+    pull_figure,
+    push_figure,
+    warm_figure,
+    warmcache_figure,
+)
 from tests.benchmarks.measure import checked, hash_floor, run_timed
 from tests.benchmarks.migration import migration_figures
 from tests.benchmarks.tools import Tools, ensure_tools, tool_version
 from tests.benchmarks.world import (
+    Image,
     World,
     make_images,
+    make_warm_list,
     parse_size,
     size_label,
     start_targets,
 )
 
 TARGETS = ["swift-s3api", "moto", "swift"]
-FIGURES = ["push", "pull", "warm", "herd", "floor", "cloud", "migrate"]
+FIGURES = ["push", "pull", "warm", "warmcache", "herd", "floor", "cloud", "migrate"]
 MODES = {  # sizes, repeats, warm repeats, herd repeats, herd image, herd Ns, moto cap, cloud
     "quick": ("64M,256M", 2, 10, 1, "32M", "8,32", "64M", "64M"),
     "default": ("256M,1G", 3, 15, 2, "128M", "8,32", "256M", "256M"),
@@ -63,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="repeats of each push/pull measurement")
     p.add_argument("--warm-repeats", type=int, help="repeats of the cache-hit timings (>=10)")
     p.add_argument("--herd-repeats", type=int)
+    p.add_argument(
+        "--warmcache",
+        default="8x32M",
+        help="images of the `cache warm` figure, COUNTxSIZE (default 8x32M)",
+    )
     p.add_argument("--herd-size", help="image size for the herds")
     p.add_argument("--herd-n", help="herd sizes, e.g. 8,32")
     p.add_argument(
@@ -121,6 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.herd_n = [int(n) for n in (args.herd_n or herd_n).split(",")]
     args.moto_max_size = parse_size(args.moto_max_size or moto_cap)
     args.cloud_size = parse_size(args.cloud_size or cloud)
+    count, _, size = args.warmcache.partition("x")
+    args.warmcache = (int(count), parse_size(size))
     args.targets = [t for t in args.targets.split(",") if t]
     args.only = set(args.only.split(","))
     args.peers = None if args.peers is None else set(args.peers.split(","))
@@ -147,7 +163,7 @@ def run_target(bench: Bench, args: argparse.Namespace, name: str, results: dict[
             log(f"{name}: push {image.label}")
             results["push"].append(push_figure(bench, target, image))
         else:
-            seed_push(bench, name, size)
+            seed_push(bench, name, image)
         if "pull" in args.only:
             log(f"{name}: cold pull {image.label}")
             results["pull"].append(pull_figure(bench, target, image))
@@ -155,18 +171,23 @@ def run_target(bench: Bench, args: argparse.Namespace, name: str, results: dict[
         small = world.images[min(sizes_for(args, name))]
         log(f"{name}: warm pulls of {small.label} x{bench.warm_repeats}")
         results["warm"].append(warm_figure(bench, target, small))
+    if "warmcache" in args.only:
+        for image in world.warm_list:
+            seed_push(bench, name, image)
+        log(f"{name}: cache warm of {len(world.warm_list)} x {world.warm_list[0].label}")
+        results["warmcache"].append(warmcache_figure(bench, target, world.warm_list))
     if "herd" in args.only:
         herd = world.images[args.herd_size]
-        seed_push(bench, name, args.herd_size)
+        seed_push(bench, name, herd)
         for n in args.herd_n:
             log(f"{name}: herd of {n} pulls of {herd.label}")
             results["herd"].append(herd_figure(bench, target, herd, n))
 
 
-def seed_push(bench: Bench, name: str, size: int) -> None:
+def seed_push(bench: Bench, name: str, image: Image) -> None:
     """Push an image (untimed) so the figures that read it find it."""
     world = bench.world
-    image, target = world.images[size], world.targets[name]
+    target = world.targets[name]
     env = world.rc_env(target, bench.scratch("seed-cache"))
     sample = checked(
         run_timed([bench.rc, "push", str(image.path), image.ref], env), f"push {image.ref}"
@@ -253,6 +274,7 @@ def meta(args: argparse.Namespace, tools: Tools) -> dict[str, Any]:
         "warm_repeats": args.warm_repeats,
         "herd_repeats": args.herd_repeats,
         "herd_size": size_label(args.herd_size),
+        "warmcache": f"{args.warmcache[0]}x{size_label(args.warmcache[1])}",
         "herd_n": args.herd_n,
         "moto_max_size": size_label(args.moto_max_size),
         "cloud_size": size_label(args.cloud_size),
@@ -356,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "push": [],
         "pull": [],
         "warm": [],
+        "warmcache": [],
         "herd": [],
         "timings": {},
     }
@@ -370,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         if "cloud" in args.only:
             wanted.add(args.cloud_size)
         make_images(world, sorted(wanted))
+        if "warmcache" in args.only:
+            world.warm_list = make_warm_list(world, *args.warmcache)
         log("servers ...")
         servers = start_targets(world, args.targets)
         for name in args.targets:

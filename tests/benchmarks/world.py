@@ -131,6 +131,7 @@ class World:
     targets: dict[str, Target] = field(default_factory=dict)
     images: dict[int, Image] = field(default_factory=dict)
     transfer: dict[str, int] = field(default_factory=dict)  # [transfer] overrides
+    warm_list: list[Image] = field(default_factory=list)  # the `cache warm` figure's images
 
     def base_env(self) -> dict[str, str]:
         """The environment every process gets: nothing of the user's cloud settings."""
@@ -281,3 +282,17 @@ def make_images(world: World, sizes: list[int]) -> None:
         path = folder / f"img-{label}.sif"
         sif.make_test_sif(path, size, seed=size % 1000)
         world.images[size] = Image(size, path, f"s{label}")
+
+
+def make_warm_list(world: World, count: int, size: int) -> list[Image]:
+    """`count` distinct images of `size` (tags w0, w1, ...) for the `cache warm` figure."""
+    from registry_client import sif
+
+    folder = world.work / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    found = []
+    for i in range(count):
+        path = folder / f"warm-{i}.sif"
+        sif.make_test_sif(path, size, seed=500 + i)
+        found.append(Image(size, path, f"w{i}"))
+    return found
