@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from registry_client.cache import Cache
+from registry_client.sif import make_test_sif
+from tests.support.fixtures_library import LibraryFixture, LibraryImage
 from tests.support.helpers import console_script, run_cli
 
 MiB = 1 << 20
 
 
 def push(tmp_path: Path, ref: str, size: int = MiB, seed: int = 0) -> str:
-    from registry_client.sif import make_test_sif
-
     path = tmp_path / f"{ref.replace('/', '_').replace(':', '_')}.sif"
     make_test_sif(path, size, seed=seed)
     result = run_cli("push", str(path), ref)
@@ -42,26 +42,55 @@ def cached(tmp_path: Path) -> set[str]:
 
 
 def test_cache_warm_from_a_file_is_parallel_idempotent_and_summarised(tmp_path: Path) -> None:
-    shas = [push(tmp_path, f"lab/app{i}:1", seed=i) for i in range(3)]
-    listing = tmp_path / "images.txt"
-    listing.write_text(
-        "# images for this allocation\n"
-        "lab/app0:1\n\nlab/app1:1   # the solver\nlab/app2:1\nlab/app0:1\n"
-    )
-    first = run_cli("--json", "cache", "warm", str(listing), "--jobs", "3")
-    assert first.returncode == 0, first.stderr
-    report = json.loads(first.stdout)
-    assert (report["downloaded"], report["cached"], report["failed"]) == (3, 0, 0)
-    assert "warmed 3 image(s): 3 downloaded, 0 already cached, 0 failed" in first.stderr
-    assert cached(tmp_path) == set(shas)
-    again = run_cli("cache", "warm", str(listing))
-    assert again.returncode == 0
-    assert "0 downloaded, 3 already cached" in again.stderr
-    assert [line.split("\t")[0] for line in again.stdout.splitlines()] == [
-        "lab/app0:1",
-        "lab/app1:1",
-        "lab/app2:1",
-    ]
+    """--jobs 3 pulls three images at once: the Library holds every API request until
+    three are in flight together (no time bound), so a sequential warm peaks at one."""
+    library = LibraryFixture()
+    try:
+        for i in range(3):
+            data = tmp_path / f"app{i}.sif"
+            make_test_sif(data, MiB, seed=i)
+            library.add(f"lab/tools/app{i}:1", LibraryImage(data.read_bytes()))
+        shas = [image.sha256 for image in library.images.values()]
+        refs = [f"library://lab/tools/app{i}:1" for i in range(3)]
+        listing = tmp_path / "images.txt"
+        listing.write_text(
+            f"# images for this allocation\n{refs[0]}\n\n{refs[1]}   # the solver\n"
+            f"{refs[2]}\n{refs[0]}\n"
+        )
+        env = {"REGISTRY_CLIENT_LIBRARY_URL": library.url}
+        library.api.hold_until(3)
+        first = run_cli("--json", "cache", "warm", str(listing), "--jobs", "3", env=env)
+        assert first.returncode == 0, first.stderr
+        assert library.api.max_in_flight == 3  # one request of each image at once
+        report = json.loads(first.stdout)
+        assert (report["downloaded"], report["cached"], report["failed"]) == (3, 0, 0)
+        assert "warmed 3 image(s): 3 downloaded, 0 already cached, 0 failed" in first.stderr
+        assert cached(tmp_path) == set(shas)
+        again = run_cli("cache", "warm", str(listing), "--jobs", "1", env=env)
+        assert again.returncode == 0
+        assert "0 downloaded, 3 already cached" in again.stderr
+        assert [line.split("\t")[0] for line in again.stdout.splitlines()] == refs
+    finally:
+        library.stop()
+
+
+def test_cache_warm_with_one_job_pulls_one_image_at_a_time(tmp_path: Path) -> None:
+    """The other side of the test above: with --jobs 1 the held Library never sees two
+    requests at once (the gate opens after its timeout, here short)."""
+    library = LibraryFixture()
+    try:
+        for i in range(2):
+            library.add(f"lab/tools/app{i}:1", LibraryImage(bytes([i]) * 4096))
+        env = {"REGISTRY_CLIENT_LIBRARY_URL": library.url}
+        library.api.hold_until(2, timeout=1.0)
+        refs = "".join(f"library://lab/tools/app{i}:1\n" for i in range(2))
+        listing = tmp_path / "images.txt"
+        listing.write_text(refs)
+        result = run_cli("cache", "warm", str(listing), "--jobs", "1", env=env)
+        assert result.returncode == 0, result.stderr
+        assert library.api.max_in_flight == 1
+    finally:
+        library.stop()
 
 
 def test_cache_warm_from_stdin_keeps_going_past_a_failure(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 Handlers are plain functions of a Request; every request is logged with its headers so
 tests can assert what was (not) sent, e.g. that no Authorization header reached a
 presigned URL. `serve_bytes` answers GETs of a blob with or without Range support.
+`hold_until(n)` holds requests until n are in flight at once: a test of a client that
+should send n requests in parallel reads `max_in_flight`, with no bound on time.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class FixtureServer:
         self.handler = handler
         self.log: list[Request] = []
         self._lock = threading.Lock()
+        self._moved = threading.Condition(self._lock)  # a request came in or went out
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests being answered at once
+        self._hold = 0  # hold_until's n (0: answer at once)
+        self._hold_timeout = 0.0
         owner = self
 
         class _Handler(BaseHTTPRequestHandler):
@@ -103,6 +110,23 @@ class FixtureServer:
             req.form = {k: v[0] for k, v in form.items()}
         with self._lock:
             self.log.append(req)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._moved.notify_all()
+            if self._hold:
+                hold = self._hold
+                self._moved.wait_for(
+                    lambda: self.in_flight >= hold or not self._hold, self._hold_timeout
+                )
+                self._hold = 0  # the gate opens for good: reached, or waited out
+                self._moved.notify_all()
+        try:
+            self._answer(h, method, req)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler, method: str, req: Request) -> None:
         resp = self.handler(req)
         h.send_response(resp.status)
         for key, value in resp.headers.items():
@@ -115,6 +139,14 @@ class FixtureServer:
                 h.wfile.write(resp.body[: resp.cut])
         if resp.cut is not None:
             h.close_connection = True
+
+    def hold_until(self, n: int, timeout: float = 10.0) -> None:
+        """Hold each request until `n` are in flight at once, then answer all of them and
+        every later one at once; if a request waits `timeout` seconds first, the gate opens
+        anyway. A client that sends n requests in parallel
+        shows it in `max_in_flight`; a sequential one reaches 1 (after one timeout)."""
+        with self._lock:
+            self._hold, self._hold_timeout = n, timeout
 
     def requests_to(self, prefix: str) -> list[Request]:
         with self._lock:
