@@ -98,6 +98,34 @@ def test_changing_commands_say_what_they_did(tmp_path: Path) -> None:
     assert "verified 1 image(s) and layer blob(s): 0 damaged" in verify.stderr
 
 
+def test_copy_and_remote_commands_say_what_they_did(tmp_path: Path) -> None:
+    push(tmp_path, "lab/a:1")
+    other = tmp_path / "other"
+    added = run_cli("remote", "add", "other", other.as_uri())
+    assert added.returncode == 0 and f"added remote 'other' ({other.as_uri()})" in added.stderr
+    assert "other" in [r["name"] for r in json.loads(run_cli("--json", "remote", "ls").stdout)]
+    dry = run_cli("copy", "lab/a:1", "other:lab/a:1", "--dry-run")
+    assert dry.returncode == 0 and "1 planned" in dry.stderr, dry.stderr
+    assert dry.stdout.split()[:2] == ["copy", "lab/a:1"]
+    assert run_cli("pull", "other:lab/a:1").returncode == 3  # the dry run wrote nothing
+    copied = run_cli("copy", "lab/a:1", "other:lab/a:1")
+    assert copied.returncode == 0 and "1 copied" in copied.stderr, copied.stderr
+    assert copied.stdout.split()[:2] == ["copied", "lab/a:1"]
+    assert run_cli("pull", "other:lab/a:1").returncode == 0
+    again = run_cli("copy", "lab/a:1", "other:lab/a:1")
+    assert again.returncode == 0 and "1 skipped" in again.stderr, again.stderr
+    quiet = run_cli("-q", "copy", "lab/a:1", "other:lab/b:1")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    removed = run_cli("remote", "rm", "other")
+    assert removed.returncode == 0 and "removed remote 'other'" in removed.stderr
+    assert "other" not in run_cli("remote", "ls").stdout
+    assert run_cli("remote", "rm", "other").returncode == 3
+    quiet_add = run_cli("-q", "remote", "add", "again", other.as_uri())
+    assert quiet_add.returncode == 0 and quiet_add.stderr == ""
+    quiet_rm = run_cli("-q", "remote", "rm", "again")
+    assert quiet_rm.returncode == 0 and quiet_rm.stderr == ""
+
+
 def test_cache_clean_and_prune_dry_run_remove_nothing(tmp_path: Path) -> None:
     push(tmp_path, "lab/a:1")
     path = Path(run_cli("pull", "lab/a:1").stdout.strip())
