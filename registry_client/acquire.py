@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -178,7 +177,7 @@ def _job(ctx: Context, label: str, version_id: str | None) -> Iterator[Job]:
     chunk = ctx.transfer.chunk_size
     have = _resumable_ranges(ctx.cache.read_state(state_path), chunk)
     if not have:
-        os.truncate(tmp, 0)
+        ctx.cache.empty_temp(tmp)
     done = list(have)
 
     def on_range(start: int, end: int) -> None:
@@ -194,11 +193,11 @@ def _job(ctx: Context, label: str, version_id: str | None) -> Iterator[Job]:
             isinstance(exc, RemoteUnavailable) and exc.retryable
         )
         if not resumable:
-            tmp.unlink(missing_ok=True)
+            ctx.cache.remove_temp(tmp)
         raise
     finally:
-        if not tmp.exists():
-            state_path.unlink(missing_ok=True)
+        if not ctx.cache.has_temp(tmp):
+            ctx.cache.remove_temp(state_path)
 
 
 def _resumable_ranges(state: dict[str, Any], chunk: int) -> list[tuple[int, int]]:

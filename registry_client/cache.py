@@ -21,7 +21,8 @@ Safety. The folders are opened once, walking from `/` without following a symlin
 refused unless the invoking user, root or a configured trusted user owns each of them and
 nobody else may change them (writable by others only with the sticky bit). Every file is
 then named relative to those descriptors: created with O_EXCL, opened with O_NOFOLLOW,
-checked with fstat. A published file serves as a hit only while it is a regular file of a
+checked with fstat. (The transfer engine's download file and `pull -o`'s source are opened
+by their checked path, O_NOFOLLOW: nobody else may change a folder on the way.) A published file serves as a hit only while it is a regular file of a
 trusted owner that nobody else may write, of the size the server reports. In a shared
 cache another member's image is copied and re-hashed before use, and whatever another
 member's files block (a name, a record) goes to the user's own private cache (`fallback`).
@@ -679,6 +680,24 @@ class Cache:
 
     def write_state(self, path: Path, state: dict[str, Any]) -> None:
         safefs.replace_file(self._tmp_fd(path), path.name, json.dumps(state).encode(), 0o600)
+
+    # Resume files, reached through the tmp/ descriptor like everything else in the cache.
+    def empty_temp(self, path: Path) -> None:
+        """Truncate a resume file of ours to nothing (never through a symlink)."""
+        fd = os.open(path.name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._tmp_fd(path))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != self.uid or st.st_nlink != 1:
+                raise PermissionError(errno.EPERM, "not a plain file of yours", str(path))
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
+    def remove_temp(self, path: Path) -> None:
+        safefs.unlink_at(self._tmp_fd(path), path.name)
+
+    def has_temp(self, path: Path) -> bool:
+        return safefs.lstat_at(self._tmp_fd(path), path.name) is not None
 
     def _tmp_fd(self, path: Path) -> int:
         for cache in (self, self.fallback):

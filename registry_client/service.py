@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,15 +239,22 @@ def _copy_atomic(src: Path, dest: Path, size: int) -> None:
     symlink), then rename it over dest."""
     import secrets
 
-    from registry_client.safefs import NEW_FLAGS, clone_or_copy, unlink_at
+    from registry_client.safefs import NEW_FLAGS, READ_FLAGS, clone_or_copy, unlink_at
 
     folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     tmp = f".{dest.name}.{os.getpid()}.{secrets.token_hex(8)}.partial"
     try:
         out = os.open(tmp, NEW_FLAGS, 0o644, dir_fd=folder)
         try:
-            with open(src, "rb") as fh:
-                clone_or_copy(fh.fileno(), out)
+            # src: the checked path of a trusted cache file (see docs/security.md); its
+            # last name is opened without following a symlink.
+            source = os.open(src, READ_FLAGS)
+            try:
+                if not stat.S_ISREG(os.fstat(source).st_mode):
+                    raise OSError(f"{src}: not a regular file")
+                clone_or_copy(source, out)
+            finally:
+                os.close(source)
             if os.fstat(out).st_size != size:
                 raise OSError(f"{dest}: the copy is not {size} bytes")
             os.fchmod(out, 0o444)
