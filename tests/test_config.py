@@ -196,3 +196,33 @@ def test_cli_bad_config_exit_2_no_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot read config")
     assert "Traceback" not in result.stderr
+
+
+def test_config_doc_lists_every_key_of_every_table_and_remote_type() -> None:
+    """docs/config.md's Keys tables name what the schema takes: every table key, every
+    remote type and every key of each type (so the doc cannot fall behind the code)."""
+    import re
+
+    from registry_client.backends import OPTIONS
+    from registry_client.config import SCHEMA
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+
+    def named(prefix: str) -> set[str]:
+        found = [r for r in rows if r.startswith(prefix)]
+        return set().union(*(re.findall(r"`(?:\[[a-z]+\] )?([a-z_]+)`", r) for r in found))
+
+    for table, keys in SCHEMA.items():
+        if table == "remotes":
+            assert named("| `[remotes.NAME]`") >= {"type", "prefix"}
+        elif isinstance(keys, dict):
+            assert set(keys) <= named(f"| `[{table}] "), (
+                table,
+                set(keys) - named(f"| `[{table}] "),
+            )
+        else:
+            assert table in named(f"| `{table}`"), table
+    for kind, keys in OPTIONS.items():
+        documented = named(f"| `{kind}` |")
+        assert set(keys) - {"type", "prefix"} <= documented, (kind, set(keys) - documented)
