@@ -21,9 +21,10 @@ Safety. The folders are opened once, walking from `/` without following a symlin
 refused unless the invoking user, root or a configured trusted user owns each of them and
 nobody else may change them (writable by others only with the sticky bit). Every file is
 then named relative to those descriptors: created with O_EXCL, opened with O_NOFOLLOW,
-checked with fstat. (The transfer engine's download file and `pull -o`'s source are opened
-by their checked path, O_NOFOLLOW: nobody else may change a folder on the way.) A published file serves as a hit only while it is a regular file of a
-trusted owner that nobody else may write, of the size the server reports. In a shared
+checked with fstat. (The transfer engine's download file and `pull -o`'s source are
+opened by their checked path, O_NOFOLLOW: nobody else may change a folder on the way.)
+A published file serves as a hit only while it is a regular file of a trusted owner that
+nobody else may write, of the size the server reports. In a shared
 cache another member's image is copied and re-hashed before use, and whatever another
 member's files block (a name, a record) goes to the user's own private cache (`fallback`).
 """
