@@ -360,6 +360,42 @@ def test_missing_or_old_tools_say_how_to_install(tmp_path, monkeypatch):
         RootfsTree(tmp_path / "s", print, 0).apply(LayerFile(zstd, "sha256:z"))
 
 
+def test_the_build_key_names_the_squashfs_tools_that_build(tmp_path, monkeypatch):
+    """The same manifest gives the same bytes only from the same mksquashfs (and zlib): a
+    node whose mksquashfs is another version looks up (and records) its builds under
+    another key, so it builds anew rather than trust a record of other bytes."""
+    from registry_client.names import parse_reference
+    from registry_client.sources import FetchOptions
+    from registry_client.sources.docker import DockerSource
+
+    def key_with(version: str | None) -> tuple[str, ...]:
+        folder = tmp_path / (version or "none")
+        folder.mkdir()
+        if version:
+            tool = folder / "mksquashfs"
+            tool.write_text(f"#!/bin/sh\necho 'mksquashfs version {version} (2024/01/01)'\n")
+            tool.chmod(0o755)
+        monkeypatch.setenv("PATH", str(folder))
+        monkeypatch.setattr(
+            shutil, "which", lambda name, path=None: shutil_which(name, path=str(folder))
+        )
+        sifbuild.squashfs_id.cache_clear()
+        sifbuild.mksquashfs_version.cache_clear()
+        body = parse_reference("docker://registry.example/lab/app:1").body
+        source = DockerSource(None, body, FetchOptions(arch="amd64"))  # type: ignore[arg-type]
+        return source._key("sha256:" + "a" * 64)
+
+    shutil_which = shutil.which
+    try:
+        keys = {v: key_with(v) for v in ("4.5.1", "4.6.1", None)}
+    finally:
+        sifbuild.squashfs_id.cache_clear()
+        sifbuild.mksquashfs_version.cache_clear()
+    assert len(set(keys.values())) == 3, keys
+    assert "mksquashfs-4.6.1+zlib-" in keys["4.6.1"][2]
+    assert keys[None][2] == "none"
+
+
 def test_layer_count_must_match_the_config(tmp_path):
     layer = layer_file(tmp_path, [file("x", "x")])
     spec = BuildSpec([layer], {"rootfs": {"diff_ids": []}}, "docker://x", "x@sha256:0", "amd64")

@@ -19,7 +19,7 @@ from registry_client.sources.docker.registry import (
     node_platform,
     parse,
 )
-from registry_client.sources.docker.sifbuild import BUILDER_VERSION
+from registry_client.sources.docker.sifbuild import BUILDER_VERSION, squashfs_id
 
 if TYPE_CHECKING:
     from registry_client.acquire import Producer
@@ -45,12 +45,14 @@ class DockerSource(Source):
         return self.ref.registry, self.ref.repository.replace("/", "+"), f"{tag}~{platform}"
 
     def _key(self, manifest_digest: str) -> tuple[str, ...]:
-        """A build is named by its image manifest alone: whatever the reference or --arch
-        that led to it, one manifest is built once and gives one SIF."""
-        return ("docker-sif", BUILDER_VERSION, self.ref.name, manifest_digest)
+        """A build is named by its image manifest (and the builder: ours and squashfs-tools'
+        versions): whatever the reference or --arch that led to it, one manifest is built
+        once and gives one SIF."""
+        return ("docker-sif", BUILDER_VERSION, squashfs_id(), self.ref.name, manifest_digest)
 
     def _index_key(self, index_digest: str) -> tuple[str, ...]:
-        return ("docker-sif", BUILDER_VERSION, self.ref.name, index_digest, str(self.platform))
+        builder = (BUILDER_VERSION, squashfs_id())
+        return ("docker-sif", *builder, self.ref.name, index_digest, str(self.platform))
 
     def pinned(self, cache: Any) -> str | None:
         digest = self.ref.digest

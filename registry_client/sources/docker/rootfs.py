@@ -7,7 +7,8 @@ device nodes the build's clock, refuse device nodes and `security.*` attributes 
 non-root builder and lose xattrs on filesystems without them. The tree keeps each entry's
 metadata as the layer gave it; only regular file contents go to disk (a private folder of
 numbered files). `write_tar` then emits the whole root in sorted order for
-`mksquashfs -tar`, so one manifest gives the same bytes for every user, host and umask.
+`mksquashfs -tar`, so one manifest gives the same bytes for every user, umask and host
+(given one squashfs-tools build: docs/fetchers.md).
 
 Layers are applied as umoci and containerd apply them:
 

@@ -14,7 +14,9 @@
    system partition with the image's arch.
 
 Everything in the SIF derives from the manifest digest and the layers: the same manifest
-gives the same bytes for every user, on every host, at every rebuild.
+gives the same bytes for every user, at every rebuild, on every host with the same
+mksquashfs and zlib (another version may compress differently: `squashfs_id` is part of
+every build's cache key).
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def add_runtime_files(writer: RootfsTree, config: dict[str, Any], warn: Warn) ->
 
 
 def require_mksquashfs() -> str:
-    tool = shutil.which("mksquashfs") or shutil.which("mksquashfs", path="/usr/sbin:/sbin")
+    tool = find_mksquashfs()
     if not tool:
         raise UsageError(
             "mksquashfs is needed to build a SIF from docker:// images",
@@ -167,6 +169,26 @@ def require_mksquashfs() -> str:
             hint="install squashfs-tools 4.5.1 or later (Debian 12 has 4.5.1)",
         )
     return tool
+
+
+def find_mksquashfs() -> str | None:
+    return shutil.which("mksquashfs") or shutil.which("mksquashfs", path="/usr/sbin:/sbin")
+
+
+@functools.lru_cache(maxsize=1)
+def squashfs_id() -> str:
+    """What decides a build's bytes besides its inputs and BUILDER_VERSION: the version of
+    mksquashfs and of the zlib it compresses with (the system's, as Python's zlib is on
+    Debian). Part of every build's cache key, so a node whose squashfs-tools changed builds
+    anew; read once per process (one `mksquashfs -version`, a few ms). "none" where there
+    is no mksquashfs: nothing can be built there."""
+    import zlib
+
+    tool = find_mksquashfs()
+    if not tool:
+        return "none"
+    version = ".".join(map(str, mksquashfs_version(tool)))
+    return f"mksquashfs-{version}+zlib-{zlib.ZLIB_RUNTIME_VERSION}"
 
 
 @functools.lru_cache(maxsize=4)
