@@ -1,10 +1,11 @@
-"""A group-shared node cache for the warm-pull figure, set up as docs/security.md says.
+"""A group-shared node cache for the warm-pull figure, set up as docs/hpc.md's recipe and
+docs/security.md say.
 
-The admin (root, the runner) makes the cache root 3775 root:GROUP with `install`, runs
-`registry-client --cache-dir DIR cache dir` once so that root owns every folder of the
-tree, and names the cache in a site file (`cache_dir`, `[cache] shared = true`). Root then
+The admin (root, the runner) names the cache in a site file, mode 644 (`cache_dir`,
+`[cache] shared = true`), makes the cache folder 3775 root:GROUP with `install -d`, and runs
+`registry-client cache dir` once, so that root owns every folder inside it. Root then
 pulls the image: a file of a trusted user (root), which a member's hit checks by type,
-owner and size and uses in place. The member is a throwaway user in GROUP
+owner, link count and size and uses in place. The member is a throwaway user in GROUP
 (tests/support/users.py) with its remote and credentials in a 0600 config of its own, as
 in docs/hpc.md. Its commands run through `setpriv` on an interpreter it may execute, so
 the member's own `python -c 'import typer'` is timed beside them as their baseline.
@@ -61,7 +62,8 @@ def _set_up(
     os.chmod(site, 0o644)
     root_env = _env(world.base_env(), site, _own_config(world, target, users.root, "root"))
     _admin(["install", "-d", "-m", "3775", "-o", "root", "-g", group, str(cache)], root_env)
-    _admin([rc, "--cache-dir", str(cache), "cache", "dir"], root_env)
+    if _admin([rc, "cache", "dir"], root_env) != str(cache):  # the site file names it
+        raise RuntimeError(f"`cache dir` as root did not name {cache}")
     published = checked(run_timed([rc, "pull", image.ref], root_env), "root's pull (shared)")
     _check_published(Path(published.stdout), cache)
     env = _env(member.env(), site, _own_config(world, target, member, "member"))
@@ -116,12 +118,14 @@ def _env(base: dict[str, str], site: Path, config: Path) -> dict[str, str]:
     }
 
 
-def _admin(cmd: list[str], env: dict[str, str]) -> None:
+def _admin(cmd: list[str], env: dict[str, str]) -> str:
+    """One of root's set-up commands; its stdout."""
     proc = subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(cmd[0]).name}: {proc.stderr.strip()[-400:]}")
+    return proc.stdout.strip()
 
 
 def _check_published(path: Path, cache: Path) -> None:
