@@ -306,6 +306,20 @@ def test_budgets_order_and_matching(proxy: FaultProxy, http: urllib3.PoolManager
     assert proxy.faults == [] and http.request("HEAD", url).status == 200
 
 
+def test_one_byte_probes_pass_a_fault_for_bodies(
+    proxy: FaultProxy, http: urllib3.PoolManager
+) -> None:
+    """min_range_bytes: a download's `Range: bytes=0-0` probe is not the body it faults."""
+    bodies = proxy.add_fault(Fault.status(500, times=None, min_range_bytes=2))
+    url = f"{proxy.url}/obj"
+    codes = [
+        http.request("GET", url, headers={"Range": spec}).status
+        for spec in ("bytes=0-0", "bytes=7-7", "bytes=0-1", "bytes=5-", "bytes=-3")
+    ]
+    assert codes == [206, 206, 500, 500, 500]
+    assert http.request("GET", url).status == 500 and bodies.fired == 4
+
+
 def test_reset_after(proxy: FaultProxy, http: urllib3.PoolManager) -> None:
     proxy.add_fault(Fault.reset_after(50_000, times=2))
     head, body, error = raw_exchange(proxy, get_request())

@@ -8,9 +8,6 @@ bodies.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,37 +24,16 @@ from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.helpers import (
     azure_options,
     azure_service,
-    console_script,
     gcs_client,
     gcs_options,
     run_cli,
     s3_client,
     s3_options,
 )
+from tests.support.stalls import MiB, ctrl_c, stall_config
 
 pytestmark = pytest.mark.servers
-MiB = 1024 * 1024
 SIZE = 3 * MiB + 11
-
-
-def _config(path: Path, remote: RemoteConfig, stall_timeout: float) -> dict[str, str]:
-    import tomlkit
-
-    table = {"type": remote.type, **remote.options}
-    path.write_text(
-        tomlkit.dumps(
-            {
-                "default_remote": "lab",
-                "transfer": {"chunk_size": MiB, "concurrency": 2, "stall_timeout": stall_timeout},
-                "remotes": {"lab": table},
-            }
-        )
-    )
-    path.chmod(0o600)
-    return {
-        "REGISTRY_CLIENT_CONFIG": str(path),
-        "REGISTRY_CLIENT_CACHE_DIR": str(path.parent / "nodecache"),
-    }
 
 
 def _behind(url: str, proxy: FaultProxy) -> str:
@@ -130,7 +106,7 @@ def test_a_trickling_body_ends_in_exit_6_and_frees_the_lock(
 ) -> None:
     """1 byte every 2 s used to keep a pull, and the lock other jobs wait on, forever."""
     proxy, (remote, data) = store
-    env = _config(tmp_path / "config.toml", remote, stall_timeout=1)
+    env = stall_config(tmp_path / "config.toml", 1, remote)
     proxy.add_fault(Fault.slow(0.5, times=None, **_bodies(remote)))
     start = time.monotonic()
     result = run_cli("pull", "lab/app:1", env=env, timeout=120)
@@ -150,7 +126,7 @@ def test_a_stalled_body_is_retried_and_the_pull_completes(
     store: tuple[FaultProxy, Any], tmp_path: Path
 ) -> None:
     proxy, (remote, data) = store
-    env = _config(tmp_path / "config.toml", remote, stall_timeout=1)
+    env = stall_config(tmp_path / "config.toml", 1, remote)
     stall = proxy.add_fault(Fault.stall(after_bytes=300_000, seconds=60, **_bodies(remote)))
     start = time.monotonic()
     result = run_cli("pull", "lab/app:1", env=env, timeout=60)
@@ -165,27 +141,15 @@ def test_ctrl_c_mid_body_exits_130_within_a_second(
 ) -> None:
     """One Ctrl-C during a slow body used to be ignored for a minute."""
     proxy, (remote, _data) = store
-    env = _config(tmp_path / "config.toml", remote, stall_timeout=600)
+    env = stall_config(tmp_path / "config.toml", 600, remote)
     proxy.add_fault(Fault.slow(1000, times=None, **_bodies(remote)))
-    proc = subprocess.Popen(
-        [*console_script(), "pull", "lab/app:1"],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while proxy.stats.get_bytes < 4000:  # bodies are flowing, slowly
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    out, err = proc.communicate(timeout=60)
-    took = time.monotonic() - start
-    print(f"\nCtrl-C mid-body: exit {proc.returncode} after {took:.2f}s")
-    assert proc.returncode == 130 and out == ""
-    assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
-    assert took < 1.0
+    # Pressed once bodies are flowing, slowly.
+    ended = ctrl_c(["pull", "lab/app:1"], env, lambda: proxy.stats.get_bytes >= 4000, wait=30)
+    print(f"\nCtrl-C mid-body: exit {ended.code} after {ended.seconds:.2f}s")
+    assert ended.code == 130 and ended.out == ""
+    assert ended.err.strip().splitlines()[-1] == "error: interrupted"
+    assert "Traceback" not in ended.err
+    assert ended.seconds < 1.0
 
 
 def test_a_trickling_source_ends_a_migration_in_exit_6(tmp_path: Path, moto_server: Any) -> None:
@@ -199,7 +163,7 @@ def test_a_trickling_source_ends_a_migration_in_exit_6(tmp_path: Path, moto_serv
         source = RemoteConfig(
             "lab", "s3", {**s3_options(moto_server, bucket), "endpoint_url": proxy.url}
         )
-        env = _config(tmp_path / "config.toml", source, stall_timeout=1)
+        env = stall_config(tmp_path / "config.toml", 1, source)
         target = tmp_path / "target"
         proxy.add_fault(Fault.slow(0.5, times=None, has_range=True))
         start = time.monotonic()

@@ -18,7 +18,9 @@ urllib3 expect. ``Expect: 100-continue`` is honoured by relaying the upstream's 
 answer. Responses are relayed as they come, except where a fault rewrites them.
 
 Faults are rules checked in order against each request (method, path substring, presence of
-a ``Range`` header); the first one with budget left (``times``) applies to that request:
+a ``Range`` header, ``min_range_bytes``: how many bytes a ranged request asks for at least, so
+that a client's one-byte probe ``Range: bytes=0-0`` passes untouched while its body requests
+match); the first one with budget left (``times``) applies to that request:
 
 ``status``        answer ``code`` (500/503/429...) with an S3-style XML error body and an
                   optional ``Retry-After``; upstream is never contacted.
@@ -109,6 +111,7 @@ class Fault:
     method: str | None = "GET"  # None matches every method
     path: str | None = None  # substring of the request target (path and query)
     has_range: bool | None = None  # True: only ranged GETs; False: only whole ones
+    min_range_bytes: int = 0  # a ranged request must ask at least this many bytes
     code: int = 503
     retry_after: int | float | str | None = None
     error_code: str | None = None  # <Code> of the XML error; default by status
@@ -191,7 +194,18 @@ class Fault:
             return False
         if self.path is not None and self.path not in req.target:
             return False
-        return self.has_range is None or self.has_range == (req.header("range") is not None)
+        spec = req.header("range")
+        if self.min_range_bytes and spec is not None and _range_bytes(spec) < self.min_range_bytes:
+            return False
+        return self.has_range is None or self.has_range == (spec is not None)
+
+
+def _range_bytes(spec: str) -> float:
+    """How many bytes ``bytes=FIRST-LAST`` asks for; open or odd ranges count as many."""
+    first, dash, last = spec.strip().removeprefix("bytes=").partition("-")
+    if dash and first.isdigit() and last.isdigit():
+        return int(last) - int(first) + 1
+    return float("inf")
 
 
 @dataclass

@@ -53,6 +53,7 @@ class LibraryFixture:
     store_ranges: bool = True
     unavailable: int = 0  # answer the next N API requests with 503 (Retry-After: 0)
     broken_reads: int = 0  # cut the next N object-store bodies in half
+    store_front: str | None = None  # the store's URL as redirects name it (a proxy before it)
 
     def __post_init__(self) -> None:
         self.api = FixtureServer(self._api)
@@ -119,7 +120,8 @@ class LibraryFixture:
         if not self.redirect:
             return serve_bytes(req, self._bytes(image), ranges=False)
         # Like S3: a signed, expiring URL on another host:port.
-        location = f"{self.store.url}/objects/{image.sha256}?X-Amz-Signature=sig&Expires=9"
+        store = self.store_front or self.store.url
+        location = f"{store}/objects/{image.sha256}?X-Amz-Signature=sig&Expires=9"
         return Response(303, b"", {"Location": location})
 
     def _search(self, req: Request, _rest: str) -> Response:

@@ -48,6 +48,7 @@ class ShubFixture:
     wrong_version: bool = False  # the manifest's md5 does not match the file
     private: set[str] = field(default_factory=set)  # collections (users) that need an account
     accounts: dict[str, str] = field(default_factory=dict)  # user name -> token
+    files_front: str | None = None  # the files' URL as manifests name it (a proxy before it)
 
     def __post_init__(self) -> None:
         self.api = FixtureServer(self._api)
@@ -86,7 +87,7 @@ class ShubFixture:
         version = "0" * 32 if self.wrong_version else image.md5
         return json_response(
             {
-                "image": f"{self.files.url}/files/{image.md5}.simg",
+                "image": f"{self.files_front or self.files.url}/files/{image.md5}.simg",
                 "name": name,
                 "tag": tag,
                 "version": version,

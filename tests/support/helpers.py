@@ -101,27 +101,12 @@ def s3_client(server: Any) -> Any:
 def push_then_ctrl_c(args: list[str], env: dict[str, str], started: Any) -> float:
     """Run `registry-client push ARGS`, wait until `started()` is true (the upload is under
     way), press Ctrl-C; check it exits 130 with one line and no traceback. Seconds it took."""
-    import signal
-    import time
+    from tests.support.stalls import ctrl_c
 
-    proc = subprocess.Popen(
-        [*console_script(), "push", *args],
-        env={**os.environ, **env},
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while not started():
-        assert proc.poll() is None and time.monotonic() < deadline, "the upload never started"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    _out, err = proc.communicate(timeout=60)
-    took = time.monotonic() - start
-    print(f"\nCtrl-C mid-push: exit {proc.returncode} after {took:.1f}s")
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
-    return took
+    ended = ctrl_c(["push", *args], env, started)
+    print(f"\nCtrl-C mid-push: exit {ended.code} after {ended.seconds:.1f}s")
+    assert ended.code == 130 and "interrupted" in ended.err and "Traceback" not in ended.err
+    return ended.seconds
 
 
 def azure_options(server: Any, container: str) -> dict[str, Any]:
