@@ -188,7 +188,9 @@ class ProxyClient:
         watch: ReadWatch | None = None,
     ) -> Iterator[bytes]:
         """Bytes [start, end) of `url`, pinned to `etag`, through `proxy`; `watch` may shut
-        the connection down while the body is read (ReadWatch).
+        the connection down (ReadWatch) from the request on: a cache that holds its answer
+        back (nginx does while the slice it fills trickles in from the store) is as silent
+        as a body that stops, and Ctrl-C must end the wait for it as well.
 
         Raises _CacheFailed, _StoreRefused or ObjectChanged; never names the URL.
         """
@@ -201,16 +203,12 @@ class ProxyClient:
             headers[REFRESH_HEADER] = "1"
         try:
             conn = self._connection(proxy)
-            conn.request("GET", url, headers=headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop(proxy)
-            raise _CacheFailed(type(exc).__name__) from None
-        stoppable = watch.attach(lambda: shut_socket(conn.sock)) if watch else nullcontext()
-        try:
-            _check_answer(resp, start, end, etag)
-            pos = start
-            with stoppable:
+            sock = conn.sock  # this exchange's: a reconnect after it is not ours to stop
+            with watch.attach(lambda: shut_socket(sock)) if watch else nullcontext():
+                conn.request("GET", url, headers=headers)
+                resp = conn.getresponse()
+                _check_answer(resp, start, end, etag)
+                pos = start
                 while pos < end:
                     chunk = resp.read(min(READ_BLOCK, end - pos))
                     if not chunk:

@@ -12,6 +12,7 @@ import http.server
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from registry_client.backends.base import Backend, ObjectInfo
+from registry_client.backends.base import Backend, ObjectInfo, ReadCancelled, ReadWatch
 from registry_client.config import Config, RemoteConfig
-from registry_client.errors import ConfigError, NotFound, ObjectChanged
+from registry_client.errors import ConfigError, NotFound, ObjectChanged, Stalled
 from registry_client.fleet import (
     ENV_PROXIES,
     REFRESH_HEADER,
@@ -301,6 +302,40 @@ def test_a_body_cut_short_continues_where_it_stopped(caches: Any) -> None:
     reader = _reader(store, [caches(cut).url])
     assert _read(reader) == DATA
     assert reader.stats["cache_bytes"] == 100_000 and store.bytes == SIZE - 100_000
+
+
+def test_a_cache_holding_its_answer_back_is_stopped_by_the_watch(caches: Any) -> None:
+    """nginx sends no head while the slice it fills trickles in from the store: the pull's
+    stall watch and its Ctrl-C end that wait as they end a silent body (it used to last
+    read_timeout, 300 s, per cache, with the download lock held)."""
+    release = threading.Event()
+
+    def holds(handler: CacheHandler, start: int, end: int) -> None:
+        release.wait(60)
+        good(handler, start, end)
+
+    cache = caches(holds)
+    try:
+        store = MemoryStore()
+        reader = _reader(store, [cache.url], read_timeout=60.0)
+        stalled = ReadWatch()
+        threading.Timer(0.3, stalled.stop, [Stalled("no data for 0.3 s")]).start()
+        began = time.monotonic()
+        assert _read_watched(reader, stalled) == DATA and store.bytes == SIZE  # on to the store
+        assert reader.stats["cache_failures"] == 1 and time.monotonic() - began < 10
+
+        interrupted = ReadWatch()  # Ctrl-C while a cache holds back its answer
+        threading.Timer(0.3, interrupted.cancel).start()
+        began = time.monotonic()
+        with pytest.raises(ReadCancelled):
+            _read_watched(_reader(MemoryStore(), [cache.url], read_timeout=60.0), interrupted)
+        assert time.monotonic() - began < 10
+    finally:
+        release.set()
+
+
+def _read_watched(reader: Backend, watch: ReadWatch) -> bytes:
+    return b"".join(reader.read_range("lab/app:1.sif", 0, SIZE, ETAG, watch=watch))
 
 
 def test_412_means_the_object_changed(caches: Any) -> None:
