@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from registry_client import policy
 from registry_client.cache import raise_for_os_error, short_id
-from registry_client.errors import IntegrityError, RegistryClientError, RemoteUnavailable
+from registry_client.errors import (
+    IntegrityError,
+    Interrupted,
+    RegistryClientError,
+    RemoteUnavailable,
+)
 from registry_client.hits import cache_hit
 from registry_client.verify import Expect, verify
 
@@ -189,7 +194,7 @@ def _job(ctx: Context, label: str, version_id: str | None) -> Iterator[Job]:
     except BaseException as exc:
         # Keep the bytes only for a retry of the same version: after a network failure
         # or an interrupt. Not after a changed object, a failed check or a full disk.
-        resumable = isinstance(exc, KeyboardInterrupt) or (
+        resumable = isinstance(exc, (KeyboardInterrupt, Interrupted)) or (
             isinstance(exc, RemoteUnavailable) and exc.retryable
         )
         if not resumable:

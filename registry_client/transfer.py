@@ -44,13 +44,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, TypeVar
 
 from registry_client.backends.base import ObjectInfo, Progress, ReadCancelled, Reader, ReadWatch
 from registry_client.digests import DigestResult, new_hash
-from registry_client.errors import IntegrityError, Stalled
+from registry_client.errors import IntegrityError, Interrupted, Stalled
 from registry_client.settings import TransferSettings
 
+T = TypeVar("T")
 MiB = 1024 * 1024
 SHA_BLOCK = 4 * MiB  # read-back block of the sha256 thread
 MD5_BLOCK = 2 * MiB  # read-back block of a worker catching a chain up
@@ -113,6 +114,45 @@ class Watches:
             live = [w for w, o in self._live.items() if owner is None or o is owner]
         for watch in live:
             watch.cancel()
+
+
+class Scope:
+    """Downloads that worker threads run for one caller (docker's layer blobs, fetched side
+    by side). Ctrl-C reaches only the main thread, and a download is ended by the thread
+    that waits for its ranges: so when the caller fails or is interrupted, `cancel` has
+    every download of the scope end as its own Ctrl-C would (each read shut down wherever
+    it is blocked, within WATCH_EVERY), rather than the caller waiting for bodies that
+    may trickle for hours while it holds their locks."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` in this thread, inside the scope."""
+        outer = getattr(_scope, "current", None)
+        _scope.current = self
+        try:
+            self.check()
+            return fn(*args, **kwargs)
+        finally:
+            _scope.current = outer
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def check(self) -> None:
+        if self._cancelled.is_set():
+            raise Interrupted("interrupted")
+
+
+_scope = threading.local()
+
+
+def _check_scope() -> None:
+    """Raise Interrupted if the scope this thread works in was cancelled."""
+    scope: Scope | None = getattr(_scope, "current", None)
+    if scope is not None:
+        scope.check()
 
 
 class _Chain:
@@ -575,6 +615,7 @@ def _wait_all(futures: Sequence[Future[Any]], watches: Watches | None = None) ->
                 raise error
         if watches is not None:
             watches.stop_stalled()
+        _check_scope()
 
 
 def _open_dest(dest: os.PathLike[str] | str) -> int:

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from registry_client.backends.base import ObjectInfo, Reader, ReadWatch
-from registry_client.errors import IntegrityError, RemoteUnavailable, Stalled
+from registry_client.errors import IntegrityError, Interrupted, RemoteUnavailable, Stalled
 from registry_client.retry import RetryingReader, RetryPolicy
 from registry_client.settings import TransferSettings
-from registry_client.transfer import download
+from registry_client.transfer import Scope, download
 
 KiB = 1024
 
@@ -113,3 +113,33 @@ def test_an_old_attempt_ending_late_does_not_detach_the_current_one() -> None:
         old.__exit__(None, None, None)  # the first attempt's context ends late
         watch.cancel()
         assert second.is_set()  # the current body was still shut
+
+
+def test_downloads_in_worker_threads_end_when_their_scope_is_cancelled(tmp_path: Path) -> None:
+    """Ctrl-C reaches only the main thread: the downloads it started in workers (docker's
+    layer blobs) end at once when it cancels their scope, not when their bodies do."""
+    reader = BlockingReader(trickle=1)
+    scope = Scope()
+    errors: list[BaseException] = []
+
+    def blob(n: int) -> None:
+        try:
+            scope.run(_download, reader, tmp_path / str(n), stall_timeout=600)
+        except BaseException as exc:  # noqa: BLE001 - what the worker ended with
+            errors.append(exc)
+
+    (tmp_path / "0").mkdir()
+    (tmp_path / "1").mkdir()
+    workers = [threading.Thread(target=blob, args=(n,)) for n in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.3)  # both downloads are blocked in their reads
+    assert all(worker.is_alive() for worker in workers)
+    start = time.monotonic()
+    scope.cancel()
+    for worker in workers:
+        worker.join(10)
+    assert time.monotonic() - start < 2
+    assert len(errors) == 2 and all(isinstance(e, Interrupted) for e in errors), errors
+    with pytest.raises(Interrupted):  # and nothing starts in it any more
+        scope.run(_download, reader, tmp_path / "0", stall_timeout=600)

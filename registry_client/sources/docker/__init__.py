@@ -20,6 +20,7 @@ from registry_client.sources.docker.registry import (
     parse,
 )
 from registry_client.sources.docker.sifbuild import BUILDER_VERSION, squashfs_id
+from registry_client.transfer import Scope
 
 if TYPE_CHECKING:
     from registry_client.acquire import Producer
@@ -126,12 +127,18 @@ class DockerSource(Source):
                 self.client.limiter.width(BLOB_WORKERS, len(layers)), thread_name_prefix="rc-blob"
             ) as pool,
         ):
-            paths = list(
-                pool.map(
-                    lambda d: ensure_blob(ctx, self.client, d, progress=advance),
-                    layers,
+            scope = Scope()
+            try:
+                paths = list(
+                    pool.map(
+                        lambda d: scope.run(ensure_blob, ctx, self.client, d, progress=advance),
+                        layers,
+                    )
                 )
-            )
+            except BaseException:  # Ctrl-C (here only), or a layer that failed
+                scope.cancel()  # the other layers end now, not when their bodies do
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return [LayerFile(p, d.digest) for p, d in zip(paths, layers, strict=True)]
 
     def close(self) -> None:
