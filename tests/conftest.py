@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,11 @@ from tests.support.helpers import azure_service, gcs_client, s3_client, s3_optio
 
 # Never let boto3 look for instance credentials off this machine (169.254.169.254), nor
 # google-auth for a Compute Engine metadata server: its probes go to a closed loopback port.
+# A suite started in the background of a non-interactive shell inherits SIGINT ignored, and
+# so would every command the tests start: the Ctrl-C tests would then interrupt nothing.
+# Children of a process with a Python handler get the default action back at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["NO_GCE_CHECK"] = "true"
 os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
