@@ -7,7 +7,7 @@ costs more than the hit itself (docs/performance.md). So `main` first tries to a
 those pulls with the cache modules and, where the store must confirm the tag, one HEAD
 asked with the standard library (backends.light), through the functions the full CLI
 calls for them too (config.load_config, config.node_cache, remotes.remote_for/remote_id,
-hits.pull_from_cache, hits.version_hit), and prints what the full CLI would print.
+hits.pull_from_cache, hits.light_hit), and prints what the full CLI would print.
 
 Everything else goes to the full CLI (registry_client.cli), which starts from scratch:
 other commands and options (-o, --force, -v, help ...), fetcher references (docker://
@@ -21,10 +21,7 @@ import sys
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from registry_client.config import RemoteConfig
-    from registry_client.context import Context
     from registry_client.hits import PullResult
-    from registry_client.names import ImageRef
 
 # Global options (before the command) a hit can ignore: they only steer stderr (progress
 # bars, status lines), and a hit writes nothing there.
@@ -121,7 +118,7 @@ def _cached(request: FastPull) -> PullResult | None:
     try:
         # Imported here, not at the top: other commands go to the full CLI without them.
         from registry_client.context import open_context
-        from registry_client.hits import pull_from_cache
+        from registry_client.hits import light_hit, pull_from_cache
         from registry_client.names import ImageRef, parse_reference
         from registry_client.remotes import remote_for, remote_id
 
@@ -135,30 +132,10 @@ def _cached(request: FastPull) -> PullResult | None:
         rid = remote_id(remote)
         result = pull_from_cache(ctx.cache, ref, rid, request.offline)
         if result is None and not request.offline:
-            result = _after_one_head(ctx, ref, remote, rid)
+            result = light_hit(ctx.cache, ref, remote, rid)
         fallback = ctx.cache.fallback
         if ctx.cache.notices or (fallback and fallback.notices):
             return None  # the cache has something to say: the full CLI prints it on stderr
         return result
     except Exception:  # noqa: BLE001 - the full CLI runs again and reports it its own way
         return None
-
-
-def _after_one_head(
-    ctx: Context, ref: ImageRef, remote: RemoteConfig, rid: str
-) -> PullResult | None:
-    """A pull by tag (or by a digest this node has not seen with the tag) of an image the
-    cache holds: what service.pull does up to its cache hit — one HEAD, then the hit by
-    sha256 or by the object version's recorded sha256 — with the HEAD asked without the
-    store's client library (backends.light). None for anything else: a miss, a HEAD the
-    light path does not do, a warning to print; the full CLI then does it all again."""
-    from registry_client.backends.light import stat_image
-    from registry_client.hits import version_hit
-    from registry_client.names import IMAGE_SUFFIXES
-
-    info = stat_image(remote, [ref.key(suffix) for suffix in IMAGE_SUFFIXES])
-    if info is None or info.ignored:
-        return None
-    if ref.digest and info.sha256 and ref.digest != info.sha256:
-        return None  # the tag holds another image now: the full CLI's error says so
-    return version_hit(ctx.cache, ref, rid, info)

@@ -1,9 +1,12 @@
-"""Pulls answered from the node cache alone: no remote, no backend, no network.
+"""Pulls answered from the node cache alone: no remote, no backend, no network — or,
+by tag, after one HEAD asked without the store's client library (`light_hit`).
 
 Both the full pull (registry_client.service, registry_client.fetch) and the console
 script's fast path (registry_client.entry) answer cache hits here, so a hit behaves the
-same whichever way it came. This module is on the fast path, where every import
-counts (a hit takes about as long as `import typer`): keep heavy imports out of it.
+same whichever way it came; `cache warm` (registry_client.batch) asks `light_hit` first
+for each image, as the console script does for a pull. This module is on the fast path,
+where every import counts (a hit takes about as long as `import typer`): keep heavy
+imports out of it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from registry_client.backends.base import ObjectInfo
     from registry_client.cache import Cache
+    from registry_client.config import RemoteConfig
     from registry_client.names import ImageRef
 
 
@@ -99,6 +103,24 @@ def version_hit(cache: Cache, ref: ImageRef, rid: str, info: ObjectInfo) -> Pull
     if hit is not None:
         record_ref(cache, ref, rid, info, hit.sha256)
     return hit
+
+
+def light_hit(cache: Cache, ref: ImageRef, remote: RemoteConfig, rid: str) -> PullResult | None:
+    """A pull by tag (or by a digest this node has not seen with the tag) of an image the
+    cache holds: what service.pull does up to its cache hit — one HEAD, then the hit by
+    sha256 or by the object version's recorded sha256 — with the HEAD asked without the
+    store's client library (backends.light). None for anything else: a miss, a HEAD the
+    light path does not do, a tag that holds another image now; the caller then runs the
+    full pull, whose errors and warnings are its own."""
+    from registry_client.backends.light import stat_image
+    from registry_client.names import IMAGE_SUFFIXES
+
+    info = stat_image(remote, [ref.key(suffix) for suffix in IMAGE_SUFFIXES])
+    if info is None or info.ignored:
+        return None
+    if ref.digest and info.sha256 and ref.digest != info.sha256:
+        return None  # the tag holds another image now: the full pull's error says so
+    return version_hit(cache, ref, rid, info)
 
 
 def record_ref(cache: Cache, ref: ImageRef, rid: str, info: ObjectInfo, sha: str) -> None:

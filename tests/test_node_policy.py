@@ -93,6 +93,27 @@ def test_cache_warm_with_one_job_pulls_one_image_at_a_time(tmp_path: Path) -> No
         library.stop()
 
 
+def test_cache_warm_answers_what_the_node_holds_without_opening_the_remote(
+    tmp_path: Path,
+) -> None:
+    """A held image costs `cache warm` what it costs `pull REF`: one light HEAD, no full
+    client (the -v log names each remote the full pull opens); a tag that moved is pulled."""
+    for i in range(3):
+        push(tmp_path, f"lab/app{i}:1", seed=i)
+    listing = tmp_path / "images.txt"
+    listing.write_text("".join(f"lab/app{i}:1\n" for i in range(3)))
+    first = run_cli("-v", "cache", "warm", str(listing))
+    assert first.returncode == 0 and "remote local: file " in first.stderr, first.stderr
+    again = run_cli("-v", "cache", "warm", str(listing))
+    assert again.returncode == 0 and "0 downloaded, 3 already cached" in again.stderr
+    assert "remote local:" not in again.stderr
+    moved = push(tmp_path, "lab/app0:1", seed=9)
+    third = run_cli("--json", "cache", "warm", str(listing))
+    report = json.loads(third.stdout)
+    assert (report["downloaded"], report["cached"]) == (1, 2), third.stderr
+    assert report["results"][0]["sha256"] == moved
+
+
 def test_cache_warm_from_stdin_keeps_going_past_a_failure(tmp_path: Path) -> None:
     push(tmp_path, "lab/ok:1")
     proc = subprocess.run(
