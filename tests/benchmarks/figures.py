@@ -387,7 +387,10 @@ def warmcache_figure(bench: Bench, target: Target, images: list[Image]) -> dict[
     listing = world.work / f"warm-list-{target.name}.txt"
     listing.write_text("".join(f"{image.ref}\n" for image in images))
     jobs = {f"--jobs {n}": n for n in WARM_JOBS}
-    samples: dict[str, list[Sample]] = {n: [] for n in [*jobs, REWARM, TYPER]}
+    rewarms = {REWARM: bench.rc}
+    if bench.baseline_rc:  # the same re-warm by another build (--baseline-cmd)
+        rewarms[f"{REWARM}, baseline build"] = bench.baseline_rc
+    samples: dict[str, list[Sample]] = {n: [] for n in [*jobs, *rewarms, TYPER]}
     for rep in range(bench.repeats):
         for name in _rotate(list(jobs), rep):
             cache = bench.scratch("warmcache")
@@ -395,17 +398,17 @@ def warmcache_figure(bench: Bench, target: Target, images: list[Image]) -> dict[
             cmd = [bench.rc, "--json", "cache", "warm", str(listing), "--jobs", str(jobs[name])]
             sample = run_timed(cmd, env, watch=target.server.pids, threads=True)
             samples[name].append(_warmed(sample, name, downloaded=len(images)))
-        rewarm = [bench.rc, "--json", "cache", "warm", str(listing)]
-        for name in _rotate([REWARM, TYPER], rep):
+        for name in _rotate([*rewarms, TYPER], rep):
             if name == TYPER:
                 sample = run_timed([sys.executable, "-c", "import typer"], world.base_env())
                 samples[name].append(checked(sample, name))
             else:
+                rewarm = [rewarms[name], "--json", "cache", "warm", str(listing)]
                 sample = run_timed(rewarm, env, watch=target.server.pids)
                 samples[name].append(_warmed(sample, name, cached=len(images)))
         shutil.rmtree(cache, ignore_errors=True)
     walls = {n: [s.wall for s in v] for n, v in samples.items()}
-    return {
+    out: dict[str, Any] = {
         "target": target.name,
         "images": len(images),
         "label": images[0].label,
@@ -419,6 +422,9 @@ def warmcache_figure(bench: Bench, target: Target, images: list[Image]) -> dict[
         "jobs_ratio": ratios(walls["--jobs 4"], walls["--jobs 1"]),
         "rewarm_ratio": ratios(walls[REWARM], walls[TYPER]),
     }
+    for name in rewarms.keys() - {REWARM}:
+        out["rewarm_vs_baseline_build"] = ratios(walls[REWARM], walls[name])
+    return out
 
 
 def _warmed(sample: Sample, what: str, downloaded: int = 0, cached: int = 0) -> Sample:

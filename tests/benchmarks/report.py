@@ -178,6 +178,8 @@ def warmcache_table(results: list[dict[str, Any]]) -> str:
                 _mmm(tools["re-warm (all cached)"]["wall"], 0, 1000),
                 _mmm(tools["python -c 'import typer'"]["wall"], 0, 1000),
                 _mmm(res["rewarm_ratio"]),
+                _mmm(tools.get("re-warm (all cached), baseline build", {}).get("wall"), 0, 1000),
+                _mmm(res.get("rewarm_vs_baseline_build")),
             ]
         )
     return table(
@@ -192,6 +194,8 @@ def warmcache_table(results: list[dict[str, Any]]) -> str:
             "re-warm ms",
             "import typer ms",
             "re-warm / typer",
+            "baseline build re-warm ms",
+            "re-warm / baseline build",
         ],
         rows,
     )
