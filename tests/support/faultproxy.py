@@ -926,6 +926,19 @@ class FaultProxy:
     def reset_stats(self) -> None:
         self.stats.reset()
 
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no client connection is being served: after a client was killed, the
+        exchanges it left in flight end (and are counted) before a test resets the stats."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                busy = [t for t in self._threads if t.name == "faultproxy-conn"]
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(busy)} client connections still served")
+            time.sleep(0.02)
+
     def __enter__(self) -> FaultProxy:
         return self.start() if self._listener is None else self
 
