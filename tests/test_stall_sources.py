@@ -10,11 +10,13 @@ as well as on its direct reads. The one-byte probes a download starts with
 (`Range: bytes=0-0`, and nginx's signature check) pass untouched; faults hit the bodies.
 
 For every source:
-- a body that trickles forever ends the pull in exit 6 with one `error:` line, after every
-  attempt waited out its stall_timeout and within the bound those attempts allow; the
-  node's download lock is held while it runs and free at once after; nothing is published;
+- a body that trickles forever, or an answer held back forever (not even a head), ends the
+  pull in exit 6 with one `error:` line, after every attempt waited out its stall_timeout
+  and within the bound those attempts allow; the node's download lock is held while it
+  runs and free at once after; nothing is published;
 - a body that stalls once is cut off after stall_timeout, read again, and verified;
-- Ctrl-C mid-body ends the pull with exit 130 within about a second, nothing published.
+- Ctrl-C mid-body, or while the answer is held back, ends the pull with exit 130 within
+  about a second, nothing published.
 """
 
 from __future__ import annotations
@@ -194,10 +196,25 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
-def test_a_trickling_body_ends_in_exit_6_and_frees_the_lock(rig: Rig, tmp_path: Path) -> None:
+SILENCES = {
+    "trickle": lambda match: Fault.slow(TRICKLE, times=None, **match),
+    "held": lambda match: Fault.hold(120, times=None, **match),  # not even a head
+}
+
+
+@pytest.mark.parametrize("silence", list(SILENCES))
+def test_a_silent_body_ends_in_exit_6_and_frees_the_lock(
+    rig: Rig, tmp_path: Path, silence: str, request: pytest.FixtureRequest
+) -> None:
+    if silence == "held" and rig.remote is not None:
+        # The cache's held answer is cut after STALL; the store's own, read directly after
+        # it, waits out the remote's read_timeout (60 s) each attempt: botocore hands out a
+        # response only with its head, and the watch attaches to its body alone.
+        reason = "a bucket store's held answer is not under the stall watch yet"
+        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
     env = rig.config(tmp_path, STALL)
     cache = Path(env["REGISTRY_CLIENT_CACHE_DIR"])
-    rig.proxy.add_fault(Fault.slow(TRICKLE, times=None, **rig.match))
+    fault = rig.proxy.add_fault(SILENCES[silence](rig.match))
     start = time.monotonic()
     proc = subprocess.Popen(
         [*console_script(), "pull", rig.ref],
@@ -211,7 +228,7 @@ def test_a_trickling_body_ends_in_exit_6_and_frees_the_lock(rig: Rig, tmp_path: 
         # While the body trickles, the pull holds its download lock: what the check after
         # it ends looks at is the lock another pull on this node would wait for.
         deadline = time.monotonic() + BOUND
-        while not (rig.body_bytes() and held_locks(cache)):
+        while not (fault.fired and held_locks(cache)):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         out, err = proc.communicate(timeout=max(0.0, start + BOUND - time.monotonic()))
@@ -220,7 +237,7 @@ def test_a_trickling_body_ends_in_exit_6_and_frees_the_lock(rig: Rig, tmp_path: 
         out, err = proc.communicate()
         raise AssertionError(f"no end within {BOUND:.0f} s: {err}") from None
     took = time.monotonic() - start
-    print(f"\n{rig.ref}: trickled body: exit {proc.returncode} after {took:.1f}s")
+    print(f"\n{rig.ref}: {silence}: exit {proc.returncode} after {took:.1f}s")
     assert proc.returncode == 6, err
     errors = _error_lines(err)
     assert len(errors) == 1 and "no data for 1 s" in errors[0], err
@@ -268,5 +285,21 @@ def test_ctrl_c_mid_body_exits_130_within_a_second(rig: Rig, tmp_path: Path) -> 
     assert ended.code == 130 and ended.out == ""
     assert _error_lines(ended.err) == ["error: interrupted"], ended.err
     assert ended.err.strip().splitlines()[-1] == "error: interrupted"
+    assert ended.seconds < 1.0
+    assert held_locks(cache) == [] and published(cache) == []
+
+
+def test_ctrl_c_while_the_answer_is_held_back_exits_130_within_a_second(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """Before any body byte: the server (or the cache, waiting on its store) has the
+    request and says nothing yet. Ctrl-C must not wait for the HTTP read timeout."""
+    env = rig.config(tmp_path, stall_timeout=600)
+    cache = Path(env["REGISTRY_CLIENT_CACHE_DIR"])
+    held = rig.proxy.add_fault(Fault.hold(120, times=None, **rig.match))
+    ended = ctrl_c(["pull", rig.ref], env, lambda: held.fired > 0 and time.sleep(0.5) is None)
+    print(f"\n{rig.ref}: Ctrl-C, answer held: exit {ended.code} after {ended.seconds:.2f}s")
+    assert ended.code == 130 and ended.out == ""
+    assert _error_lines(ended.err) == ["error: interrupted"], ended.err
     assert ended.seconds < 1.0
     assert held_locks(cache) == [] and published(cache) == []

@@ -143,3 +143,34 @@ def test_downloads_in_worker_threads_end_when_their_scope_is_cancelled(tmp_path:
     assert len(errors) == 2 and all(isinstance(e, Interrupted) for e in errors), errors
     with pytest.raises(Interrupted):  # and nothing starts in it any more
         scope.run(_download, reader, tmp_path / "0", stall_timeout=600)
+
+
+def test_an_http_read_waiting_for_its_answer_is_stopped_by_its_watch() -> None:
+    """A server that has the request and says nothing yet (not even a head) is as silent
+    as a stopped body: the watch shuts the connection, it does not wait for the timeout."""
+    from registry_client.sources.http import HttpSource
+    from tests.support.fixtures_http import FixtureServer, Response
+
+    release = threading.Event()
+
+    def holds(_req: object) -> Response:
+        release.wait(60)
+        return Response(200, b"x" * 100)
+
+    server = FixtureServer(holds)
+    try:
+        source = HttpSource(f"{server.url}/image")
+        for end in ("stop", "cancel"):
+            watch = ReadWatch()
+            if end == "stop":
+                threading.Timer(0.3, watch.stop, [Stalled("no data for 0.3 s")]).start()
+            else:
+                threading.Timer(0.3, watch.cancel).start()
+            start = time.monotonic()
+            with pytest.raises(RemoteUnavailable):
+                b"".join(source.read_range("image", 0, 100, None, watch=watch))
+            assert time.monotonic() - start < 5, end
+        source.close()
+    finally:
+        release.set()
+        server.stop()

@@ -16,6 +16,7 @@ Nothing here retries: wrap sources in RetryingReader and calls in retry.retry_ca
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -28,12 +29,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+import requests.adapters
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 if TYPE_CHECKING:
     from registry_client.acquire import Producer
 
 from registry_client import __version__
-from registry_client.backends._wire import retry_after, shut_down, watched
+from registry_client.backends._wire import retry_after, shut_down, shut_socket
 from registry_client.backends.base import (
     MAX_OBJECT_SIZE,
     EtagPlan,
@@ -74,7 +78,97 @@ def new_session() -> requests.Session:
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     session.trust_env = True  # honour HTTPS_PROXY / NO_PROXY like every other HTTP client
+    adapter = _WatchedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     return session
+
+
+# -- a watch over a whole exchange --------------------------------------------------------
+# A server (or the store behind it) that has a request and has not answered yet is as
+# silent as a body that stopped, and Ctrl-C must end that wait too. requests hands out the
+# response only once its head has come, so the connection tells the read in progress on
+# its thread which socket it sends on: the read's watch can shut it from the moment the
+# request is made, not only once the body flows.
+
+
+class _Exchange:
+    """The socket of one read's current request, shut down from any thread by `stop`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: Any = None
+        self._stopped = False
+
+    def bind(self, sock: Any) -> None:
+        with self._lock:
+            self._sock = sock
+            stopped = self._stopped
+        if stopped:
+            shut_socket(sock)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            sock = self._sock
+        shut_socket(sock)
+
+
+_reading = threading.local()  # .exchange: the _Exchange of the read this thread makes
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().request(*args, **kwargs)
+        finally:  # sent (or failing): the head is awaited on this socket
+            exchange: _Exchange | None = getattr(_reading, "exchange", None)
+            if exchange is not None and self.sock is not None:
+                exchange.bind(self.sock)
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, its pools making connections that bind to the read in progress
+    (requests through an HTTP(S)_PROXY keep urllib3's own: they wait as they did)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+@contextlib.contextmanager
+def watched_exchange(watch: ReadWatch | None) -> Iterator[_Exchange]:
+    """While the block runs, `watch` may shut the connection of this thread's request
+    down: waiting for the head as well as reading the body."""
+    exchange = _Exchange()
+    with watch.attach(exchange.stop) if watch is not None else contextlib.nullcontext():
+        yield exchange
+
+
+@contextlib.contextmanager
+def _binding(exchange: _Exchange) -> Iterator[None]:
+    """Requests made by this thread in the block bind their sockets to `exchange`."""
+    outer = getattr(_reading, "exchange", None)
+    _reading.exchange = exchange
+    try:
+        yield
+    finally:
+        _reading.exchange = outer
 
 
 # -- URLs and origins ------------------------------------------------------------------
@@ -425,13 +519,14 @@ class HttpSource(Reader):
         extra = {"Accept-Encoding": "identity"}
         if self.ranges:
             extra["Range"] = f"bytes={start}-{end - 1}"
-        resp, _ = self._get(self.final_url, extra)
-        try:
-            skip = self._check_range(resp, start, end, etag)
-            with watched(watch, resp.raw):
+        with watched_exchange(watch) as exchange:
+            with _binding(exchange):  # only around the requests: the body is read later
+                resp, _ = self._get(self.final_url, extra)
+            try:
+                skip = self._check_range(resp, start, end, etag)
                 yield from _body(resp, skip, end - start, self.label)
-        finally:
-            resp.close()
+            finally:
+                resp.close()
 
     def _check_range(self, resp: requests.Response, start: int, end: int, etag: str | None) -> int:
         """Bytes to skip at the front of this response to reach `start`."""

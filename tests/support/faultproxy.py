@@ -32,6 +32,8 @@ match); the first one with budget left (``times``) applies to that request:
 ``stall``         relay the head and ``n_bytes``, send nothing for ``seconds``, then carry
                   on relaying (a client whose read timeout is longer completes).
 ``slow``          relay the whole body at ``rate`` bytes per second.
+``hold``          send nothing, not even the response head, for ``seconds``, then relay as
+                  usual (a server that has not answered yet: a cache waiting on its store).
 ``wrong_length``  rewrite ``Content-Length`` to the real length + ``delta``. With a positive
                   delta the real body is sent, then the connection is closed (FIN): the
                   client sees a short body. With a negative delta only the advertised
@@ -96,6 +98,7 @@ class Kind(str, enum.Enum):
     WRONG_LENGTH = "wrong_length"
     CORRUPT = "corrupt"
     HEADERS = "headers"
+    HOLD = "hold"
 
 
 @dataclass
@@ -164,6 +167,10 @@ class Fault:
         if bytes_per_second <= 0:
             raise ValueError("bytes_per_second must be positive")
         return cls(Kind.SLOW, times, rate=bytes_per_second, **match)
+
+    @classmethod
+    def hold(cls, seconds: float, times: int | None = 1, **match: Any) -> Fault:
+        return cls(Kind.HOLD, times, seconds=seconds, **match)
 
     @classmethod
     def wrong_length(cls, delta: int, times: int | None = 1, **match: Any) -> Fault:
@@ -712,6 +719,10 @@ class _Exchange:
         """Serve the request; True if the client connection may carry another one."""
         if self.kind is Kind.STATUS:
             return self.answer_status()
+        if self.kind is Kind.HOLD:
+            assert self.fault is not None
+            if self.proxy._stop.wait(self.fault.seconds):
+                raise _Stopped
         try:
             up = self.proxy._connect_upstream()
         except OSError:
