@@ -367,6 +367,16 @@ def test_stall_then_completes(proxy: FaultProxy, http: urllib3.PoolManager) -> N
     assert time.monotonic() - started >= 0.3
 
 
+def test_hold_sends_no_head_then_relays(proxy: FaultProxy, http: urllib3.PoolManager) -> None:
+    proxy.add_fault(Fault.hold(0.3))
+    with pytest.raises(ReadTimeoutError):  # not even a head within 0.1 s
+        http.request("GET", f"{proxy.url}/obj", timeout=urllib3.Timeout(read=0.1), retries=False)
+    proxy.add_fault(Fault.hold(0.3))
+    started = time.monotonic()
+    assert http.request("GET", f"{proxy.url}/obj").data == PAYLOAD
+    assert time.monotonic() - started >= 0.3
+
+
 def test_slow(proxy: FaultProxy, http: urllib3.PoolManager) -> None:
     proxy.add_fault(Fault.slow(40_000))
     started = time.monotonic()
