@@ -207,6 +207,7 @@ class _ResumingBody:
             exc = watch.check(exc)  # ReadCancelled: the download is over
         if self.moved and not isinstance(exc, Stalled):
             self.attempt = 0
+        self.moved = 0  # those bytes renew the budget once: a failed reopen moves none
         reader = self.reader
         sleep = watch.pause if watch is not None and reader._sleep is time.sleep else None
         self.attempt = backoff(

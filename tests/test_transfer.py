@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry_client.backends.base import Limiter, ObjectInfo, Reader
+from registry_client.backends.base import ChunkBody, Limiter, ObjectInfo, Reader
 from registry_client.digests import hash_file, segments
 from registry_client.errors import IntegrityError, RemoteUnavailable
 from registry_client.retry import RetryingReader, RetryPolicy
@@ -201,3 +201,42 @@ def test_write_behind_starts_the_writes_of_a_range(tmp_path: Path) -> None:
         transfer._WriteBehind()(fd, 0, 65536)
     finally:
         os.close(fd)
+
+
+def test_a_store_gone_mid_body_is_given_up_after_the_budget(tmp_path: Path) -> None:
+    """A body that moved bytes, then a store that refuses every new connection (open_range
+    fails, as a GET does): the bytes moved before the break renew the budget once, never
+    again. It used to retry without end, holding the node's download lock."""
+
+    class Gone(Shuffled):
+        calls = 0
+
+        def open_range(
+            self, key: str, start: int, end: int, etag: str | None, *, watch: Any = None
+        ) -> ChunkBody:
+            with self.lock:
+                Gone.calls += 1
+                first, runaway = Gone.calls == 1, Gone.calls > 50
+            if runaway:
+                raise AssertionError("retried without end")
+            if not first:
+                raise RemoteUnavailable("connection refused")
+
+            def some_then_broken() -> Iterator[bytes]:
+                yield self.data[start : start + 1000]
+                raise RemoteUnavailable("connection reset")
+
+            return ChunkBody(some_then_broken())
+
+    data = bytes(100_000)
+    policy = RetryPolicy(attempts=3, base_delay=0)
+    source = RetryingReader(Gone(data, 4), policy, sleep=lambda _: None)
+    with pytest.raises(RemoteUnavailable, match="gave up after 3 attempts"):
+        download(
+            source,
+            source.stat("k"),
+            tmp_path / "x",
+            [],
+            settings=TransferSettings(chunk_size=100_000, concurrency=1),
+        )
+    assert Gone.calls == 3  # the body that broke (its bytes renewed the budget), two refusals
