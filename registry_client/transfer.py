@@ -36,6 +36,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import functools
 import hashlib
 import mmap
 import os
@@ -449,7 +450,6 @@ class _Fetch:
         self.backend, self.info, self.fd, self.digests = backend, info, fd, digests
         self.progress, self.on_range, self.watches = progress, on_range, watches
         self._buffers = threading.local()
-        self._write_behind = _WriteBehind()
 
     def range(self, rng: tuple[int, int]) -> None:
         state = self.digests.state
@@ -499,7 +499,7 @@ class _Fetch:
                     raise IntegrityError(f"{key}: server sent more bytes than asked for")
             finally:
                 body.close()
-        self._write_behind(self.fd, start, end)
+        _write_behind(self.fd, start, end)
 
 
 def _feed(chains: list[_Chain], view: memoryview, pos: int) -> None:
@@ -522,35 +522,28 @@ def _write_all(fd: int, view: memoryview, pos: int) -> None:
         view = view[n:]
 
 
-class _WriteBehind:
-    """Starts the disk writes of each finished range at once (sync_file_range), instead
-    of leaving a whole image of dirty pages to the fsync before publishing: the disk
-    works while the network does, and the final fsync waits for little. The pages stay
-    in the page cache for the hashes, and for the job that runs the image next. ctypes,
-    because the os module has no sync_file_range; where libc lacks it (not Linux), the
-    fsync does it all."""
+def _write_behind(fd: int, start: int, end: int) -> None:
+    """Start the disk writes of a finished range at once (sync_file_range), instead of
+    leaving a whole image of dirty pages to the fsync before publishing: the disk works
+    while the network does, and the final fsync waits for little. The pages stay in the
+    page cache for the hashes, and for the job that runs the image next. Best effort."""
+    call = _sync_file_range()
+    if call is not None and end > start:
+        call(fd, start, end - start, SYNC_FILE_RANGE_WRITE)
 
-    _call: Any = None
-    _looked = False
 
-    @classmethod
-    def _function(cls) -> Any:
-        if not cls._looked:
-            cls._looked = True
-            try:
-                import ctypes
+@functools.cache
+def _sync_file_range() -> Any:
+    """libc's sync_file_range through ctypes (the os module has none); None where libc
+    lacks it (not Linux): the fsync then does it all."""
+    try:
+        import ctypes
 
-                call = ctypes.CDLL(None, use_errno=True).sync_file_range
-                call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-                cls._call = call
-            except (OSError, AttributeError):
-                pass
-        return cls._call
-
-    def __call__(self, fd: int, start: int, end: int) -> None:
-        call = self._function()
-        if call is not None and end > start:
-            call(fd, start, end - start, SYNC_FILE_RANGE_WRITE)  # best effort: result unused
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return call
 
 
 def _catch_up_all(digests: _Digests, chains: Iterable[_Chain]) -> None:

@@ -192,13 +192,13 @@ def test_write_behind_starts_the_writes_of_a_range(tmp_path: Path) -> None:
 
     path = tmp_path / "f"
     path.write_bytes(b"x" * 65536)
-    call = transfer._WriteBehind._function()
+    call = transfer._sync_file_range()
     if not sys.platform.startswith("linux"):
         pytest.skip("sync_file_range is Linux only")
     fd = os.open(path, os.O_RDWR)
     try:
         assert call(fd, 0, 65536, transfer.SYNC_FILE_RANGE_WRITE) == 0
-        transfer._WriteBehind()(fd, 0, 65536)
+        transfer._write_behind(fd, 0, 65536)
     finally:
         os.close(fd)
 
